@@ -1,0 +1,24 @@
+export { detectDialect } from './dialect.js'
+export { createKyselyInboxStore, KyselyInboxStore } from './kysely-inbox-store.js'
+export {
+  createKyselyOutboxStore,
+  isRetriableDatabaseError,
+  KyselyOutboxStore,
+  type KyselyStoreOptions,
+  MAX_CLAIM_LIMIT,
+} from './kysely-outbox-store.js'
+export { ensureOutboxSchema, outboxMigrations } from './migrations.js'
+export { PGliteDialect, type PGliteDialectConfig, type PGliteLike } from './pglite-dialect.js'
+export {
+  DEFAULT_INBOX_TABLE,
+  DEFAULT_OUTBOX_TABLE,
+  dropOutboxSchemaSql,
+  LAYOUTS,
+  type OutboxColumns,
+  type OutboxLayout,
+  outboxSchemaSql,
+  type SqlDialect,
+  Status,
+  type TableOptions,
+  validateIdentifier,
+} from './schema.js'

@@ -1,0 +1,120 @@
+import { type Kysely, sql } from 'kysely'
+import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
+import type { InboxStore } from '../../core/store.js'
+import { DIALECT_SQL, type DialectSql, detectDialect, toNumber } from './dialect.js'
+import { isRetriableDatabaseError, type KyselyStoreOptions } from './kysely-outbox-store.js'
+import { type ResolvedTables, resolveTables } from './schema.js'
+
+const MAX_ID_LENGTH = 255
+
+/**
+ * An {@link InboxStore} on Kysely: one row per (consumer, message id), written in the consumer's
+ * transaction. The primary key makes a second writer of the same pair wait for the first and then
+ * see the conflict, so at most one transaction processes each message.
+ */
+export function createKyselyInboxStore<DB>(options: KyselyStoreOptions<DB>): KyselyInboxStore<DB> {
+  return new KyselyInboxStore(options)
+}
+
+export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
+  readonly name: string
+  readonly tables: ResolvedTables
+  readonly #db: Kysely<DB>
+  readonly #sql: DialectSql
+
+  constructor(options: KyselyStoreOptions<DB>) {
+    if (!options?.db || typeof options.db.getExecutor !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKyselyInboxStore({ db }) needs a Kysely instance.',
+      )
+    }
+    const dialect = options.dialect ?? detectDialect(options.db as Kysely<unknown>, 'kysely')
+    this.tables = resolveTables({ ...options, dialect })
+    this.name = dialect
+    this.#db = options.db
+    this.#sql = DIALECT_SQL[dialect]
+  }
+
+  transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+    return this.#db.transaction().execute(fn)
+  }
+
+  async markProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
+    checkId('consumer name', consumer)
+    checkId('message id', messageId)
+    const inbox = sql.raw(this.tables.inbox)
+    if (this.tables.dialect === 'mysql') {
+      // MySQL keeps a transaction usable after a failed statement, so a duplicate-key error is the
+      // exact answer. (mysql2 reports "found" rows, so ON DUPLICATE KEY UPDATE cannot tell.)
+      try {
+        await sql`INSERT INTO ${inbox} (consumer, message_id) VALUES (${consumer}, ${messageId})`.execute(tx)
+        return true
+      } catch (error) {
+        if (isDuplicateKeyError(error)) return false
+        return this.#run('markProcessed', () => Promise.reject(error))
+      }
+    }
+    const result = await this.#run('markProcessed', () =>
+      sql`INSERT INTO ${inbox} (consumer, message_id) VALUES (${consumer}, ${messageId})
+        ON CONFLICT DO NOTHING`.execute(tx),
+    )
+    return toNumber(result.numAffectedRows) === 1
+  }
+
+  async isProcessed(consumer: string, messageId: string): Promise<boolean> {
+    const result = await this.#run('isProcessed', () =>
+      sql`SELECT 1 AS found FROM ${sql.raw(this.tables.inbox)}
+        WHERE consumer = ${consumer} AND message_id = ${messageId}`.execute(this.#db),
+    )
+    return result.rows.length > 0
+  }
+
+  async purge(options: { olderThanMs: number; consumer?: string; limit?: number }): Promise<number> {
+    const inbox = sql.raw(this.tables.inbox)
+    const limit = Math.max(1, Math.floor(options.limit ?? 10_000))
+    const horizon = this.#sql.minusMs(options.olderThanMs)
+    const forConsumer = options.consumer === undefined ? sql`` : sql`AND consumer = ${options.consumer}`
+    const result = await this.#run('purge', () =>
+      this.tables.dialect === 'mysql'
+        ? sql`DELETE FROM ${inbox} WHERE processed_at < ${horizon} ${forConsumer}
+            ORDER BY processed_at LIMIT ${limit}`.execute(this.#db)
+        : sql`DELETE FROM ${inbox} WHERE (consumer, message_id) IN (
+            SELECT consumer, message_id FROM ${inbox} WHERE processed_at < ${horizon} ${forConsumer}
+            ORDER BY processed_at LIMIT ${limit})`.execute(this.#db),
+    )
+    return toNumber(result.numAffectedRows)
+  }
+
+  async #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (error) {
+      if (isOutboxKitError(error)) throw error
+      throw new OutboxKitError(
+        ErrorCode.StoreFailed,
+        `${operation} on ${this.tables.inboxName} failed: ${describeError(error)}`,
+        {
+          source: this.name,
+          cause: error,
+          retriable: isRetriableDatabaseError(error),
+          details: { operation },
+        },
+      )
+    }
+  }
+}
+
+function checkId(kind: string, value: unknown): void {
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_ID_LENGTH) {
+    throw new OutboxKitError(
+      ErrorCode.InvalidOptions,
+      `The ${kind} must be a string of 1–${MAX_ID_LENGTH} characters, got ${JSON.stringify(value)}.`,
+    )
+  }
+}
+
+function isDuplicateKeyError(error: unknown): boolean {
+  const e = error as { code?: unknown; errno?: unknown } | null
+  return e?.code === 'ER_DUP_ENTRY' || e?.errno === 1062
+}

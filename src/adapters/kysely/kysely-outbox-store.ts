@@ -1,0 +1,413 @@
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
+import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
+import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
+import type {
+  Claim,
+  ClaimOptions,
+  DeadRecord,
+  FailedRecord,
+  OutboxStats,
+  OutboxStore,
+  PurgeOptions,
+  SettleResult,
+  StoreCapabilities,
+} from '../../core/store.js'
+import {
+  DIALECT_SQL,
+  type DialectSql,
+  detectDialect,
+  toBytes,
+  toDate,
+  toHeaders,
+  toNumber,
+} from './dialect.js'
+import { type ResolvedTables, resolveTables, type SqlDialect, Status, type TableOptions } from './schema.js'
+
+export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
+  /** The application's Kysely instance. The store never closes it. */
+  db: Kysely<DB>
+  /** Inferred from `db` when omitted (Postgres, PGlite, MySQL and MariaDB dialects are recognised). */
+  dialect?: SqlDialect
+  /** Rows per INSERT statement when adding many records. Default 500. */
+  insertChunkSize?: number
+}
+
+/** Upper bound on the claim limit: keeps IN lists and parameter counts well inside driver limits. */
+export const MAX_CLAIM_LIMIT = 10_000
+
+/**
+ * An {@link OutboxStore} on Kysely for Postgres (postgres.js or pg), PGlite and MySQL/MariaDB (mysql2).
+ *
+ * Claiming takes the head (oldest unsettled row) of each ready key with `FOR UPDATE SKIP LOCKED`,
+ * then the run of that key's ready rows behind it, so several relays never hold rows of the same
+ * key at once and one batch can carry many events of a busy key. Leases use the database clock.
+ *
+ * @example
+ * ```ts
+ * const store = createKyselyOutboxStore({ db })
+ * const outbox = new Outbox({ store })
+ * ```
+ */
+export function createKyselyOutboxStore<DB>(options: KyselyStoreOptions<DB>): KyselyOutboxStore<DB> {
+  return new KyselyOutboxStore(options)
+}
+
+interface ClaimCandidate {
+  seq: unknown
+  key: string
+  ready: unknown
+}
+
+export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
+  readonly name: string
+  readonly capabilities: StoreCapabilities = { concurrentClaims: true, notify: false }
+  readonly tables: ResolvedTables
+  readonly #db: Kysely<DB>
+  readonly #sql: DialectSql
+  readonly #insertChunkSize: number
+
+  constructor(options: KyselyStoreOptions<DB>) {
+    if (!options?.db || typeof options.db.getExecutor !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKyselyOutboxStore({ db }) needs a Kysely instance.',
+      )
+    }
+    const dialect = options.dialect ?? detectDialect(options.db as Kysely<unknown>, 'kysely')
+    this.tables = resolveTables({ ...options, dialect })
+    this.name = dialect
+    this.#db = options.db
+    this.#sql = DIALECT_SQL[dialect]
+    this.#insertChunkSize = options.insertChunkSize ?? 500
+  }
+
+  get #mysql(): boolean {
+    return this.tables.dialect === 'mysql'
+  }
+
+  transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+    return this.#db.transaction().execute(fn)
+  }
+
+  async add(tx: Kysely<DB>, records: readonly OutboxRecord[]): Promise<void> {
+    const { outbox, columns: c } = this.tables
+    for (let start = 0; start < records.length; start += this.#insertChunkSize) {
+      const chunk = records.slice(start, start + this.#insertChunkSize)
+      const rows = chunk.map(
+        (r) =>
+          sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${JSON.stringify(r.headers)})`,
+      )
+      await this.#run('add', () =>
+        sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw(
+          [c.id, c.topic, c.key, c.type, c.payload, c.headers].join(', '),
+        )}) VALUES ${sql.join(rows)}`.execute(tx),
+      )
+    }
+  }
+
+  async claim(options: ClaimOptions): Promise<Claim> {
+    const limit = Math.min(Math.max(1, Math.floor(options.limit)), MAX_CLAIM_LIMIT)
+    const token = crypto.randomUUID()
+    const records = await this.#run('claim', () =>
+      this.#db
+        .transaction()
+        // MySQL: READ COMMITTED keeps InnoDB from locking every row the head scan reads.
+        .setIsolationLevel('read committed')
+        .execute((trx) => this.#claimIn(trx, limit, token, options.leaseMs)),
+    )
+    return { token, records }
+  }
+
+  async #claimIn(
+    trx: Transaction<DB>,
+    limit: number,
+    token: string,
+    leaseMs: number,
+  ): Promise<ClaimedRecord[]> {
+    const { outbox, columns: c } = this.tables
+    const now = this.#sql.now
+    const free = sql`(o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now})`
+
+    // 1. Heads: the oldest unsettled row of each key, ready and not leased. Rows locked by another
+    //    claimer are skipped; a key whose head is held elsewhere has no head here at all.
+    const heads = await sql<{ seq: unknown; key: string }>`
+      SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}
+      FROM ${sql.raw(outbox)} o
+      WHERE o.${sql.raw(c.status)} = ${Status.pending}
+        AND o.${sql.raw(c.availableAt)} <= ${now}
+        AND ${free}
+        AND NOT EXISTS (
+          SELECT 1 FROM ${sql.raw(outbox)} e
+          WHERE e.${sql.raw(c.key)} = o.${sql.raw(c.key)}
+            AND e.${sql.raw(c.status)} = ${Status.pending}
+            AND e.${sql.raw(c.seq)} < o.${sql.raw(c.seq)})
+      ORDER BY o.${sql.raw(c.seq)}
+      LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED`.execute(trx)
+    if (heads.rows.length === 0) return []
+
+    // 2. Runs: the unsettled rows of those keys in order. Their heads are locked by us, so no other
+    //    claimer can take any of them.
+    const keys = [...new Set(heads.rows.map((h) => h.key))]
+    const candidates = await sql<ClaimCandidate>`
+      SELECT r.seq, r.${sql.raw(this.#q('key'))}, r.ready FROM (
+        SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+          CASE WHEN o.${sql.raw(c.availableAt)} <= ${now} AND ${free} THEN 1 ELSE 0 END AS ready,
+          row_number() OVER (PARTITION BY o.${sql.raw(c.key)} ORDER BY o.${sql.raw(c.seq)}) AS rn
+        FROM ${sql.raw(outbox)} o
+        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} IN (${sql.join(keys)})
+      ) r
+      WHERE r.rn <= ${limit}
+      ORDER BY r.seq`.execute(trx)
+
+    // Oldest first across keys; each key contributes a prefix of its rows that stops at the first
+    // row that is not ready (waiting for a retry), so a key's order is never broken.
+    const chosen: unknown[] = []
+    const blocked = new Set<string>()
+    for (const row of candidates.rows) {
+      if (chosen.length >= limit) break
+      if (blocked.has(row.key)) continue
+      if (toNumber(row.ready) !== 1) {
+        blocked.add(row.key)
+        continue
+      }
+      chosen.push(row.seq)
+    }
+    if (chosen.length === 0) return []
+
+    // 3. Lease them, counting the attempt.
+    const seqs = sql.join(chosen)
+    await sql`
+      UPDATE ${sql.raw(outbox)}
+      SET ${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1,
+          ${sql.raw(c.leaseUntil)} = ${this.#sql.plusMs(leaseMs)},
+          ${sql.raw(c.claimToken)} = ${token}
+      WHERE ${sql.raw(c.seq)} IN (${seqs})`.execute(trx)
+
+    const rows = await sql<Record<string, unknown>>`
+      SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id, ${sql.raw(c.topic)} AS topic,
+        ${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}, ${sql.raw(c.type)} AS ${sql.raw(this.#q('type'))},
+        ${sql.raw(c.payload)} AS payload, ${sql.raw(c.headers)} AS headers,
+        ${sql.raw(c.attempts)} AS attempts, ${sql.raw(c.createdAt)} AS created_at
+      FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} IN (${seqs})
+      ORDER BY ${sql.raw(c.seq)}`.execute(trx)
+
+    return rows.rows.map((row) => ({
+      id: String(row['id']),
+      topic: String(row['topic']),
+      key: String(row['key']),
+      type: String(row['type']),
+      payload: toBytes(row['payload']),
+      headers: toHeaders(row['headers']),
+      attempts: toNumber(row['attempts']),
+      createdAt: toDate(row['created_at']),
+    }))
+  }
+
+  /** Quotes an output alias in the store's dialect. */
+  #q(alias: string): string {
+    return this.#mysql ? `\`${alias}\`` : `"${alias}"`
+  }
+
+  /**
+   * Applies `assignments` to the rows among `ids` that `token` still holds, and reports the rest
+   * as lost. Runs in one transaction so the report matches what was written.
+   */
+  async #settle(
+    operation: string,
+    token: string,
+    ids: readonly string[],
+    assignments: (id: string | undefined) => RawBuilder<unknown>,
+    perRow = false,
+  ): Promise<SettleResult> {
+    if (ids.length === 0) return { settled: 0, lost: [] }
+    const { outbox, columns: c } = this.tables
+    const unique = [...new Set(ids)]
+    return this.#run(operation, () =>
+      this.#db.transaction().execute(async (trx) => {
+        const held = await sql<{ id: string }>`
+          SELECT ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)}
+          WHERE ${sql.raw(c.id)} IN (${sql.join(unique)})
+            AND ${sql.raw(c.claimToken)} = ${token}
+            AND ${sql.raw(c.status)} = ${Status.pending}
+          FOR UPDATE`.execute(trx)
+        const heldIds = new Set(held.rows.map((r) => String(r.id)))
+        const lost = unique.filter((id) => !heldIds.has(id))
+        if (heldIds.size === 0) return { settled: 0, lost }
+        const clear = sql`${sql.raw(c.leaseUntil)} = NULL, ${sql.raw(c.claimToken)} = NULL`
+        if (perRow) {
+          for (const id of heldIds) {
+            await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(id)}, ${clear}
+              WHERE ${sql.raw(c.id)} = ${id} AND ${sql.raw(c.claimToken)} = ${token}`.execute(trx)
+          }
+        } else {
+          await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(undefined)}, ${clear}
+            WHERE ${sql.raw(c.id)} IN (${sql.join([...heldIds])}) AND ${sql.raw(c.claimToken)} = ${token}`.execute(
+            trx,
+          )
+        }
+        return { settled: heldIds.size, lost }
+      }),
+    )
+  }
+
+  markPublished(token: string, ids: readonly string[]): Promise<SettleResult> {
+    const c = this.tables.columns
+    return this.#settle(
+      'markPublished',
+      token,
+      ids,
+      () => sql`${sql.raw(c.status)} = ${Status.published}, ${sql.raw(c.publishedAt)} = ${this.#sql.now}`,
+    )
+  }
+
+  markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult> {
+    const c = this.tables.columns
+    const byId = new Map(failures.map((f) => [f.id, f]))
+    return this.#settle(
+      'markFailed',
+      token,
+      [...byId.keys()],
+      (id) => {
+        const failure = byId.get(id!)!
+        return sql`${sql.raw(c.availableAt)} = ${this.#sql.plusMs(Math.max(0, failure.retryInMs))},
+          ${sql.raw(c.lastError)} = ${truncateError(failure.error)}`
+      },
+      true,
+    )
+  }
+
+  markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult> {
+    const c = this.tables.columns
+    const byId = new Map(records.map((r) => [r.id, r]))
+    return this.#settle(
+      'markDead',
+      token,
+      [...byId.keys()],
+      (id) =>
+        sql`${sql.raw(c.status)} = ${Status.dead}, ${sql.raw(c.lastError)} = ${truncateError(byId.get(id!)!.error)}`,
+      true,
+    )
+  }
+
+  async release(token: string, ids?: readonly string[]): Promise<SettleResult> {
+    const { outbox, columns: c } = this.tables
+    const decrement = sql`${sql.raw(c.attempts)} = CASE WHEN ${sql.raw(c.attempts)} > 0 THEN ${sql.raw(c.attempts)} - 1 ELSE 0 END`
+    if (ids !== undefined) return this.#settle('release', token, ids, () => decrement)
+    const result = await this.#run('release', () =>
+      sql`UPDATE ${sql.raw(outbox)} SET ${decrement}, ${sql.raw(c.leaseUntil)} = NULL, ${sql.raw(c.claimToken)} = NULL
+        WHERE ${sql.raw(c.claimToken)} = ${token} AND ${sql.raw(c.status)} = ${Status.pending}`.execute(
+        this.#db,
+      ),
+    )
+    return { settled: toNumber(result.numAffectedRows), lost: [] }
+  }
+
+  async extendLease(token: string, leaseMs: number): Promise<number> {
+    const { outbox, columns: c } = this.tables
+    const result = await this.#run('extendLease', () =>
+      sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.leaseUntil)} = ${this.#sql.plusMs(leaseMs)}
+        WHERE ${sql.raw(c.claimToken)} = ${token} AND ${sql.raw(c.status)} = ${Status.pending}`.execute(
+        this.#db,
+      ),
+    )
+    return toNumber(result.numAffectedRows)
+  }
+
+  async purge(options: PurgeOptions): Promise<number> {
+    const { outbox, columns: c } = this.tables
+    const statuses = options.includeDead ? [Status.published, Status.dead] : [Status.published]
+    const limit = Math.max(1, Math.floor(options.limit ?? 10_000))
+    const horizon = this.#sql.minusMs(options.olderThanMs)
+    const result = await this.#run('purge', () =>
+      this.#mysql
+        ? sql`DELETE FROM ${sql.raw(outbox)}
+            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
+            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit}`.execute(this.#db)
+        : sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} IN (
+            SELECT ${sql.raw(c.seq)} FROM ${sql.raw(outbox)}
+            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
+            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit})`.execute(this.#db),
+    )
+    return toNumber(result.numAffectedRows)
+  }
+
+  async stats(): Promise<OutboxStats> {
+    const { outbox, columns: c } = this.tables
+    const result = await this.#run('stats', () =>
+      sql<{ pending: unknown; dead: unknown; age: unknown }>`
+        SELECT count(*) AS pending,
+          ${this.#sql.ageMs(sql`min(${sql.raw(c.createdAt)})`)} AS age,
+          (SELECT count(*) FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.status)} = ${Status.dead}) AS dead
+        FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.status)} = ${Status.pending}`.execute(this.#db),
+    )
+    const row = result.rows[0]
+    return {
+      pending: toNumber(row?.pending),
+      dead: toNumber(row?.dead),
+      oldestPendingAgeMs: Math.max(0, Math.round(toNumber(row?.age ?? 0))),
+    }
+  }
+
+  /** Runs a database call, turning driver errors into typed, retriable store errors. */
+  async #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (error) {
+      if (isOutboxKitError(error)) throw error
+      throw new OutboxKitError(
+        ErrorCode.StoreFailed,
+        `${operation} on ${this.tables.outboxName} failed: ${describeError(error)}`,
+        {
+          source: this.name,
+          cause: error,
+          retriable: isRetriableDatabaseError(error),
+          details: { operation },
+        },
+      )
+    }
+  }
+}
+
+const MAX_ERROR_TEXT = 4000
+
+function truncateError(text: string): string {
+  return text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT - 1)}…` : text
+}
+
+/**
+ * Drivers take bytes as Buffer where it exists (pg and mysql2 treat a bare Uint8Array as an
+ * array); PGlite and edge runtimes take Uint8Array.
+ */
+export function bytesParameter(bytes: Uint8Array): Uint8Array {
+  const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBuffer, o: number, l: number): Uint8Array } })
+    .Buffer
+  return NodeBuffer ? NodeBuffer.from(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength) : bytes
+}
+
+/**
+ * Errors worth retrying: lost connections, deadlocks, serialization failures, lock timeouts.
+ * Constraint violations and syntax errors are not.
+ */
+export function isRetriableDatabaseError(error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false
+  const e = error as { code?: unknown; errno?: unknown; message?: unknown }
+  const code = typeof e.code === 'string' ? e.code : ''
+  if (/^(08|40|53|57P)/.test(code)) return true // Postgres: connection, rollback, resources, shutdown
+  if (
+    [
+      'ECONNRESET',
+      'ECONNREFUSED',
+      'EPIPE',
+      'ETIMEDOUT',
+      'PROTOCOL_CONNECTION_LOST',
+      'CONNECTION_CLOSED',
+      'CONNECTION_ENDED',
+      'CONNECTION_DESTROYED',
+    ].includes(code)
+  ) {
+    return true
+  }
+  if (code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT') return true
+  return false
+}

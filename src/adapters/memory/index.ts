@@ -1,0 +1,10 @@
+export {
+  MemoryDatabase,
+  type MemoryDatabaseOptions,
+  type MemoryInboxRow,
+  MemoryInboxStore,
+  type MemoryOutboxRow,
+  MemoryOutboxStore,
+  MemoryTransaction,
+  type OutboxRowStatus,
+} from './memory-store.js'

@@ -1,0 +1,379 @@
+/**
+ * The reference implementation of {@link OutboxStore} and {@link InboxStore}, in memory.
+ *
+ * It is deliberately small and follows the contracts to the letter, so it is the place to read
+ * when writing an adapter for another database. It is not durable: use it for unit tests and
+ * examples, never in production.
+ */
+import { ErrorCode, OutboxKitError } from '../../core/errors.js'
+import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
+import type {
+  Claim,
+  ClaimOptions,
+  DeadRecord,
+  FailedRecord,
+  InboxStore,
+  OutboxStats,
+  OutboxStore,
+  PurgeOptions,
+  SettleResult,
+  StoreCapabilities,
+} from '../../core/store.js'
+
+export type OutboxRowStatus = 'pending' | 'published' | 'dead'
+
+/** One outbox row, as a SQL store would keep it. */
+export interface MemoryOutboxRow {
+  /** Insertion order; the order a key's records are published in. */
+  readonly seq: number
+  readonly record: OutboxRecord
+  readonly createdAt: number
+  status: OutboxRowStatus
+  attempts: number
+  availableAt: number
+  leaseUntil: number | null
+  claimToken: string | null
+  publishedAt: number | null
+  lastError: string | null
+}
+
+export interface MemoryInboxRow {
+  readonly consumer: string
+  readonly messageId: string
+  readonly processedAt: number
+}
+
+/** A transaction of the memory store. Writes become visible when it commits. */
+export class MemoryTransaction {
+  readonly outbox: OutboxRecord[] = []
+  readonly inbox: MemoryInboxRow[] = []
+  /** Callbacks run after commit (the memory store's stand-in for business rows). */
+  readonly onCommit: (() => void)[] = []
+  state: 'open' | 'committed' | 'rolled back' = 'open'
+}
+
+export interface MemoryDatabaseOptions {
+  /** The store's clock, in Unix milliseconds. Tests replace it to move time. */
+  now?: () => number
+}
+
+/**
+ * The memory "database": both tables and the transactions over them. Create the stores from it,
+ * `new MemoryOutboxStore(db)` and `new MemoryInboxStore(db)`, so they share transactions.
+ */
+export class MemoryDatabase {
+  /** All outbox rows in insertion order. Tests read it directly. */
+  readonly rows: MemoryOutboxRow[] = []
+  /** Committed inbox rows by `consumer \u0000 messageId`. */
+  readonly inbox = new Map<string, MemoryInboxRow>()
+
+  readonly now: () => number
+  #seq = 0
+  /** Inbox keys written by open transactions, with a promise that settles when each ends. */
+  readonly #inboxInFlight = new Map<string, Promise<void>>()
+  #waiters: (() => void)[] = []
+
+  constructor(options: MemoryDatabaseOptions = {}) {
+    this.now = options.now ?? Date.now
+  }
+
+  async transaction<T>(fn: (tx: MemoryTransaction) => Promise<T>): Promise<T> {
+    const tx = new MemoryTransaction()
+    let finish!: () => void
+    const finished = new Promise<void>((resolve) => {
+      finish = resolve
+    })
+    const txInboxKeys: string[] = []
+    // Track inbox writes of this transaction so concurrent writers of the same pair wait.
+    const originalPush = tx.inbox.push.bind(tx.inbox)
+    tx.inbox.push = (...rows: MemoryInboxRow[]) => {
+      for (const row of rows) {
+        const key = inboxKey(row.consumer, row.messageId)
+        txInboxKeys.push(key)
+        this.#inboxInFlight.set(key, finished)
+      }
+      return originalPush(...rows)
+    }
+    try {
+      const result = await fn(tx)
+      if (tx.state !== 'open') throw new OutboxKitError(ErrorCode.Closed, 'The transaction already ended.')
+      this.#commit(tx)
+      return result
+    } catch (error) {
+      tx.state = 'rolled back'
+      throw error
+    } finally {
+      for (const key of txInboxKeys) {
+        if (this.#inboxInFlight.get(key) === finished) this.#inboxInFlight.delete(key)
+      }
+      finish()
+    }
+  }
+
+  #commit(tx: MemoryTransaction): void {
+    const now = this.now()
+    for (const record of tx.outbox) {
+      this.rows.push({
+        seq: ++this.#seq,
+        record,
+        createdAt: now,
+        status: 'pending',
+        attempts: 0,
+        availableAt: now,
+        leaseUntil: null,
+        claimToken: null,
+        publishedAt: null,
+        lastError: null,
+      })
+    }
+    for (const row of tx.inbox) this.inbox.set(inboxKey(row.consumer, row.messageId), row)
+    tx.state = 'committed'
+    for (const callback of tx.onCommit) callback()
+    if (tx.outbox.length > 0) this.wake()
+  }
+
+  waitForChange(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve()
+      const done = () => {
+        signal.removeEventListener('abort', done)
+        this.#waiters = this.#waiters.filter((w) => w !== done)
+        resolve()
+      }
+      this.#waiters.push(done)
+      signal.addEventListener('abort', done, { once: true })
+    })
+  }
+
+  wake(): void {
+    for (const waiter of this.#waiters) waiter()
+  }
+
+  /** Inserts rows into the open transaction (what the outbox store's `add` does). */
+  insertOutbox(tx: MemoryTransaction, records: readonly OutboxRecord[]): void {
+    assertOpen(tx)
+    for (const record of records) {
+      const duplicate =
+        this.rows.some((row) => row.record.id === record.id) || tx.outbox.some((r) => r.id === record.id)
+      if (duplicate) {
+        throw new OutboxKitError(ErrorCode.StoreFailed, `A message with id ${record.id} already exists.`, {
+          source: 'memory',
+        })
+      }
+      tx.outbox.push(record)
+    }
+  }
+
+  /**
+   * Records an inbox pair in `tx` like a unique index would: waits while another open transaction
+   * holds the pair, then checks and writes with no await in between, so exactly one writer wins.
+   */
+  async recordInbox(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+    assertOpen(tx)
+    const key = inboxKey(consumer, messageId)
+    if (tx.inbox.some((row) => inboxKey(row.consumer, row.messageId) === key)) return false
+    for (let inFlight = this.#inboxInFlight.get(key); inFlight; inFlight = this.#inboxInFlight.get(key)) {
+      await inFlight
+    }
+    if (this.inbox.has(key)) return false
+    tx.inbox.push({ consumer, messageId, processedAt: this.now() })
+    return true
+  }
+}
+
+/** The outbox table of a {@link MemoryDatabase}. */
+export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
+  readonly name = 'memory'
+  readonly capabilities: StoreCapabilities = { concurrentClaims: true, notify: true }
+  readonly db: MemoryDatabase
+
+  constructor(db: MemoryDatabase = new MemoryDatabase()) {
+    this.db = db
+  }
+
+  transaction<T>(fn: (tx: MemoryTransaction) => Promise<T>): Promise<T> {
+    return this.db.transaction(fn)
+  }
+
+  get rows(): MemoryOutboxRow[] {
+    return this.db.rows
+  }
+
+  async add(tx: MemoryTransaction, records: readonly OutboxRecord[]): Promise<void> {
+    this.db.insertOutbox(tx, records)
+  }
+
+  async claim(options: ClaimOptions): Promise<Claim> {
+    const now = this.db.now()
+    const token = crypto.randomUUID()
+    const records: ClaimedRecord[] = []
+    // A key is blocked once one of its pending rows cannot be claimed: later rows must wait.
+    const blockedKeys = new Set<string>()
+    for (const row of this.db.rows) {
+      if (records.length >= options.limit) break
+      if (row.status !== 'pending') continue
+      const key = row.record.key
+      if (blockedKeys.has(key)) continue
+      const leased = row.leaseUntil !== null && row.leaseUntil > now
+      if (leased || row.availableAt > now) {
+        blockedKeys.add(key)
+        continue
+      }
+      row.attempts++
+      row.leaseUntil = now + options.leaseMs
+      row.claimToken = token
+      records.push({ ...row.record, attempts: row.attempts, createdAt: new Date(row.createdAt) })
+    }
+    return { token, records }
+  }
+
+  #settle(token: string, ids: readonly string[], apply: (row: MemoryOutboxRow) => void): SettleResult {
+    const lost: string[] = []
+    let settled = 0
+    for (const id of ids) {
+      const row = this.db.rows.find((r) => r.record.id === id)
+      if (!row || row.claimToken !== token || row.status !== 'pending') {
+        lost.push(id)
+        continue
+      }
+      apply(row)
+      row.claimToken = null
+      row.leaseUntil = null
+      settled++
+    }
+    return { settled, lost }
+  }
+
+  async markPublished(token: string, ids: readonly string[]): Promise<SettleResult> {
+    const now = this.db.now()
+    return this.#settle(token, ids, (row) => {
+      row.status = 'published'
+      row.publishedAt = now
+    })
+  }
+
+  async markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult> {
+    const now = this.db.now()
+    const byId = new Map(failures.map((f) => [f.id, f]))
+    return this.#settle(token, [...byId.keys()], (row) => {
+      const failure = byId.get(row.record.id)!
+      row.availableAt = now + failure.retryInMs
+      row.lastError = failure.error
+    })
+  }
+
+  async markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult> {
+    const byId = new Map(records.map((r) => [r.id, r]))
+    return this.#settle(token, [...byId.keys()], (row) => {
+      row.status = 'dead'
+      row.lastError = byId.get(row.record.id)!.error
+    })
+  }
+
+  async release(token: string, ids?: readonly string[]): Promise<SettleResult> {
+    const targets = ids ?? this.db.rows.filter((r) => r.claimToken === token).map((r) => r.record.id)
+    return this.#settle(token, targets, (row) => {
+      // A release is not a delivery attempt.
+      row.attempts = Math.max(0, row.attempts - 1)
+    })
+  }
+
+  async extendLease(token: string, leaseMs: number): Promise<number> {
+    const until = this.db.now() + leaseMs
+    let held = 0
+    for (const row of this.db.rows) {
+      if (row.claimToken === token && row.status === 'pending') {
+        row.leaseUntil = until
+        held++
+      }
+    }
+    return held
+  }
+
+  async purge(options: PurgeOptions): Promise<number> {
+    const horizon = this.db.now() - options.olderThanMs
+    const limit = options.limit ?? 10_000
+    let removed = 0
+    for (let i = 0; i < this.db.rows.length && removed < limit; ) {
+      const row = this.db.rows[i]!
+      const settled = row.status === 'published' || (options.includeDead === true && row.status === 'dead')
+      if (settled && row.createdAt < horizon) {
+        this.db.rows.splice(i, 1)
+        removed++
+      } else {
+        i++
+      }
+    }
+    return removed
+  }
+
+  async stats(): Promise<OutboxStats> {
+    const now = this.db.now()
+    let pending = 0
+    let dead = 0
+    let oldest = now
+    for (const row of this.db.rows) {
+      if (row.status === 'pending') {
+        pending++
+        oldest = Math.min(oldest, row.createdAt)
+      } else if (row.status === 'dead') {
+        dead++
+      }
+    }
+    return { pending, dead, oldestPendingAgeMs: now - oldest }
+  }
+
+  waitForChange(signal: AbortSignal): Promise<void> {
+    return this.db.waitForChange(signal)
+  }
+}
+
+/** The inbox table of a {@link MemoryDatabase}. */
+export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
+  readonly name = 'memory'
+  readonly db: MemoryDatabase
+
+  constructor(db: MemoryDatabase = new MemoryDatabase()) {
+    this.db = db
+  }
+
+  transaction<T>(fn: (tx: MemoryTransaction) => Promise<T>): Promise<T> {
+    return this.db.transaction(fn)
+  }
+
+  markProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+    return this.db.recordInbox(tx, consumer, messageId)
+  }
+
+  async isProcessed(consumer: string, messageId: string): Promise<boolean> {
+    return this.db.inbox.has(inboxKey(consumer, messageId))
+  }
+
+  async purge(options: { olderThanMs: number; consumer?: string; limit?: number }): Promise<number> {
+    const horizon = this.db.now() - options.olderThanMs
+    let removed = 0
+    for (const [key, row] of this.db.inbox) {
+      if (removed >= (options.limit ?? 10_000)) break
+      if (
+        row.processedAt < horizon &&
+        (options.consumer === undefined || row.consumer === options.consumer)
+      ) {
+        this.db.inbox.delete(key)
+        removed++
+      }
+    }
+    return removed
+  }
+}
+
+function inboxKey(consumer: string, messageId: string): string {
+  return `${consumer}\u0000${messageId}`
+}
+
+function assertOpen(tx: MemoryTransaction): void {
+  if (!(tx instanceof MemoryTransaction) || tx.state !== 'open') {
+    throw new OutboxKitError(ErrorCode.Closed, 'Pass an open transaction from memoryStore.transaction().', {
+      source: 'memory',
+    })
+  }
+}

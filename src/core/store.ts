@@ -1,0 +1,148 @@
+import type { ClaimedRecord, OutboxRecord } from './message.js'
+
+/**
+ * The contracts a storage backend implements. `Tx` is the backend's transaction handle (a Kysely
+ * `Transaction`, a driver client, ...): the caller's transaction is passed through unchanged so
+ * events are written atomically with the caller's business rows.
+ *
+ * Run `outboxkit/testing`'s conformance suites against a new implementation.
+ */
+
+/** What a backend can do. Capabilities a backend does not declare are treated as `false`. */
+export interface StoreCapabilities {
+  /** Several relays may claim from one table at once without taking the same rows. */
+  readonly concurrentClaims: boolean
+  /** `waitForChange` is implemented with push notifications (e.g. Postgres LISTEN/NOTIFY). */
+  readonly notify: boolean
+}
+
+/** Options for {@link OutboxStore.claim}. */
+export interface ClaimOptions {
+  /** The most records to claim. */
+  readonly limit: number
+  /** How long the claim holds, measured by the store's (database's) clock. */
+  readonly leaseMs: number
+}
+
+/**
+ * A set of records a relay holds under a lease. Records of one key form a run in the order they
+ * were written, and no other claim holds any record of those keys until this one is settled or
+ * its lease expires.
+ */
+export interface Claim {
+  /** Fences every later write: a settle call with a token that no longer holds the rows does nothing. */
+  readonly token: string
+  /** Claimed records, oldest first. Empty when nothing is ready. */
+  readonly records: readonly ClaimedRecord[]
+}
+
+/** A record that could not be published, and when to try again. */
+export interface FailedRecord {
+  readonly id: string
+  readonly error: string
+  /** Delay before the record may be claimed again, measured by the store's clock. */
+  readonly retryInMs: number
+}
+
+/** A record given up on. */
+export interface DeadRecord {
+  readonly id: string
+  readonly error: string
+}
+
+/** The outcome of a fenced write: how many of the given ids this claim still held. */
+export interface SettleResult {
+  /** Ids that were updated. */
+  readonly settled: number
+  /** Ids the claim no longer held (its lease expired and another claim took them, or they were settled). */
+  readonly lost: readonly string[]
+}
+
+export interface OutboxStats {
+  /** Rows not yet published nor dead, claimed or not. */
+  readonly pending: number
+  /** Rows given up on. */
+  readonly dead: number
+  /** Age of the oldest pending row in milliseconds, by the store's clock; 0 when none. */
+  readonly oldestPendingAgeMs: number
+}
+
+/** Options for {@link OutboxStore.purge}. */
+export interface PurgeOptions {
+  /** Delete published rows written more than this long ago. */
+  readonly olderThanMs: number
+  /** Also delete dead rows older than `olderThanMs`. Default false: dead rows wait for a person. */
+  readonly includeDead?: boolean
+  /** Delete at most this many rows in one call, so a purge never holds long locks. Default 10 000. */
+  readonly limit?: number
+}
+
+/** Runs a function in a new transaction of the backend, committing if it resolves. */
+export interface TransactionRunner<Tx> {
+  transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>
+}
+
+/** The outbox table. */
+export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
+  /** A short name for error messages and telemetry, e.g. `postgres`. */
+  readonly name: string
+  readonly capabilities: StoreCapabilities
+
+  /** Inserts records inside the caller's transaction `tx`. They become visible when it commits. */
+  add(tx: Tx, records: readonly OutboxRecord[]): Promise<void>
+
+  /**
+   * Claims up to `limit` ready records under a lease, in its own short transaction.
+   *
+   * Must never hand out a record another live claim holds, nor a record of a key while an
+   * earlier record of that key is unsettled (claimed elsewhere or waiting for a retry), and must
+   * see records from transactions that committed out of id order.
+   */
+  claim(options: ClaimOptions): Promise<Claim>
+
+  /** Marks records published. Fenced by `token`. */
+  markPublished(token: string, ids: readonly string[]): Promise<SettleResult>
+  /** Releases records for a later retry and records the error. Fenced by `token`. */
+  markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult>
+  /** Marks records dead: never published, kept for inspection. Fenced by `token`. */
+  markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult>
+  /**
+   * Gives records back without counting an attempt (graceful shutdown). Fenced by `token`.
+   * Without `ids`, releases every record the claim still holds.
+   */
+  release(token: string, ids?: readonly string[]): Promise<SettleResult>
+  /** Extends the lease of every record the claim still holds. Returns how many it holds. */
+  extendLease(token: string, leaseMs: number): Promise<number>
+
+  /** Deletes old settled rows; returns how many. */
+  purge(options: PurgeOptions): Promise<number>
+  stats(): Promise<OutboxStats>
+
+  /**
+   * Resolves when new records may be ready (a notification arrived), or when `signal` aborts.
+   * Only called when `capabilities.notify` is true.
+   */
+  waitForChange?(signal: AbortSignal): Promise<void>
+  /** Releases connections the store opened itself (never the caller's database handle). */
+  close?(): Promise<void>
+}
+
+/** The inbox table: which messages each consumer has processed. */
+export interface InboxStore<Tx> extends TransactionRunner<Tx> {
+  readonly name: string
+
+  /**
+   * Records that `consumer` processed `messageId`, inside `tx`. Returns `false`, writing nothing,
+   * when it was already recorded by a committed transaction. A concurrent transaction recording
+   * the same pair waits for the first one to finish, so exactly one of them gets `true`.
+   */
+  markProcessed(tx: Tx, consumer: string, messageId: string): Promise<boolean>
+  /** Whether `consumer` has processed `messageId` (committed). */
+  isProcessed(consumer: string, messageId: string): Promise<boolean>
+  /** Deletes records older than `olderThanMs` (for one consumer, or all); returns how many. */
+  purge(options: {
+    readonly olderThanMs: number
+    readonly consumer?: string
+    readonly limit?: number
+  }): Promise<number>
+}

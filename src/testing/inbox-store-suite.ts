@@ -1,0 +1,92 @@
+/**
+ * The conformance suite every {@link InboxStore} must pass. Assertions read the table through the
+ * harness's `readRows`, which must query the database directly.
+ */
+import type { InboxStore } from '../core/store.js'
+import { captureError, type TestApi } from './test-api.js'
+
+export interface InboxStoreHarness<Tx> {
+  readonly store: InboxStore<Tx>
+  /** Every inbox row as `consumer/messageId`, sorted, read directly from the database. */
+  readRows(): Promise<string[]>
+  /** Makes every inbox row older by `ms`. */
+  ageRows(ms: number): Promise<void>
+  close(): Promise<void>
+}
+
+export interface InboxStoreSuiteOptions {
+  /** Whether two transactions can be open at once (false for PGlite). */
+  readonly concurrentTransactions: boolean
+}
+
+export function inboxStoreSuite<Tx>(
+  api: TestApi,
+  name: string,
+  open: () => Promise<InboxStoreHarness<Tx>>,
+  options: InboxStoreSuiteOptions,
+): void {
+  const { describe, expect } = api
+  const test = (title: string, fn: (h: InboxStoreHarness<Tx>) => Promise<void>) =>
+    api.test(
+      title,
+      async () => {
+        const harness = await open()
+        try {
+          await fn(harness)
+        } finally {
+          await harness.close()
+        }
+      },
+      30_000,
+    )
+
+  describe(`InboxStore conformance: ${name}`, () => {
+    test('a message is processed once per consumer; other consumers are independent', async (h) => {
+      const first = await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-1'))
+      const again = await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-1'))
+      const other = await h.store.transaction((tx) => h.store.markProcessed(tx, 'shipping', 'm-1'))
+      expect([first, again, other]).toEqual([true, false, true])
+      expect(await h.readRows()).toEqual(['billing/m-1', 'shipping/m-1'])
+      expect(await h.store.isProcessed('billing', 'm-1')).toBe(true)
+      expect(await h.store.isProcessed('billing', 'm-2')).toBe(false)
+    })
+
+    test('a rolled-back transaction records nothing, so the message is processed again', async (h) => {
+      await captureError(() =>
+        h.store.transaction(async (tx) => {
+          expect(await h.store.markProcessed(tx, 'billing', 'm-1')).toBe(true)
+          throw new Error('handler failed')
+        }),
+      )
+      expect(await h.readRows()).toEqual([])
+      expect(await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-1'))).toBe(true)
+    })
+
+    if (options.concurrentTransactions) {
+      test('two transactions racing on one message: exactly one wins', async (h) => {
+        for (let i = 0; i < 10; i++) {
+          const results = await Promise.all(
+            [0, 1, 2].map(() =>
+              h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', `race-${i}`)),
+            ),
+          )
+          expect(results.filter(Boolean)).toHaveLength(1)
+        }
+        expect(await h.readRows()).toHaveLength(10)
+      })
+    }
+
+    test('retention purge removes only records older than the horizon', async (h) => {
+      await h.store.transaction(async (tx) => {
+        await h.store.markProcessed(tx, 'billing', 'old-1')
+        await h.store.markProcessed(tx, 'shipping', 'old-2')
+      })
+      await h.ageRows(3_600_000)
+      await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'new-1'))
+      expect(await h.store.purge({ olderThanMs: 60_000, consumer: 'billing' })).toBe(1)
+      expect(await h.readRows()).toEqual(['billing/new-1', 'shipping/old-2'])
+      expect(await h.store.purge({ olderThanMs: 60_000 })).toBe(1)
+      expect(await h.readRows()).toEqual(['billing/new-1'])
+    })
+  })
+}

@@ -1,0 +1,23 @@
+import { defineConfig } from 'tsup'
+
+/** One entry per subpath export; package.json "exports" lists the same names. */
+export const entries = {
+  index: 'src/index.ts',
+  kysely: 'src/adapters/kysely/index.ts',
+  memory: 'src/adapters/memory/index.ts',
+  testing: 'src/testing/index.ts',
+}
+
+export default defineConfig({
+  entry: entries,
+  format: ['esm', 'cjs'],
+  dts: true,
+  sourcemap: true,
+  clean: true,
+  splitting: true,
+  treeshake: true,
+  target: 'es2022',
+  platform: 'neutral',
+  // Drivers and peers are never bundled: users install the ones they use.
+  external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', /^@electric-sql\//, /^@opentelemetry\//],
+})
