@@ -3,6 +3,7 @@ import { defineConfig } from 'tsup'
 /** One entry per subpath export; package.json "exports" lists the same names. */
 export const entries = {
   index: 'src/index.ts',
+  kafka: 'src/adapters/kafka/index.ts',
   kysely: 'src/adapters/kysely/index.ts',
   memory: 'src/adapters/memory/index.ts',
   testing: 'src/testing/index.ts',

@@ -19,6 +19,12 @@ export const ErrorCode = {
   InvalidOptions: 'INVALID_OPTIONS',
   /** The database rejected or failed a store operation. */
   StoreFailed: 'STORE_FAILED',
+  /** The broker or transport failed; `retriable` says whether trying again can help. */
+  TransportFailed: 'TRANSPORT_FAILED',
+  /** Another producer with the same transactional id took over; this one must stop. */
+  Fenced: 'FENCED',
+  /** `start()` was called on a component that is already running. */
+  AlreadyStarted: 'ALREADY_STARTED',
   /** A component was used after it was stopped or closed. */
   Closed: 'CLOSED',
 } as const

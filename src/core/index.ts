@@ -1,3 +1,4 @@
+export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 export {
   describeError,
   ErrorCode,
@@ -24,6 +25,15 @@ export {
   toRecord,
 } from './message.js'
 export { Outbox, type OutboxOptions, type TraceContextCapture } from './outbox.js'
+export {
+  DEAD_REASON_HEADER,
+  type DeadLetterOptions,
+  ORIGINAL_TOPIC_HEADER,
+  Relay,
+  type RelayEvents,
+  type RelayListener,
+  type RelayOptions,
+} from './relay.js'
 export type {
   Claim,
   ClaimOptions,
@@ -37,4 +47,5 @@ export type {
   StoreCapabilities,
   TransactionRunner,
 } from './store.js'
+export type { PublishOutcome, Transport, TransportCapabilities } from './transport.js'
 export { isUuid, uuidv7, uuidv7Timestamp } from './uuid.js'

@@ -204,6 +204,14 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     }))
   }
 
+  /**
+   * MySQL may answer a long `id IN (...)` with a table scan, and a locking scan waits on every
+   * row a writer has not committed yet; the unique id index touches only the rows asked for.
+   */
+  get #byIdIndex(): RawBuilder<unknown> {
+    return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_id_key\`)`) : sql``
+  }
+
   /** Quotes an output alias in the store's dialect. */
   #q(alias: string): string {
     return this.#mysql ? `\`${alias}\`` : `"${alias}"`
@@ -224,30 +232,37 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     const { outbox, columns: c } = this.tables
     const unique = [...new Set(ids)]
     return this.#run(operation, () =>
-      this.#db.transaction().execute(async (trx) => {
-        const held = await sql<{ id: string }>`
-          SELECT ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)}
-          WHERE ${sql.raw(c.id)} IN (${sql.join(unique)})
-            AND ${sql.raw(c.claimToken)} = ${token}
-            AND ${sql.raw(c.status)} = ${Status.pending}
-          FOR UPDATE`.execute(trx)
-        const heldIds = new Set(held.rows.map((r) => String(r.id)))
-        const lost = unique.filter((id) => !heldIds.has(id))
-        if (heldIds.size === 0) return { settled: 0, lost }
-        const clear = sql`${sql.raw(c.leaseUntil)} = NULL, ${sql.raw(c.claimToken)} = NULL`
-        if (perRow) {
-          for (const id of heldIds) {
-            await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(id)}, ${clear}
-              WHERE ${sql.raw(c.id)} = ${id} AND ${sql.raw(c.claimToken)} = ${token}`.execute(trx)
-          }
-        } else {
-          await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(undefined)}, ${clear}
-            WHERE ${sql.raw(c.id)} IN (${sql.join([...heldIds])}) AND ${sql.raw(c.claimToken)} = ${token}`.execute(
-            trx,
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          // Lock by the unique id alone, so MySQL walks the id index and never waits on rows of
+          // writers' open transactions; the token is checked on the locked rows.
+          const rows = await sql<{ id: unknown; token: unknown; status: unknown }>`
+            SELECT ${sql.raw(c.id)} AS id, ${sql.raw(c.claimToken)} AS token, ${sql.raw(c.status)} AS status
+            FROM ${sql.raw(outbox)} ${this.#byIdIndex} WHERE ${sql.raw(c.id)} IN (${sql.join(unique)})
+            FOR UPDATE`.execute(trx)
+          const heldIds = new Set(
+            rows.rows
+              .filter(
+                (r) => r.token !== null && String(r.token) === token && toNumber(r.status) === Status.pending,
+              )
+              .map((r) => String(r.id)),
           )
-        }
-        return { settled: heldIds.size, lost }
-      }),
+          const lost = unique.filter((id) => !heldIds.has(id))
+          if (heldIds.size === 0) return { settled: 0, lost }
+          const clear = sql`${sql.raw(c.leaseUntil)} = NULL, ${sql.raw(c.claimToken)} = NULL`
+          if (perRow) {
+            for (const id of heldIds) {
+              await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(id)}, ${clear}
+                WHERE ${sql.raw(c.id)} = ${id}`.execute(trx)
+            }
+          } else {
+            await sql`UPDATE ${sql.raw(outbox)} SET ${assignments(undefined)}, ${clear}
+              WHERE ${sql.raw(c.id)} IN (${sql.join([...heldIds])})`.execute(trx)
+          }
+          return { settled: heldIds.size, lost }
+        }),
     )
   }
 

@@ -8,3 +8,4 @@ export {
   MemoryTransaction,
   type OutboxRowStatus,
 } from './memory-store.js'
+export { type DeliveredRecord, MemoryTransport } from './memory-transport.js'

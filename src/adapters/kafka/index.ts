@@ -1,0 +1,6 @@
+export {
+  createKafkaTransport,
+  KafkaTransport,
+  type KafkaTransportOptions,
+  protocolErrorType,
+} from './kafka-transport.js'

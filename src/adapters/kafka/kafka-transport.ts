@@ -1,0 +1,500 @@
+import {
+  type Admin,
+  type CompressionTypes,
+  Kafka,
+  type Message,
+  Partitioners,
+  type PartitionMetadata,
+  type Producer,
+  type ProducerConfig,
+  type RecordMetadata,
+} from 'kafkajs'
+import { describeError, ErrorCode, OutboxKitError } from '../../core/errors.js'
+import { type ClaimedRecord, publishedHeaders } from '../../core/message.js'
+import type { PublishOutcome, Transport, TransportCapabilities } from '../../core/transport.js'
+
+export interface KafkaTransportOptions {
+  /** Your kafkajs client (brokers, TLS, SASL, logging). Or pass `brokers` instead. */
+  kafka?: Kafka
+  /** Bootstrap brokers, when no `kafka` client is given. */
+  brokers?: string[]
+  /** Client id, when no `kafka` client is given. Default `outboxkit-relay`. */
+  clientId?: string
+  /**
+   * Publish each batch in a Kafka transaction under this id: a batch becomes visible to
+   * `read_committed` consumers all at once or not at all, and a second producer with the same id
+   * fences this one. Use one stable id per relay instance (e.g. `orders-relay-<host>`).
+   */
+  transactionalId?: string
+  /** Compression codec (kafkajs `CompressionTypes`). Default none. */
+  compression?: CompressionTypes
+  /**
+   * Largest record (key + value + headers) sent, in bytes. Larger records fail at once as not
+   * retriable, so the relay dead-letters them without a broker round trip. Keep it at or below the
+   * topic's `max.message.bytes`. Default 1 000 000.
+   */
+  maxRecordBytes?: number
+  /** Bytes per produce request; larger batches are split. Default 4 MiB. */
+  maxRequestBytes?: number
+  /** Broker request timeout, ms. Default 30 000. */
+  requestTimeoutMs?: number
+  /** Extra kafkajs producer settings. The settings exactly-once needs (idempotence, acks) cannot be overridden. */
+  producer?: Omit<ProducerConfig, 'idempotent' | 'maxInFlightRequests' | 'transactionalId'>
+}
+
+const RECORD_OVERHEAD_BYTES = 128
+
+interface SendItem {
+  readonly index: number
+  readonly record: ClaimedRecord
+  readonly message: Message
+  readonly size: number
+}
+
+/**
+ * Broker errors that are about the record itself: trying again cannot help, so the relay
+ * dead-letters the record at once.
+ */
+const RECORD_FAULTS = new Set([
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+  'INVALID_TOPIC_EXCEPTION',
+  'TOPIC_AUTHORIZATION_FAILED',
+  'POLICY_VIOLATION',
+])
+
+/** Metadata errors that are about one topic: its records fail, others still go out. */
+const TOPIC_FAULTS = new Set([
+  'UNKNOWN_TOPIC_OR_PARTITION',
+  'INVALID_TOPIC_EXCEPTION',
+  'TOPIC_AUTHORIZATION_FAILED',
+])
+
+const METADATA_TTL_MS = 60_000
+
+/** Errors that mean another producer with our transactional id took over. */
+const FENCING = new Set([
+  'INVALID_PRODUCER_EPOCH',
+  'PRODUCER_FENCED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+])
+
+/**
+ * A {@link Transport} on kafkajs with the idempotent producer (acks = all, one request in flight)
+ * and, with `transactionalId`, one Kafka transaction per batch.
+ *
+ * After an error whose outcome is unknown (timeout, connection closed mid-request) the producer
+ * is thrown away and a new one is made for the next batch, and the batch is reported as not
+ * published, so its rows are published again: a possible duplicate with the same message id,
+ * never a loss.
+ *
+ * @example
+ * ```ts
+ * const transport = createKafkaTransport({ brokers: ['127.0.0.1:9092'] })
+ * const relay = new Relay({ store, transport })
+ * ```
+ */
+export function createKafkaTransport(options: KafkaTransportOptions): KafkaTransport {
+  return new KafkaTransport(options)
+}
+
+export class KafkaTransport implements Transport {
+  readonly name = 'kafka'
+  readonly capabilities: TransportCapabilities
+  readonly #kafka: Kafka
+  readonly #options: KafkaTransportOptions
+  readonly #maxRecordBytes: number
+  readonly #maxRequestBytes: number
+  #producer: Promise<Producer> | undefined
+  #admin: Promise<Admin> | undefined
+  readonly #metadata = new Map<string, { partitions: number; at: number }>()
+  /** Publishes run one at a time: one producer, and Kafka transactions cannot overlap. */
+  #queue: Promise<unknown> = Promise.resolve()
+  #closed = false
+  #fenced = false
+  /** How many producers were discarded after an error (observability and tests). */
+  producerRebuilds = 0
+
+  constructor(options: KafkaTransportOptions) {
+    if (!options?.kafka && !options?.brokers?.length) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKafkaTransport needs `kafka` (a kafkajs client) or `brokers`.',
+        {
+          source: 'kafka',
+        },
+      )
+    }
+    if (
+      options.transactionalId !== undefined &&
+      (typeof options.transactionalId !== 'string' || !options.transactionalId)
+    ) {
+      throw new OutboxKitError(ErrorCode.InvalidOptions, 'transactionalId must be a non-empty string.', {
+        source: 'kafka',
+      })
+    }
+    this.#options = options
+    this.#kafka =
+      options.kafka ??
+      new Kafka({ brokers: options.brokers!, clientId: options.clientId ?? 'outboxkit-relay' })
+    this.#maxRecordBytes = options.maxRecordBytes ?? 1_000_000
+    this.#maxRequestBytes = options.maxRequestBytes ?? 4 * 1024 * 1024
+    this.capabilities = { transactions: options.transactionalId !== undefined }
+  }
+
+  publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]> {
+    const run = this.#queue.then(() => this.#publish(records))
+    this.#queue = run.catch(() => {})
+    return run
+  }
+
+  async #publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]> {
+    if (this.#closed)
+      throw new OutboxKitError(ErrorCode.Closed, 'The Kafka transport is closed.', { source: 'kafka' })
+    if (this.#fenced) throw this.#fencedError()
+    const outcomes: (PublishOutcome | undefined)[] = new Array(records.length)
+    const sendable: SendItem[] = []
+    const failedKeys = new Set<string>()
+    records.forEach((record, index) => {
+      const message = toMessage(record)
+      const size = messageSize(record, message)
+      if (failedKeys.has(record.key)) {
+        outcomes[index] = notSent()
+      } else if (size > this.#maxRecordBytes) {
+        failedKeys.add(record.key)
+        outcomes[index] = {
+          status: 'failed',
+          error: `MESSAGE_TOO_LARGE: the record is about ${size} bytes; the limit (maxRecordBytes) is ${this.#maxRecordBytes}.`,
+          retriable: false,
+        }
+      } else {
+        sendable.push({ index, record, message, size })
+      }
+    })
+
+    // Choose each record's partition here (the Java client's murmur2 of the key, as kafkajs does),
+    // so every acknowledgement can be checked against the partitions actually sent to.
+    const routable: SendItem[] = []
+    const partitions = await this.#partitionCounts([...new Set(sendable.map((item) => item.record.topic))])
+    for (const item of sendable) {
+      const count = partitions.get(item.record.topic)
+      if (failedKeys.has(item.record.key)) {
+        outcomes[item.index] = notSent()
+      } else if (typeof count !== 'number') {
+        failedKeys.add(item.record.key)
+        outcomes[item.index] = {
+          status: 'failed',
+          error: count ?? 'no metadata for the topic',
+          retriable: true,
+        }
+      } else {
+        item.message.partition = partitionFor(item.record.topic, item.message, count)
+        routable.push(item)
+      }
+    }
+
+    // Split into requests of bounded size; records keep their order.
+    const requests: SendItem[][] = []
+    let current: SendItem[] = []
+    let bytes = 0
+    for (const item of routable) {
+      if (current.length > 0 && bytes + item.size > this.#maxRequestBytes) {
+        requests.push(current)
+        current = []
+        bytes = 0
+      }
+      current.push(item)
+      bytes += item.size
+    }
+    if (current.length > 0) requests.push(current)
+
+    try {
+      await this.#send(requests, outcomes)
+    } catch (error) {
+      // The broker refused a record for what it is (too large for the topic, invalid, forbidden),
+      // and the request does not say which. Send one record at a time to find it, so the others
+      // still go out and only the culprit is dead-lettered.
+      if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed || error.retriable)
+        throw error
+      if (routable.length === 1) {
+        outcomes[routable[0]!.index] = { status: 'failed', error: error.message, retriable: false }
+      } else {
+        for (const item of routable) {
+          if (failedKeys.has(item.record.key)) {
+            outcomes[item.index] = notSent()
+            continue
+          }
+          const [outcome] = await this.#publish([item.record])
+          outcomes[item.index] = outcome
+          if (outcome?.status === 'failed') failedKeys.add(item.record.key)
+        }
+      }
+    }
+    return outcomes.map((o) => o ?? notSent())
+  }
+
+  /**
+   * Sends the requests and fills in outcomes. A record counts as published only if the broker's
+   * answer acknowledges its partition: kafkajs 2.2.4 can resolve a multi-partition send whose
+   * retry skipped a partition after a leader change, and such records must be sent again.
+   * Throws an OutboxKitError when nothing was published.
+   */
+  async #send(
+    requests: readonly (readonly SendItem[])[],
+    outcomes: (PublishOutcome | undefined)[],
+  ): Promise<void> {
+    if (requests.length === 0) return
+    const producer = await this.#getProducer()
+    if (this.capabilities.transactions) {
+      // One transaction for the whole batch: all of it becomes visible, or none.
+      const transaction = await this.#guard(() => producer.transaction())
+      try {
+        for (const request of requests) {
+          const missing = unacknowledged(request, await transaction.sendBatch(this.#batch(request)))
+          if (missing.size > 0) throw unacknowledgedError(missing)
+        }
+        await transaction.commit()
+      } catch (error) {
+        await transaction.abort().catch(() => {})
+        throw await this.#failure(error)
+      }
+      for (const request of requests)
+        for (const item of request) outcomes[item.index] = { status: 'published' }
+      return
+    }
+    for (let i = 0; i < requests.length; i++) {
+      const request = requests[i]!
+      let missing: Set<string>
+      try {
+        missing = unacknowledged(request, await producer.sendBatch(this.#batch(request)))
+      } catch (error) {
+        const failure = await this.#failure(error)
+        if (i === 0) throw failure
+        // Earlier requests were acknowledged and stay published; this one and later ones were not sent.
+        for (const later of requests.slice(i))
+          for (const item of later) outcomes[item.index] = notSent(failure.message)
+        return
+      }
+      for (const item of request) {
+        outcomes[item.index] = missing.has(partitionKey(item))
+          ? { status: 'failed', error: unacknowledgedError(missing).message, retriable: true }
+          : { status: 'published' }
+      }
+      if (missing.size > 0) {
+        // The producer's state is in doubt: start afresh, and send nothing more in this call.
+        await this.#failure(unacknowledgedError(missing))
+        for (const later of requests.slice(i + 1)) for (const item of later) outcomes[item.index] = notSent()
+        return
+      }
+    }
+  }
+
+  /** Partition counts per topic (cached for a minute), or why a topic has none. */
+  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | string>> {
+    const result = new Map<string, number | string>()
+    const now = Date.now()
+    for (const topic of topics) {
+      const cached = this.#metadata.get(topic)
+      if (cached && now - cached.at < METADATA_TTL_MS) {
+        result.set(topic, cached.partitions)
+        continue
+      }
+      const admin = await this.#getAdmin()
+      try {
+        const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
+        const partitions = found[0]?.partitions.length ?? 0
+        if (partitions > 0) {
+          this.#metadata.set(topic, { partitions, at: now })
+          result.set(topic, partitions)
+        } else {
+          result.set(topic, `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`)
+        }
+      } catch (error) {
+        const type = protocolErrorType(error)
+        // A topic that does not exist (and is not auto-created) fails its records, not the batch.
+        if (type !== undefined && TOPIC_FAULTS.has(type))
+          result.set(topic, `${type}: ${describeError(error)}`)
+        else throw await this.#failure(error)
+      }
+    }
+    return result
+  }
+
+  async #getAdmin(): Promise<Admin> {
+    this.#admin ??= (async () => {
+      const admin = this.#kafka.admin()
+      await admin.connect()
+      return admin
+    })().catch((error) => {
+      this.#admin = undefined
+      throw error
+    })
+    return this.#admin
+  }
+
+  #batch(items: readonly SendItem[]) {
+    const byTopic = new Map<string, Message[]>()
+    for (const { record, message } of items) {
+      const list = byTopic.get(record.topic) ?? []
+      list.push(message)
+      byTopic.set(record.topic, list)
+    }
+    return {
+      topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+      acks: -1,
+      timeout: this.#options.requestTimeoutMs ?? 30_000,
+      ...(this.#options.compression === undefined ? {} : { compression: this.#options.compression }),
+    }
+  }
+
+  async #getProducer(): Promise<Producer> {
+    this.#producer ??= this.#guard(async () => {
+      const producer = this.#kafka.producer({
+        createPartitioner: Partitioners.DefaultPartitioner,
+        ...this.#options.producer,
+        idempotent: true,
+        maxInFlightRequests: 1,
+        ...(this.#options.transactionalId === undefined
+          ? {}
+          : { transactionalId: this.#options.transactionalId }),
+      })
+      await producer.connect()
+      return producer
+    }).catch((error) => {
+      this.#producer = undefined
+      throw error
+    })
+    return this.#producer
+  }
+
+  /** Discards the producer after a failure, and returns the error to throw. */
+  async #failure(error: unknown): Promise<OutboxKitError> {
+    const producer = this.#producer
+    this.#producer = undefined
+    this.producerRebuilds++
+    producer?.then((p) => p.disconnect()).catch(() => {})
+    const type = protocolErrorType(error)
+    if (type !== undefined && FENCING.has(type)) {
+      this.#fenced = true
+      return this.#fencedError(error)
+    }
+    if (error instanceof OutboxKitError) return error
+    return new OutboxKitError(
+      ErrorCode.TransportFailed,
+      `Publishing to Kafka failed${type ? ` (${type})` : ''}: ${describeError(error)}`,
+      {
+        source: 'kafka',
+        cause: error,
+        retriable: type === undefined || !RECORD_FAULTS.has(type),
+        details: { brokerError: type ?? null },
+      },
+    )
+  }
+
+  async #guard<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (error) {
+      throw await this.#failure(error)
+    }
+  }
+
+  #fencedError(cause?: unknown): OutboxKitError {
+    return new OutboxKitError(
+      ErrorCode.Fenced,
+      `Another producer with transactionalId "${this.#options.transactionalId}" took over; this transport is fenced. Stop this relay.`,
+      { source: 'kafka', cause, retriable: false },
+    )
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await this.#queue
+    const producer = this.#producer
+    const admin = this.#admin
+    this.#producer = undefined
+    this.#admin = undefined
+    await producer?.then((p) => p.disconnect()).catch(() => {})
+    await admin?.then((a) => a.disconnect()).catch(() => {})
+  }
+}
+
+const partitioner = Partitioners.DefaultPartitioner()
+const syntheticMetadata = new Map<number, PartitionMetadata[]>()
+
+/** The partition kafkajs' default (Java-compatible) partitioner picks for a keyed message. */
+function partitionFor(topic: string, message: Message, partitions: number): number {
+  let metadata = syntheticMetadata.get(partitions)
+  if (!metadata) {
+    metadata = Array.from({ length: partitions }, (_, partitionId) => ({
+      partitionErrorCode: 0,
+      partitionId,
+      leader: 0,
+      replicas: [0],
+      isr: [0],
+    }))
+    syntheticMetadata.set(partitions, metadata)
+  }
+  return partitioner({ topic, partitionMetadata: metadata, message })
+}
+
+function partitionKey(item: SendItem): string {
+  return `${item.record.topic}\u0000${item.message.partition}`
+}
+
+/** The topic-partitions of a request that the broker's answer does not acknowledge. */
+function unacknowledged(request: readonly SendItem[], metadata: readonly RecordMetadata[]): Set<string> {
+  const acknowledged = new Set(
+    metadata.filter((m) => m.errorCode === 0).map((m) => `${m.topicName}\u0000${m.partition}`),
+  )
+  const missing = new Set<string>()
+  for (const item of request) {
+    const key = partitionKey(item)
+    if (!acknowledged.has(key)) missing.add(key)
+  }
+  return missing
+}
+
+function unacknowledgedError(missing: ReadonlySet<string>): OutboxKitError {
+  const list = [...missing].map((k) => k.replace('\u0000', ':')).join(', ')
+  return new OutboxKitError(
+    ErrorCode.TransportFailed,
+    `The broker did not acknowledge ${list}; those records will be sent again.`,
+    {
+      source: 'kafka',
+      retriable: true,
+    },
+  )
+}
+
+function notSent(reason = 'an earlier record of its key failed'): PublishOutcome {
+  return { status: 'failed', error: `Not sent: ${reason}.`, retriable: true }
+}
+
+function toMessage(record: ClaimedRecord): Message {
+  const payload = record.payload
+  return {
+    key: record.key,
+    value: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+    headers: publishedHeaders(record),
+  }
+}
+
+function messageSize(record: ClaimedRecord, message: Message): number {
+  let size = RECORD_OVERHEAD_BYTES + Buffer.byteLength(record.key) + record.payload.byteLength
+  for (const [name, value] of Object.entries(message.headers ?? {})) {
+    size += Buffer.byteLength(name) + (typeof value === 'string' ? Buffer.byteLength(value) : 0)
+  }
+  return size
+}
+
+/** The broker error type (`MESSAGE_TOO_LARGE`, ...) behind a kafkajs error, if any. */
+export function protocolErrorType(error: unknown): string | undefined {
+  for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
+    const candidate = e as { type?: unknown; cause?: unknown; originalError?: unknown }
+    if (typeof candidate.type === 'string') return candidate.type
+    e = candidate.originalError ?? candidate.cause
+  }
+  return undefined
+}

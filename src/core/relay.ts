@@ -1,0 +1,342 @@
+import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
+import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
+import type { ClaimedRecord } from './message.js'
+import { positiveInteger } from './outbox.js'
+import type { DeadRecord, FailedRecord, OutboxStore } from './store.js'
+import type { Transport } from './transport.js'
+
+/** What a relay reports while it runs. Subscribe with {@link Relay.on}. */
+export interface RelayEvents {
+  /** A batch was claimed. */
+  claimed: { readonly count: number; readonly keys: number }
+  /** Records were published and marked. `durationMs` covers the publish. */
+  published: { readonly count: number; readonly durationMs: number }
+  /** Records failed and will be retried. */
+  failed: { readonly ids: readonly string[]; readonly error: string; readonly retryInMs: number }
+  /** Records were given up on (dead). */
+  deadLettered: { readonly ids: readonly string[]; readonly error: string }
+  /** Records this relay published but could not mark: its lease had expired and another relay took them. */
+  leaseLost: { readonly ids: readonly string[] }
+  /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
+  lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
+  /**
+   * The loop hit an error (store or transport unreachable) and backs off `retryInMs` before trying
+   * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced).
+   */
+  error: { readonly error: unknown; readonly retryInMs: number }
+}
+
+export type RelayListener<E extends keyof RelayEvents> = (event: RelayEvents[E]) => void
+
+export interface RelayOptions<Tx> {
+  store: OutboxStore<Tx>
+  transport: Transport
+  /** Most records per claim and publish. Default 500. */
+  batchSize?: number
+  /** How often to look for new records when idle, in ms. Default 250. With notifications it is the safety net. */
+  pollIntervalMs?: number
+  /** How long a claim holds its records, by the database clock. Default 30 000 ms; extended while publishing. */
+  leaseMs?: number
+  /** Attempts before a record that keeps failing is dead-lettered. Default 10. */
+  maxAttempts?: number
+  /** Backoff between attempts of a failing record, and of the loop after an error. */
+  backoff?: BackoffOptions
+  /** How often to sample lag (the `lag` event), in ms. Default 5 000. 0 turns it off. */
+  lagIntervalMs?: number
+  /** Stops the relay when aborted, as `stop()` does. */
+  signal?: AbortSignal
+  /**
+   * Also publish dead records to a dead-letter topic, with the reason in the
+   * `outboxkit-dead-reason` header and the original topic in `outboxkit-original-topic`.
+   * Without it, dead records stay in the table only (status dead, with `last_error`).
+   */
+  deadLetter?: DeadLetterOptions
+}
+
+export interface DeadLetterOptions {
+  /** The dead-letter topic. */
+  topic: string
+  /** Where to publish; defaults to the relay's transport. */
+  transport?: Transport
+}
+
+export const DEAD_REASON_HEADER = 'outboxkit-dead-reason'
+export const ORIGINAL_TOPIC_HEADER = 'outboxkit-original-topic'
+
+/**
+ * Moves records from the outbox table to the transport: claim → publish → mark.
+ *
+ * A record is marked published only after the transport reported it acknowledged, so a relay
+ * that dies between the two leaves it to be published again (a duplicate with the same message
+ * id), never lost. Any number of relays can share one table; the store's claim rules keep each
+ * key's records in order.
+ *
+ * @example
+ * ```ts
+ * const relay = new Relay({ store, transport })
+ * await relay.start()
+ * // ...
+ * await relay.stop()
+ * ```
+ */
+export class Relay<Tx> {
+  readonly #store: OutboxStore<Tx>
+  readonly #transport: Transport
+  readonly #batchSize: number
+  readonly #pollIntervalMs: number
+  readonly #leaseMs: number
+  readonly #maxAttempts: number
+  readonly #backoff: BackoffOptions
+  readonly #lagIntervalMs: number
+  readonly #deadLetter: Required<DeadLetterOptions> | undefined
+  readonly #listeners = new Map<keyof RelayEvents, Set<(event: never) => void>>()
+
+  #running: Promise<void> | undefined
+  #stopping: AbortController | undefined
+  #lastLagSample = 0
+
+  constructor(options: RelayOptions<Tx>) {
+    if (!options?.store || typeof options.store.claim !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'new Relay({ store, transport }) needs an OutboxStore as `store`.',
+      )
+    }
+    if (!options.transport || typeof options.transport.publish !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'new Relay({ store, transport }) needs a Transport as `transport`.',
+      )
+    }
+    this.#store = options.store
+    this.#transport = options.transport
+    this.#batchSize = positiveInteger('batchSize', options.batchSize ?? 500)
+    this.#pollIntervalMs = positiveInteger('pollIntervalMs', options.pollIntervalMs ?? 250)
+    this.#leaseMs = positiveInteger('leaseMs', options.leaseMs ?? 30_000)
+    this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 10)
+    this.#backoff = options.backoff ?? {}
+    this.#lagIntervalMs = options.lagIntervalMs ?? 5_000
+    this.#deadLetter = options.deadLetter && {
+      topic: options.deadLetter.topic,
+      transport: options.deadLetter.transport ?? options.transport,
+    }
+    options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+    if (options.signal?.aborted) this.#stopping = new AbortController()
+  }
+
+  /** Subscribes to an event. Returns a function that unsubscribes. */
+  on<E extends keyof RelayEvents>(event: E, listener: RelayListener<E>): () => void {
+    const set = this.#listeners.get(event) ?? new Set()
+    this.#listeners.set(event, set)
+    set.add(listener as (event: never) => void)
+    return () => set.delete(listener as (event: never) => void)
+  }
+
+  #emit<E extends keyof RelayEvents>(event: E, payload: RelayEvents[E]): void {
+    for (const listener of this.#listeners.get(event) ?? []) {
+      try {
+        ;(listener as RelayListener<E>)(payload)
+      } catch {
+        // A listener's failure must not stop the relay.
+      }
+    }
+  }
+
+  /** Whether the loop is running. */
+  get running(): boolean {
+    return this.#running !== undefined
+  }
+
+  /**
+   * Starts the loop in the background and returns at once. Errors inside the loop are reported
+   * through the `error` event and retried with backoff; the loop ends only with `stop()`.
+   */
+  async start(): Promise<void> {
+    if (this.#running)
+      throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This relay is already running; call stop() first.')
+    if (this.#stopping?.signal.aborted) throw new OutboxKitError(ErrorCode.Closed, 'This relay was stopped.')
+    this.#stopping = new AbortController()
+    this.#running = this.#loop(this.#stopping.signal).finally(() => {
+      this.#running = undefined
+    })
+  }
+
+  /**
+   * Stops the loop: a batch being published is finished and marked, nothing new is claimed, and
+   * the returned promise resolves when the loop has ended. The store and transport stay open.
+   */
+  async stop(): Promise<void> {
+    this.#stopping ??= new AbortController()
+    this.#stopping.abort()
+    await this.#running
+  }
+
+  /**
+   * One cycle: claim a batch, publish it, mark the outcome. Returns how many records were
+   * claimed (0 when nothing was ready). For tests, scripts and serverless functions that drain
+   * the outbox without a long-running loop.
+   */
+  async runOnce(): Promise<number> {
+    const claim = await this.#store.claim({ limit: this.#batchSize, leaseMs: this.#leaseMs })
+    if (claim.records.length === 0) return 0
+    this.#emit('claimed', {
+      count: claim.records.length,
+      keys: new Set(claim.records.map((r) => r.key)).size,
+    })
+    await this.#publishClaim(claim.token, claim.records)
+    return claim.records.length
+  }
+
+  async #loop(signal: AbortSignal): Promise<void> {
+    let consecutiveErrors = 0
+    while (!signal.aborted) {
+      try {
+        await this.#sampleLag()
+        const claimed = await this.runOnce()
+        consecutiveErrors = 0
+        if (claimed === 0) await this.#idle(signal)
+      } catch (error) {
+        if (isOutboxKitError(error, ErrorCode.Fenced)) {
+          // Another relay took over this relay's transactional id: keep out of its way.
+          this.#emit('error', { error, retryInMs: -1 })
+          this.#stopping?.abort()
+          break
+        }
+        consecutiveErrors++
+        const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
+        this.#emit('error', { error, retryInMs })
+        await sleep(retryInMs, signal)
+      }
+    }
+  }
+
+  async #idle(signal: AbortSignal): Promise<void> {
+    if (this.#store.capabilities.notify && this.#store.waitForChange) {
+      const wake = new AbortController()
+      const onStop = () => wake.abort()
+      signal.addEventListener('abort', onStop, { once: true })
+      try {
+        await Promise.race([this.#store.waitForChange(wake.signal), sleep(this.#pollIntervalMs, wake.signal)])
+      } finally {
+        wake.abort()
+        signal.removeEventListener('abort', onStop)
+      }
+    } else {
+      await sleep(this.#pollIntervalMs, signal)
+    }
+  }
+
+  async #sampleLag(): Promise<void> {
+    if (this.#lagIntervalMs <= 0 || Date.now() - this.#lastLagSample < this.#lagIntervalMs) return
+    if (!this.#listeners.get('lag')?.size) return
+    this.#lastLagSample = Date.now()
+    const stats = await this.#store.stats()
+    this.#emit('lag', { pending: stats.pending, oldestPendingAgeMs: stats.oldestPendingAgeMs })
+  }
+
+  async #publishClaim(token: string, records: readonly ClaimedRecord[]): Promise<void> {
+    // Keep the lease alive while the transport works, so a slow broker does not hand the rows to
+    // another relay mid-publish.
+    const renew = setInterval(
+      () => {
+        this.#store.extendLease(token, this.#leaseMs).catch(() => {})
+      },
+      Math.max(1_000, Math.floor(this.#leaseMs / 3)),
+    )
+    const started = Date.now()
+    let outcomes: Awaited<ReturnType<Transport['publish']>>
+    try {
+      outcomes = await this.#transport.publish(records)
+    } catch (error) {
+      clearInterval(renew)
+      // The outcome of the whole call is unknown or the broker is unreachable: nothing is marked,
+      // no attempt is counted, and the loop backs off.
+      await this.#store.release(token).catch(() => {})
+      throw error
+    }
+    clearInterval(renew)
+    const durationMs = Date.now() - started
+    if (outcomes.length !== records.length) {
+      await this.#store.release(token).catch(() => {})
+      throw new OutboxKitError(
+        ErrorCode.TransportFailed,
+        `Transport ${this.#transport.name} returned ${outcomes.length} outcomes for ${records.length} records.`,
+      )
+    }
+
+    const published: string[] = []
+    const failed: FailedRecord[] = []
+    const dead: DeadRecord[] = []
+    const released: string[] = []
+    // Only the first failure of a key counts: the key's later records are released without an
+    // attempt, so one poison record cannot use up its followers' attempts.
+    const failedKeys = new Set<string>()
+    records.forEach((record, i) => {
+      const outcome = outcomes[i]!
+      if (outcome.status === 'published') {
+        published.push(record.id)
+      } else if (failedKeys.has(record.key)) {
+        released.push(record.id)
+      } else {
+        failedKeys.add(record.key)
+        if (!outcome.retriable || record.attempts >= this.#maxAttempts) {
+          dead.push({ id: record.id, error: outcome.error })
+        } else {
+          failed.push({
+            id: record.id,
+            error: outcome.error,
+            retryInMs: backoffDelay(record.attempts, this.#backoff),
+          })
+        }
+      }
+    })
+
+    const lost: string[] = []
+    if (published.length > 0) {
+      const result = await this.#store.markPublished(token, published)
+      lost.push(...result.lost)
+      this.#emit('published', { count: result.settled, durationMs })
+    }
+    if (released.length > 0) await this.#store.release(token, released)
+    if (failed.length > 0) {
+      const result = await this.#store.markFailed(token, failed)
+      lost.push(...result.lost)
+      for (const f of failed) this.#emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
+    }
+    if (dead.length > 0) {
+      if (this.#deadLetter) await this.#publishDeadLetters(records, dead)
+      const result = await this.#store.markDead(token, dead)
+      lost.push(...result.lost)
+      for (const d of dead) this.#emit('deadLettered', { ids: [d.id], error: d.error })
+    }
+    if (lost.length > 0) this.#emit('leaseLost', { ids: lost })
+  }
+
+  /** Publishes dead records to the dead-letter topic; throws (leaving them claimed) if it cannot. */
+  async #publishDeadLetters(records: readonly ClaimedRecord[], dead: readonly DeadRecord[]): Promise<void> {
+    const { topic, transport } = this.#deadLetter!
+    const reasons = new Map(dead.map((d) => [d.id, d.error]))
+    const letters = records
+      .filter((r) => reasons.has(r.id))
+      .map((r) => ({
+        ...r,
+        topic,
+        headers: {
+          ...r.headers,
+          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, 1000),
+          [ORIGINAL_TOPIC_HEADER]: r.topic,
+        },
+      }))
+    const outcomes = await transport.publish(letters)
+    const failure = outcomes.find((o) => o.status === 'failed')
+    if (failure && failure.status === 'failed') {
+      throw new OutboxKitError(
+        ErrorCode.TransportFailed,
+        `Could not publish to the dead-letter topic ${topic}: ${failure.error}`,
+        {
+          retriable: failure.retriable,
+        },
+      )
+    }
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * A database (one of the backends), an outbox table in its own schema, and a fresh topic: the
+ * setting of every relay test.
+ */
+import { createKafkaTransport, type KafkaTransportOptions } from '../../src/adapters/kafka/index.js'
+import {
+  createKyselyOutboxStore,
+  ensureOutboxSchema,
+  type KyselyOutboxStore,
+} from '../../src/adapters/kysely/index.js'
+import { Outbox, type OutboxMessageInput } from '../../src/index.js'
+import type { AnyDB, Backend, TestDatabase } from './databases.js'
+import {
+  type ConsumedMessage,
+  createTopic,
+  headerValues,
+  kafkaBrokers,
+  testKafka,
+  uniqueTopic,
+} from './kafka.js'
+
+export interface RelayWorld {
+  readonly database: TestDatabase
+  readonly store: KyselyOutboxStore<AnyDB>
+  readonly outbox: Outbox<import('kysely').Kysely<AnyDB>>
+  readonly topic: string
+  readonly brokers: string[]
+  /** Writes events in one transaction each; returns their ids in write order. */
+  write(messages: readonly OutboxMessageInput[]): Promise<string[]>
+  /** Rows by status, read directly. */
+  counts(): Promise<{ pending: number; published: number; dead: number; claimed: number }>
+  transport(options?: Partial<KafkaTransportOptions>): ReturnType<typeof createKafkaTransport>
+  close(): Promise<void>
+}
+
+export async function openRelayWorld(
+  backend: Backend,
+  options: { partitions?: number; topicConfig?: Record<string, string>; brokers?: string[] } = {},
+): Promise<RelayWorld> {
+  const database = await backend.open()
+  const { schema, dialect } = database
+  await ensureOutboxSchema(database.db, { dialect, schema })
+  const store = createKyselyOutboxStore({ db: database.db, schema })
+  const outbox = new Outbox({ store })
+  const brokers = options.brokers ?? kafkaBrokers()
+  const topic = uniqueTopic('relay')
+  await createTopic(brokers, topic, {
+    partitions: options.partitions ?? 3,
+    configEntries: options.topicConfig ?? {},
+  })
+  const transports: { close(): Promise<void> }[] = []
+  const table = dialect === 'mysql' ? `\`${schema}\`.\`outbox\`` : `"${schema}"."outbox"`
+  return {
+    database,
+    store,
+    outbox,
+    topic,
+    brokers,
+    async write(messages) {
+      return store.transaction((trx) => outbox.add(trx, messages))
+    },
+    async counts() {
+      const rows = await database.query<{ status: unknown; claimed: unknown; n: unknown }>(
+        `SELECT status, CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END AS claimed, count(*) AS n FROM ${table} GROUP BY status, CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END`,
+      )
+      const result = { pending: 0, published: 0, dead: 0, claimed: 0 }
+      for (const row of rows) {
+        const n = Number(row.n)
+        const status = Number(row.status)
+        if (status === 0) result.pending += n
+        if (status === 1) result.published += n
+        if (status === 2) result.dead += n
+        if (Number(row.claimed) === 1) result.claimed += n
+      }
+      return result
+    },
+    transport(extra = {}) {
+      const transport = createKafkaTransport({ kafka: testKafka(brokers), ...extra })
+      transports.push(transport)
+      return transport
+    },
+    async close() {
+      for (const transport of transports) await transport.close()
+      await database.close()
+    },
+  }
+}
+
+export async function waitFor(
+  what: string,
+  condition: () => Promise<boolean> | boolean,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/** The outboxkit message id of a consumed record. */
+export function messageId(message: ConsumedMessage): string {
+  return headerValues(message.headers, 'outboxkit-id')[0] ?? ''
+}
+
+/** Number of records in a topic written without transactions (sum of high watermarks). */
+export async function recordCount(brokers: string[], topic: string): Promise<number> {
+  const admin = testKafka(brokers).admin()
+  await admin.connect()
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic)
+    return offsets.reduce((sum, p) => sum + Number(p.high) - Number(p.low), 0)
+  } finally {
+    await admin.disconnect()
+  }
+}
+
+/** Every record of a non-transactional topic, read with a fresh consumer group. */
+export async function consumeAll(brokers: string[], topic: string): Promise<ConsumedMessage[]> {
+  const count = await recordCount(brokers, topic)
+  if (count === 0) return []
+  const { consumeMessages } = await import('./kafka.js')
+  return consumeMessages(brokers, { topic, count, timeoutMs: 60_000 })
+}
+
+/** For each key, the message ids in the order they appear in the topic (first occurrence). */
+export function orderByKey(messages: readonly ConsumedMessage[]): Map<string, string[]> {
+  const sorted = [...messages].sort(
+    (a, b) => a.partition - b.partition || Number(a.offset) - Number(b.offset),
+  )
+  const byKey = new Map<string, string[]>()
+  for (const m of sorted) {
+    const key = m.key?.toString() ?? ''
+    const ids = byKey.get(key) ?? []
+    const id = messageId(m)
+    if (!ids.includes(id)) ids.push(id)
+    byKey.set(key, ids)
+  }
+  return byKey
+}
+
+/** For each key, the ids of its published rows in write (seq) order, read directly. */
+export async function writeOrderByKey(world: RelayWorld, status = 1): Promise<Map<string, string[]>> {
+  const quote = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+  const rows = await world.database.query<{ id: unknown; k: unknown }>(
+    `SELECT id, ${quote('key')} AS k FROM ${quote(world.database.schema)}.${quote('outbox')} WHERE status = ${status} ORDER BY seq`,
+  )
+  const byKey = new Map<string, string[]>()
+  for (const row of rows) byKey.set(String(row.k), [...(byKey.get(String(row.k)) ?? []), String(row.id)])
+  return byKey
+}

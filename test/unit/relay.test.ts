@@ -1,0 +1,173 @@
+import { describe, expect, test } from 'bun:test'
+import { MemoryDatabase, MemoryOutboxStore, MemoryTransport } from '../../src/adapters/memory/index.js'
+import {
+  backoffDelay,
+  DEAD_REASON_HEADER,
+  ErrorCode,
+  isOutboxKitError,
+  ORIGINAL_TOPIC_HEADER,
+  Outbox,
+  Relay,
+  type RelayEvents,
+} from '../../src/index.js'
+
+function setup(options: Partial<ConstructorParameters<typeof Relay>[0]> = {}) {
+  const store = new MemoryOutboxStore(new MemoryDatabase())
+  const transport = new MemoryTransport()
+  const outbox = new Outbox({ store })
+  const relay = new Relay({
+    store,
+    transport,
+    pollIntervalMs: 5,
+    backoff: { initialMs: 1, maxMs: 5 },
+    ...options,
+  })
+  const add = (key: string, type: string) =>
+    store.transaction((tx) => outbox.add(tx, { topic: 'orders', key, type, payload: { type } }))
+  return { store, transport, outbox, relay, add }
+}
+
+async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 2))
+  }
+}
+
+describe('Relay', () => {
+  test('runOnce publishes a batch in order and marks it published', async () => {
+    const { store, transport, relay, add } = setup()
+    await add('a', 'a1')
+    await add('b', 'b1')
+    await add('a', 'a2')
+    expect(await relay.runOnce()).toBe(3)
+    expect(transport.delivered.map((d) => d.type)).toEqual(['a1', 'b1', 'a2'])
+    expect(store.rows.map((r) => r.status)).toEqual(['published', 'published', 'published'])
+    expect(await relay.runOnce()).toBe(0)
+  })
+
+  test('the loop publishes what is written while it runs, and stop() ends it', async () => {
+    const { transport, relay, add } = setup()
+    await relay.start()
+    for (let i = 0; i < 20; i++) await add(`k${i % 3}`, `e${i}`)
+    await until(() => transport.delivered.length === 20)
+    await relay.stop()
+    expect(relay.running).toBe(false)
+    await add('k0', 'after-stop')
+    await new Promise((r) => setTimeout(r, 30))
+    expect(transport.delivered).toHaveLength(20)
+  })
+
+  test('a non-retriable failure dead-letters the record at once; its key then flows on', async () => {
+    const { store, transport, relay, add } = setup()
+    transport.failWith = (r) =>
+      r.type === 'poison' ? { status: 'failed', error: 'MESSAGE_TOO_LARGE', retriable: false } : undefined
+    const dead: RelayEvents['deadLettered'][] = []
+    relay.on('deadLettered', (e) => dead.push(e))
+    await add('a', 'poison')
+    await add('a', 'a2')
+    await add('b', 'b1')
+    await relay.runOnce()
+    await relay.runOnce()
+    expect(transport.delivered.map((d) => d.type)).toEqual(['b1', 'a2'])
+    expect(store.rows.map((r) => [r.status, r.lastError])).toEqual([
+      ['dead', 'MESSAGE_TOO_LARGE'],
+      ['published', null],
+      ['published', null],
+    ])
+    expect(dead).toHaveLength(1)
+  })
+
+  test('a retriable failure is retried with backoff, holding back only its key, then dead after maxAttempts', async () => {
+    const { store, transport, relay, add } = setup({ maxAttempts: 3 })
+    transport.failWith = (r) =>
+      r.type === 'flaky' ? { status: 'failed', error: 'timeout', retriable: true } : undefined
+    await add('a', 'flaky')
+    await add('a', 'a2')
+    await add('b', 'b1')
+    await relay.start()
+    await until(() => store.rows[0]!.status === 'dead')
+    await until(() => transport.delivered.length === 2)
+    await relay.stop()
+    expect(transport.delivered.map((d) => d.type)).toEqual(['b1', 'a2'])
+    expect(store.rows[0]!.attempts).toBe(3)
+    // The follower's attempts were not used up by its head's failures.
+    expect(store.rows[1]!.attempts).toBe(1)
+  })
+
+  test('a transport that throws releases the batch without counting an attempt, and the loop recovers', async () => {
+    const { store, transport, relay, add } = setup({ maxAttempts: 1 })
+    let outage = 5
+    transport.throwWith = () => (outage-- > 0 ? new Error('broker unreachable') : undefined)
+    const errors: unknown[] = []
+    relay.on('error', (e) => errors.push(e.error))
+    await add('a', 'a1')
+    await relay.start()
+    await until(() => transport.delivered.length === 1)
+    await relay.stop()
+    expect(errors.length).toBeGreaterThanOrEqual(5)
+    expect(store.rows.map((r) => [r.status, r.attempts])).toEqual([['published', 1]])
+  })
+
+  test('dead records go to the dead-letter topic with the reason and original topic', async () => {
+    const { transport, relay, add } = setup({ deadLetter: { topic: 'orders.dlq' } })
+    transport.failWith = (r) =>
+      r.topic === 'orders' && r.type === 'bad'
+        ? { status: 'failed', error: 'INVALID_RECORD', retriable: false }
+        : undefined
+    await add('a', 'bad')
+    await relay.runOnce()
+    expect(transport.delivered).toHaveLength(1)
+    const letter = transport.delivered[0]!
+    expect([letter.topic, letter.headers[DEAD_REASON_HEADER], letter.headers[ORIGINAL_TOPIC_HEADER]]).toEqual(
+      ['orders.dlq', 'INVALID_RECORD', 'orders'],
+    )
+  })
+
+  test('an AbortSignal stops the relay', async () => {
+    const controller = new AbortController()
+    const { relay } = setup({ signal: controller.signal })
+    await relay.start()
+    controller.abort()
+    await until(() => !relay.running)
+  })
+
+  test('starting twice is ALREADY_STARTED; bad options are INVALID_OPTIONS', async () => {
+    const { relay, store, transport } = setup()
+    await relay.start()
+    const error = await relay.start().catch((e) => e)
+    expect(isOutboxKitError(error, ErrorCode.AlreadyStarted)).toBe(true)
+    await relay.stop()
+    for (const bad of [{ store, transport, batchSize: 0 }, { store }, { transport }]) {
+      let thrown: unknown
+      try {
+        new Relay(bad as never)
+      } catch (e) {
+        thrown = e
+      }
+      expect(isOutboxKitError(thrown, ErrorCode.InvalidOptions)).toBe(true)
+    }
+  })
+
+  test('lag is reported while pending records wait', async () => {
+    const { relay, transport, add } = setup({ lagIntervalMs: 1 })
+    transport.throwWith = () => new Error('down')
+    const lags: RelayEvents['lag'][] = []
+    relay.on('lag', (e) => lags.push(e))
+    await add('a', 'a1')
+    await relay.start()
+    await until(() => lags.length > 0)
+    await relay.stop()
+    expect(lags[0]!.pending).toBe(1)
+  })
+
+  test('backoff grows exponentially, is capped, and is jittered within [d/2, d]', () => {
+    const options = { initialMs: 100, maxMs: 1_000, multiplier: 2 }
+    expect(backoffDelay(1, options, () => 0)).toBe(50)
+    expect(backoffDelay(1, options, () => 1)).toBe(100)
+    expect(backoffDelay(3, options, () => 1)).toBe(400)
+    expect(backoffDelay(10, options, () => 1)).toBe(1_000)
+    expect(backoffDelay(10, options, () => 0)).toBe(500)
+  })
+})
