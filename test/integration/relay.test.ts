@@ -61,7 +61,13 @@ for (const backend of BACKENDS) {
             (async () => {
               const ids: string[] = []
               for (let t = 0; t < 25; t++) {
-                const batch = events(1 + (t % 3), 10, `w${writer}`).map((e) => ({ ...e, topic: world.topic }))
+                // Each writer owns its keys: writers of one key must be serialised for the key to
+                // have an order (as an application does by updating the aggregate's row first).
+                const batch = events(1 + (t % 3), 10, `w${writer}`).map((e) => ({
+                  ...e,
+                  topic: world.topic,
+                  key: `w${writer}-${e.key}`,
+                }))
                 ids.push(...(await world.write(batch)))
               }
               return ids

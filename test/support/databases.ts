@@ -127,17 +127,23 @@ export const mysqlBackend: Backend = {
 }
 
 // One embedded database per test process (it takes seconds to boot); each test gets a schema in it.
-let sharedPglite: Promise<Kysely<AnyDB>> | undefined
+let sharedPglite: Promise<{ pglite: PGlite; db: Kysely<AnyDB> }> | undefined
+
+/** The embedded database shared by this test process. */
+export function sharedPgliteDatabase(): Promise<{ pglite: PGlite; db: Kysely<AnyDB> }> {
+  sharedPglite ??= PGlite.create().then((pglite) => ({
+    pglite,
+    db: new Kysely<AnyDB>({ dialect: new PGliteDialect({ pglite }) }),
+  }))
+  return sharedPglite
+}
 
 export const pgliteBackend: Backend = {
   name: 'pglite',
   dialect: 'postgres',
   async open() {
     const schema = uniqueName('ok')
-    sharedPglite ??= PGlite.create().then(
-      (pglite) => new Kysely<AnyDB>({ dialect: new PGliteDialect({ pglite }) }),
-    )
-    const db = await sharedPglite
+    const { db } = await sharedPgliteDatabase()
     await sql.raw(`CREATE SCHEMA "${schema}"`).execute(db)
     return {
       backend: 'pglite',

@@ -35,7 +35,12 @@ export interface RelayWorld {
 
 export async function openRelayWorld(
   backend: Backend,
-  options: { partitions?: number; topicConfig?: Record<string, string>; brokers?: string[] } = {},
+  options: {
+    partitions?: number
+    replicationFactor?: number
+    topicConfig?: Record<string, string>
+    brokers?: string[]
+  } = {},
 ): Promise<RelayWorld> {
   const database = await backend.open()
   const { schema, dialect } = database
@@ -124,7 +129,7 @@ export async function consumeAll(brokers: string[], topic: string): Promise<Cons
 }
 
 /** For each key, the message ids in the order they appear in the topic (first occurrence). */
-export function orderByKey(messages: readonly ConsumedMessage[]): Map<string, string[]> {
+export function orderByKey(messages: readonly ConsumedMessage[]): Record<string, string[]> {
   const sorted = [...messages].sort(
     (a, b) => a.partition - b.partition || Number(a.offset) - Number(b.offset),
   )
@@ -136,16 +141,16 @@ export function orderByKey(messages: readonly ConsumedMessage[]): Map<string, st
     if (!ids.includes(id)) ids.push(id)
     byKey.set(key, ids)
   }
-  return byKey
+  return Object.fromEntries(byKey)
 }
 
 /** For each key, the ids of its published rows in write (seq) order, read directly. */
-export async function writeOrderByKey(world: RelayWorld, status = 1): Promise<Map<string, string[]>> {
+export async function writeOrderByKey(world: RelayWorld, status = 1): Promise<Record<string, string[]>> {
   const quote = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
   const rows = await world.database.query<{ id: unknown; k: unknown }>(
     `SELECT id, ${quote('key')} AS k FROM ${quote(world.database.schema)}.${quote('outbox')} WHERE status = ${status} ORDER BY seq`,
   )
   const byKey = new Map<string, string[]>()
   for (const row of rows) byKey.set(String(row.k), [...(byKey.get(String(row.k)) ?? []), String(row.id)])
-  return byKey
+  return Object.fromEntries(byKey)
 }

@@ -8,6 +8,17 @@ export {
   MAX_CLAIM_LIMIT,
 } from './kysely-outbox-store.js'
 export { ensureOutboxSchema, outboxMigrations } from './migrations.js'
+export {
+  ChangeSignal,
+  type PGliteListenLike,
+  type PgClientLike,
+  type PgPoolLike,
+  type PostgresJsLike,
+  type PostgresListener,
+  pgListener,
+  pgliteListener,
+  postgresJsListener,
+} from './notify.js'
 export { PGliteDialect, type PGliteDialectConfig, type PGliteLike } from './pglite-dialect.js'
 export {
   DEFAULT_INBOX_TABLE,

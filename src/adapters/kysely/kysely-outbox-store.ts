@@ -21,7 +21,15 @@ import {
   toHeaders,
   toNumber,
 } from './dialect.js'
-import { type ResolvedTables, resolveTables, type SqlDialect, Status, type TableOptions } from './schema.js'
+import { ChangeSignal, type PostgresListener } from './notify.js'
+import {
+  type ResolvedTables,
+  resolveTables,
+  type SqlDialect,
+  Status,
+  type TableOptions,
+  validateIdentifier,
+} from './schema.js'
 
 export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   /** The application's Kysely instance. The store never closes it. */
@@ -30,10 +38,24 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   dialect?: SqlDialect
   /** Rows per INSERT statement when adding many records. Default 500. */
   insertChunkSize?: number
+  /**
+   * Postgres only: every `add` also sends a notification on `notifyChannel`, delivered when the
+   * writer's transaction commits, so listening relays wake at once. Default false.
+   */
+  notify?: boolean
+  /** Postgres only: lets relays wait for notifications instead of only polling. See `postgresJsListener`, `pgListener`, `pgliteListener`. */
+  listener?: PostgresListener
+  /** The notification channel. Default `outboxkit_<outboxTable>`. */
+  notifyChannel?: string
 }
 
 /** Upper bound on the claim limit: keeps IN lists and parameter counts well inside driver limits. */
 export const MAX_CLAIM_LIMIT = 10_000
+
+/** A claim reads the oldest `limit × CLAIM_WINDOW_FACTOR` pending rows (within these bounds). */
+const CLAIM_WINDOW_FACTOR = 4
+const MIN_CLAIM_WINDOW = 1_000
+const MAX_CLAIM_WINDOW = 40_000
 
 /**
  * An {@link OutboxStore} on Kysely for Postgres (postgres.js or pg), PGlite and MySQL/MariaDB (mysql2).
@@ -60,11 +82,15 @@ interface ClaimCandidate {
 
 export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   readonly name: string
-  readonly capabilities: StoreCapabilities = { concurrentClaims: true, notify: false }
+  readonly capabilities: StoreCapabilities
   readonly tables: ResolvedTables
+  /** The notification channel, when `notify` or `listener` is set. */
+  readonly notifyChannel: string | undefined
   readonly #db: Kysely<DB>
   readonly #sql: DialectSql
   readonly #insertChunkSize: number
+  readonly #notifyOnAdd: boolean
+  readonly #changes: ChangeSignal | undefined
 
   constructor(options: KyselyStoreOptions<DB>) {
     if (!options?.db || typeof options.db.getExecutor !== 'function') {
@@ -79,6 +105,34 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     this.#db = options.db
     this.#sql = DIALECT_SQL[dialect]
     this.#insertChunkSize = options.insertChunkSize ?? 500
+    if ((options.notify || options.listener) && dialect !== 'postgres') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'notify and listener need Postgres (LISTEN/NOTIFY); MySQL relays poll.',
+        {
+          source: this.name,
+        },
+      )
+    }
+    this.notifyChannel =
+      options.notify || options.listener
+        ? validateIdentifier('notify channel', options.notifyChannel ?? `outboxkit_${this.tables.outboxName}`)
+        : undefined
+    this.#notifyOnAdd = options.notify === true
+    this.#changes = options.listener ? new ChangeSignal(options.listener, this.notifyChannel!) : undefined
+    this.capabilities = { concurrentClaims: true, notify: this.#changes !== undefined }
+  }
+
+  /** Resolves on the next notification (or one that arrived since the last wait), or when `signal` aborts. */
+  async waitForChange(signal: AbortSignal): Promise<void> {
+    if (!this.#changes)
+      return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+    return this.#run('listen', () => this.#changes!.wait(signal))
+  }
+
+  /** Stops listening. The Kysely instance stays open: it is the application's. */
+  async close(): Promise<void> {
+    await this.#changes?.close()
   }
 
   get #mysql(): boolean {
@@ -97,10 +151,17 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
         (r) =>
           sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${JSON.stringify(r.headers)})`,
       )
+      const insert = sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw(
+        [c.id, c.topic, c.key, c.type, c.payload, c.headers].join(', '),
+      )}) VALUES ${sql.join(rows)}`
       await this.#run('add', () =>
-        sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw(
-          [c.id, c.topic, c.key, c.type, c.payload, c.headers].join(', '),
-        )}) VALUES ${sql.join(rows)}`.execute(tx),
+        this.#notifyOnAdd
+          ? // One round trip: the notification rides on the insert and is delivered at commit.
+            sql`WITH inserted AS (${insert} RETURNING 1)
+              SELECT pg_notify(${this.notifyChannel}, '') FROM (SELECT 1 FROM inserted LIMIT 1) AS one`.execute(
+              tx,
+            )
+          : insert.execute(tx),
       )
     }
   }
@@ -126,73 +187,88 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   ): Promise<ClaimedRecord[]> {
     const { outbox, columns: c } = this.tables
     const now = this.#sql.now
-    const free = sql`(o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now})`
+    const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
 
-    // 1. Heads: the oldest unsettled row of each key, ready and not leased. Rows locked by another
-    //    claimer are skipped; a key whose head is held elsewhere has no head here at all.
-    const heads = await sql<{ seq: unknown; key: string }>`
-      SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}
-      FROM ${sql.raw(outbox)} o
+    // 1. The window: the oldest pending rows, whether ready or not. Every pending row with a smaller
+    //    seq is in it too, so the first row of a key here is that key's head (its oldest unsettled
+    //    row). Reading a bounded window keeps a claim's cost independent of the backlog.
+    const pending = await sql<ClaimCandidate>`
+      SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+        CASE WHEN o.${sql.raw(c.availableAt)} <= ${now}
+          AND (o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now}) THEN 1 ELSE 0 END AS ready
+      FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
       WHERE o.${sql.raw(c.status)} = ${Status.pending}
-        AND o.${sql.raw(c.availableAt)} <= ${now}
-        AND ${free}
-        AND NOT EXISTS (
-          SELECT 1 FROM ${sql.raw(outbox)} e
-          WHERE e.${sql.raw(c.key)} = o.${sql.raw(c.key)}
-            AND e.${sql.raw(c.status)} = ${Status.pending}
-            AND e.${sql.raw(c.seq)} < o.${sql.raw(c.seq)})
       ORDER BY o.${sql.raw(c.seq)}
-      LIMIT ${limit}
+      LIMIT ${window}`.execute(trx)
+    const heads: unknown[] = []
+    const seenKeys = new Set<string>()
+    for (const row of pending.rows) {
+      if (seenKeys.has(row.key)) continue
+      seenKeys.add(row.key)
+      if (toNumber(row.ready) === 1) heads.push(row.seq)
+    }
+    if (heads.length === 0) return []
+
+    // 2. Lock the ready heads. A head locked by another claimer is skipped; one it claimed, or
+    //    settled, since the window was read no longer passes the conditions. Holding a key's head
+    //    keeps every other claimer away from the whole key.
+    const locked = await sql<{ seq: unknown }>`
+      SELECT o.${sql.raw(c.seq)} AS seq FROM ${sql.raw(outbox)} o
+      WHERE o.${sql.raw(c.seq)} IN (${sql.join(heads)})
+        AND o.${sql.raw(c.status)} = ${Status.pending}
+        AND o.${sql.raw(c.availableAt)} <= ${now}
+        AND (o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now})
       FOR UPDATE SKIP LOCKED`.execute(trx)
-    if (heads.rows.length === 0) return []
+    const lockedHeads = new Set(locked.rows.map((r) => String(r.seq)))
+    if (lockedHeads.size === 0) return []
 
-    // 2. Runs: the unsettled rows of those keys in order. Their heads are locked by us, so no other
-    //    claimer can take any of them.
-    const keys = [...new Set(heads.rows.map((h) => h.key))]
-    const candidates = await sql<ClaimCandidate>`
-      SELECT r.seq, r.${sql.raw(this.#q('key'))}, r.ready FROM (
-        SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-          CASE WHEN o.${sql.raw(c.availableAt)} <= ${now} AND ${free} THEN 1 ELSE 0 END AS ready,
-          row_number() OVER (PARTITION BY o.${sql.raw(c.key)} ORDER BY o.${sql.raw(c.seq)}) AS rn
-        FROM ${sql.raw(outbox)} o
-        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} IN (${sql.join(keys)})
-      ) r
-      WHERE r.rn <= ${limit}
-      ORDER BY r.seq`.execute(trx)
-
-    // Oldest first across keys; each key contributes a prefix of its rows that stops at the first
-    // row that is not ready (waiting for a retry), so a key's order is never broken.
+    // 3. Runs: oldest first across keys, each held key contributing the ready rows that follow its
+    //    head in the window, up to the first row that is not ready (waiting for a retry).
     const chosen: unknown[] = []
-    const blocked = new Set<string>()
-    for (const row of candidates.rows) {
+    const open = new Set<string>()
+    const closed = new Set<string>()
+    for (const row of pending.rows) {
       if (chosen.length >= limit) break
-      if (blocked.has(row.key)) continue
-      if (toNumber(row.ready) !== 1) {
-        blocked.add(row.key)
+      if (closed.has(row.key)) continue
+      if (!open.has(row.key)) {
+        if (!lockedHeads.has(String(row.seq))) {
+          closed.add(row.key)
+          continue
+        }
+        open.add(row.key)
+      } else if (toNumber(row.ready) !== 1) {
+        closed.add(row.key)
         continue
       }
       chosen.push(row.seq)
     }
-    if (chosen.length === 0) return []
 
-    // 3. Lease them, counting the attempt.
-    const seqs = sql.join(chosen)
-    await sql`
+    // 4. Lease them, counting the attempt, and read them back (Postgres in the same statement).
+    const lease = sql`
       UPDATE ${sql.raw(outbox)}
       SET ${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1,
           ${sql.raw(c.leaseUntil)} = ${this.#sql.plusMs(leaseMs)},
           ${sql.raw(c.claimToken)} = ${token}
-      WHERE ${sql.raw(c.seq)} IN (${seqs})`.execute(trx)
-
-    const rows = await sql<Record<string, unknown>>`
-      SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id, ${sql.raw(c.topic)} AS topic,
+      WHERE ${sql.raw(c.seq)} IN (${sql.join(chosen)}) AND ${sql.raw(c.status)} = ${Status.pending}`
+    const columns = sql`${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id, ${sql.raw(c.topic)} AS topic,
         ${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}, ${sql.raw(c.type)} AS ${sql.raw(this.#q('type'))},
         ${sql.raw(c.payload)} AS payload, ${sql.raw(c.headers)} AS headers,
-        ${sql.raw(c.attempts)} AS attempts, ${sql.raw(c.createdAt)} AS created_at
-      FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} IN (${seqs})
-      ORDER BY ${sql.raw(c.seq)}`.execute(trx)
+        ${sql.raw(c.attempts)} AS attempts, ${sql.raw(c.createdAt)} AS created_at`
+    let rows: Record<string, unknown>[]
+    if (this.#mysql) {
+      await lease.execute(trx)
+      rows = (
+        await sql<Record<string, unknown>>`SELECT ${columns} FROM ${sql.raw(outbox)}
+          WHERE ${sql.raw(c.seq)} IN (${sql.join(chosen)}) AND ${sql.raw(c.claimToken)} = ${token}`.execute(
+          trx,
+        )
+      ).rows
+    } else {
+      rows = (await sql<Record<string, unknown>>`${lease} RETURNING ${columns}`.execute(trx)).rows
+    }
+    rows.sort((a, b) => toNumber(a['seq']) - toNumber(b['seq']))
 
-    return rows.rows.map((row) => ({
+    return rows.map((row) => ({
       id: String(row['id']),
       topic: String(row['topic']),
       key: String(row['key']),
@@ -210,6 +286,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
    */
   get #byIdIndex(): RawBuilder<unknown> {
     return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_id_key\`)`) : sql``
+  }
+
+  /** MySQL: read pending rows through the (status, seq) index, in seq order. */
+  get #pendingIndex(): RawBuilder<unknown> {
+    return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_status_seq\`)`) : sql``
   }
 
   /** Quotes an output alias in the store's dialect. */
@@ -231,6 +312,17 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     if (ids.length === 0) return { settled: 0, lost: [] }
     const { outbox, columns: c } = this.tables
     const unique = [...new Set(ids)]
+    if (!this.#mysql && !perRow) {
+      // Postgres: one statement; the token check fences it and RETURNING says which rows it held.
+      const clear = sql`${sql.raw(c.leaseUntil)} = NULL, ${sql.raw(c.claimToken)} = NULL`
+      const updated = await this.#run(operation, () =>
+        sql<{ id: unknown }>`UPDATE ${sql.raw(outbox)} SET ${assignments(undefined)}, ${clear}
+          WHERE ${sql.raw(c.id)} IN (${sql.join(unique)}) AND ${sql.raw(c.claimToken)} = ${token}
+          RETURNING ${sql.raw(c.id)} AS id`.execute(this.#db),
+      )
+      const settled = new Set(updated.rows.map((r) => String(r.id)))
+      return { settled: settled.size, lost: unique.filter((id) => !settled.has(id)) }
+    }
     return this.#run(operation, () =>
       this.#db
         .transaction()

@@ -1,0 +1,174 @@
+/**
+ * The Kafka transport's own logic, against a scripted kafkajs client: which records it reports
+ * published, failed or dead, and when it throws its producer away. (Against a real broker:
+ * test/integration/relay*.test.ts.)
+ */
+import { describe, expect, test } from 'bun:test'
+import type { Kafka, ProducerBatch, RecordMetadata } from 'kafkajs'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
+import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../../src/index.js'
+
+type SendBehaviour = (batch: ProducerBatch) => RecordMetadata[] | Error
+
+/** A kafkajs stand-in whose sends answer as `behaviour` says. Topics have `partitions` partitions. */
+function scriptedKafka(behaviour: SendBehaviour, partitions = 4) {
+  const sent: ProducerBatch[] = []
+  let producers = 0
+  const kafka = {
+    admin: () => ({
+      connect: async () => {},
+      disconnect: async () => {},
+      fetchTopicMetadata: async ({ topics }: { topics: string[] }) => ({
+        topics: topics.map((name) => ({
+          name,
+          partitions: Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0 })),
+        })),
+      }),
+    }),
+    producer: () => {
+      producers++
+      return {
+        connect: async () => {},
+        disconnect: async () => {},
+        sendBatch: async (batch: ProducerBatch) => {
+          sent.push(batch)
+          const answer = behaviour(batch)
+          if (answer instanceof Error) throw answer
+          return answer
+        },
+      }
+    },
+  }
+  return { kafka: kafka as unknown as Kafka, sent, producers: () => producers }
+}
+
+/** Acknowledges every partition a batch sent to. */
+function ackAll(
+  batch: ProducerBatch,
+  except: (partition: number) => boolean = () => false,
+): RecordMetadata[] {
+  const partitions = new Set<string>()
+  for (const { topic, messages } of batch.topicMessages ?? []) {
+    for (const m of messages) partitions.add(`${topic}|${m.partition}`)
+  }
+  return [...partitions]
+    .map((p) => p.split('|'))
+    .filter(([, partition]) => !except(Number(partition)))
+    .map(([topicName, partition]) => ({ topicName: topicName!, partition: Number(partition), errorCode: 0 }))
+}
+
+function records(count: number, keys: number): ClaimedRecord[] {
+  return Array.from({ length: count }, (_, i) => ({
+    ...toRecord(
+      { topic: 'orders', key: `key-${i % keys}`, type: 'E', payload: { i } },
+      { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 },
+    ),
+    attempts: 1,
+    createdAt: new Date(),
+  }))
+}
+
+describe('KafkaTransport', () => {
+  test('records are sent to the murmur2 partition of their key, with id and type headers', async () => {
+    const { kafka, sent } = scriptedKafka((b) => ackAll(b))
+    const transport = createKafkaTransport({ kafka })
+    const batch = records(20, 5)
+    const outcomes = await transport.publish(batch)
+    expect(outcomes.every((o) => o.status === 'published')).toBe(true)
+    const messages = sent[0]!.topicMessages![0]!.messages
+    const partitionOfKey = new Map<string, number>()
+    for (const m of messages) {
+      const key = String(m.key)
+      expect(partitionOfKey.get(key) ?? m.partition).toBe(m.partition!)
+      partitionOfKey.set(key, m.partition!)
+      expect(m.headers?.['outboxkit-type']).toBe('E')
+    }
+    expect(messages.map((m) => m.headers?.['outboxkit-id'])).toEqual(batch.map((r) => r.id))
+    expect(sent[0]!.acks).toBe(-1)
+  })
+
+  test('a send that resolves without acknowledging a partition leaves those records unpublished and renews the producer', async () => {
+    let calls = 0
+    const { kafka, sent, producers } = scriptedKafka((b) =>
+      calls++ === 0 ? ackAll(b, (p) => p === 1) : ackAll(b),
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = records(40, 10)
+    const outcomes = await transport.publish(batch)
+    const partitionOf = new Map(
+      sent[0]!.topicMessages![0]!.messages.map((m) => [m.headers?.['outboxkit-id'], m.partition]),
+    )
+    batch.forEach((record, i) => {
+      const expected = partitionOf.get(record.id) === 1 ? 'failed' : 'published'
+      expect(outcomes[i]!.status).toBe(expected)
+    })
+    expect(outcomes.some((o) => o.status === 'failed' && o.retriable)).toBe(true)
+    // The next publish uses a new producer.
+    await transport.publish(records(1, 1))
+    expect(producers()).toBe(2)
+  })
+
+  test('a connection error throws a retriable TRANSPORT_FAILED and renews the producer', async () => {
+    let calls = 0
+    const { kafka, producers } = scriptedKafka((b) =>
+      calls++ === 0
+        ? Object.assign(new Error('Connection closed'), { name: 'KafkaJSConnectionClosedError' })
+        : ackAll(b),
+    )
+    const transport = createKafkaTransport({ kafka })
+    const error = await transport.publish(records(3, 1)).catch((e) => e)
+    expect(isOutboxKitError(error, ErrorCode.TransportFailed)).toBe(true)
+    expect(error.retriable).toBe(true)
+    expect((await transport.publish(records(3, 1))).every((o) => o.status === 'published')).toBe(true)
+    expect(producers()).toBe(2)
+  })
+
+  test('a record over maxRecordBytes fails at once, not retriable, and holds back only its key', async () => {
+    const { kafka, sent } = scriptedKafka((b) => ackAll(b))
+    const transport = createKafkaTransport({ kafka, maxRecordBytes: 600 })
+    const batch = records(4, 2)
+    const big = { ...batch[0]!, payload: new Uint8Array(1_000) }
+    const outcomes = await transport.publish([big, ...batch.slice(1)])
+    expect(outcomes.map((o) => (o.status === 'failed' ? (o.retriable ? 'retry' : 'dead') : 'ok'))).toEqual([
+      'dead',
+      'ok',
+      'retry',
+      'ok',
+    ])
+    expect(sent[0]!.topicMessages![0]!.messages).toHaveLength(2)
+  })
+
+  test('a broker refusal of one record in a batch isolates it and sends the others', async () => {
+    const tooLarge = Object.assign(new Error('too large'), { type: 'MESSAGE_TOO_LARGE', retriable: false })
+    const { kafka } = scriptedKafka((b) => {
+      const messages = b.topicMessages!.flatMap((t) => t.messages)
+      return messages.some((m) => String(m.value).includes('"i":2')) ? tooLarge : ackAll(b)
+    })
+    const transport = createKafkaTransport({ kafka })
+    const outcomes = await transport.publish(records(6, 6))
+    expect(outcomes.map((o) => o.status)).toEqual([
+      'published',
+      'published',
+      'failed',
+      'published',
+      'published',
+      'published',
+    ])
+    const failure = outcomes[2]!
+    expect(
+      failure.status === 'failed' && !failure.retriable && failure.error.includes('MESSAGE_TOO_LARGE'),
+    ).toBe(true)
+  })
+
+  test('options are checked: no client, an empty transactional id', () => {
+    for (const options of [{}, { brokers: [] }, { brokers: ['x:1'], transactionalId: '' }]) {
+      let error: unknown
+      try {
+        createKafkaTransport(options)
+      } catch (e) {
+        error = e
+      }
+      expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    }
+  })
+})
