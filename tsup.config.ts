@@ -4,6 +4,7 @@ import { defineConfig } from 'tsup'
 export const entries = {
   index: 'src/index.ts',
   kafka: 'src/adapters/kafka/index.ts',
+  'kafka-consumer': 'src/consumers/index.ts',
   kysely: 'src/adapters/kysely/index.ts',
   memory: 'src/adapters/memory/index.ts',
   testing: 'src/testing/index.ts',

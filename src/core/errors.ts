@@ -23,6 +23,10 @@ export const ErrorCode = {
   TransportFailed: 'TRANSPORT_FAILED',
   /** Another producer with the same transactional id took over; this one must stop. */
   Fenced: 'FENCED',
+  /** A consumed record carries no usable message id, so it cannot be deduplicated. */
+  MissingMessageId: 'MISSING_MESSAGE_ID',
+  /** A consumer handler kept throwing; the message went to the dead letter. */
+  HandlerFailed: 'HANDLER_FAILED',
   /** `start()` was called on a component that is already running. */
   AlreadyStarted: 'ALREADY_STARTED',
   /** A component was used after it was stopped or closed. */

@@ -1,5 +1,15 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 export {
+  type ConsumerEvents,
+  IdempotentConsumer,
+  type IdempotentConsumerOptions,
+  type InboundMessage,
+  inboundMessage,
+  type MessageHandler,
+  type MessageProcessor,
+  type ProcessOutcome,
+} from './consumer.js'
+export {
   describeError,
   ErrorCode,
   isOutboxKitError,

@@ -2,6 +2,7 @@ export { detectDialect } from './dialect.js'
 export { createKyselyInboxStore, KyselyInboxStore } from './kysely-inbox-store.js'
 export {
   createKyselyOutboxStore,
+  isConnectionError,
   isRetriableDatabaseError,
   KyselyOutboxStore,
   type KyselyStoreOptions,

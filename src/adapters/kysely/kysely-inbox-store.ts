@@ -2,7 +2,11 @@ import { type Kysely, sql } from 'kysely'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import type { InboxStore } from '../../core/store.js'
 import { DIALECT_SQL, type DialectSql, detectDialect, toNumber } from './dialect.js'
-import { isRetriableDatabaseError, type KyselyStoreOptions } from './kysely-outbox-store.js'
+import {
+  isConnectionError,
+  isRetriableDatabaseError,
+  type KyselyStoreOptions,
+} from './kysely-outbox-store.js'
 import { type ResolvedTables, resolveTables } from './schema.js'
 
 const MAX_ID_LENGTH = 255
@@ -36,8 +40,27 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
     this.#sql = DIALECT_SQL[dialect]
   }
 
-  transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
-    return this.#db.transaction().execute(fn)
+  /**
+   * Runs `fn` in a transaction. Failures to reach the database (to begin, to commit, or inside
+   * `fn`) become retriable `STORE_FAILED` errors, so a consumer redelivers the message later
+   * instead of counting them as handler failures; anything else `fn` throws passes through.
+   */
+  async transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+    try {
+      return await this.#db.transaction().execute(fn)
+    } catch (error) {
+      if (isOutboxKitError(error) || !isConnectionError(error)) throw error
+      throw new OutboxKitError(
+        ErrorCode.StoreFailed,
+        `The database is unreachable: ${describeError(error)}`,
+        {
+          source: this.name,
+          cause: error,
+          retriable: true,
+          details: { operation: 'transaction' },
+        },
+      )
+    }
   }
 
   async markProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {

@@ -497,24 +497,31 @@ export function bytesParameter(bytes: Uint8Array): Uint8Array {
  * Constraint violations and syntax errors are not.
  */
 export function isRetriableDatabaseError(error: unknown): boolean {
-  if (typeof error !== 'object' || error === null) return false
-  const e = error as { code?: unknown; errno?: unknown; message?: unknown }
-  const code = typeof e.code === 'string' ? e.code : ''
-  if (/^(08|40|53|57P)/.test(code)) return true // Postgres: connection, rollback, resources, shutdown
-  if (
-    [
-      'ECONNRESET',
-      'ECONNREFUSED',
-      'EPIPE',
-      'ETIMEDOUT',
-      'PROTOCOL_CONNECTION_LOST',
-      'CONNECTION_CLOSED',
-      'CONNECTION_ENDED',
-      'CONNECTION_DESTROYED',
-    ].includes(code)
-  ) {
-    return true
-  }
-  if (code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT') return true
-  return false
+  if (isConnectionError(error)) return true
+  const code = errorCode(error)
+  if (/^(40|53)/.test(code)) return true // Postgres: rollback (deadlock, serialization), resources
+  return code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT'
+}
+
+/** The database cannot be reached (or went away mid-statement). */
+export function isConnectionError(error: unknown): boolean {
+  const code = errorCode(error)
+  if (/^(08|57P)/.test(code)) return true // Postgres: connection exception, admin shutdown
+  return [
+    'ECONNRESET',
+    'ECONNREFUSED',
+    'EPIPE',
+    'ETIMEDOUT',
+    'PROTOCOL_CONNECTION_LOST',
+    'CONNECTION_CLOSED',
+    'CONNECTION_ENDED',
+    'CONNECTION_DESTROYED',
+    'CONNECT_TIMEOUT',
+  ].includes(code)
+}
+
+function errorCode(error: unknown): string {
+  if (typeof error !== 'object' || error === null) return ''
+  const code = (error as { code?: unknown }).code
+  return typeof code === 'string' ? code : ''
 }

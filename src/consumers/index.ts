@@ -1,0 +1,7 @@
+export {
+  createKafkaConsumerRunner,
+  decodeHeaders,
+  KafkaConsumerRunner,
+  type KafkaConsumerRunnerOptions,
+  type KafkaRecord,
+} from './kafka-consumer-runner.js'

@@ -1,0 +1,178 @@
+import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage } from 'kafkajs'
+import { type InboundMessage, inboundMessage, type MessageProcessor } from '../core/consumer.js'
+import { ErrorCode, OutboxKitError } from '../core/errors.js'
+import { Headers } from '../core/message.js'
+
+/** A Kafka record as the id extractor sees it. */
+export interface KafkaRecord {
+  readonly topic: string
+  readonly partition: number
+  readonly offset: string
+  readonly key: string | null
+  readonly headers: Readonly<Record<string, string>>
+  readonly value: Uint8Array
+}
+
+export interface KafkaConsumerRunnerOptions {
+  /** Your kafkajs client. */
+  kafka: Kafka
+  /** The consumer group. */
+  groupId: string
+  /** Topics to consume. */
+  topics: string[]
+  /** The consumer that applies each message exactly once in effect. */
+  consumer: MessageProcessor
+  /**
+   * The message id of a record. Default: the `outboxkit-id` header. For records from other
+   * producers, e.g. Debezium's outbox router: `(r) => r.headers['id']`. Return undefined when the
+   * record has none: it then goes to the dead letter with `MISSING_MESSAGE_ID`, never processed
+   * without dedupe.
+   */
+  messageId?: (record: KafkaRecord) => string | undefined
+  /** Read each topic from the beginning when the group has no committed offset. Default false. */
+  fromBeginning?: boolean
+  /** Partitions processed at the same time (messages within a partition go one by one). Default 4. */
+  partitionsConcurrently?: number
+  /** Extra kafkajs consumer settings. Isolation is always read_committed. */
+  consumerConfig?: Omit<ConsumerConfig, 'groupId' | 'readUncommitted'>
+}
+
+/**
+ * Feeds an `IdempotentConsumer` from Kafka. Offsets are resolved only after a message's
+ * transaction committed (or it was dead-lettered), and committed after that, so a crash at any
+ * point redelivers at most the messages whose offsets were not committed, and the inbox turns
+ * those into duplicates that are skipped.
+ *
+ * Reads with `read_committed` isolation: records of aborted Kafka transactions are never seen.
+ */
+export function createKafkaConsumerRunner(options: KafkaConsumerRunnerOptions): KafkaConsumerRunner {
+  return new KafkaConsumerRunner(options)
+}
+
+export class KafkaConsumerRunner {
+  readonly #options: KafkaConsumerRunnerOptions
+  readonly #messageId: (record: KafkaRecord) => string | undefined
+  #consumer: Consumer | undefined
+  #stopping: AbortController | undefined
+
+  constructor(options: KafkaConsumerRunnerOptions) {
+    if (!options?.kafka || typeof options.kafka.consumer !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKafkaConsumerRunner needs `kafka` (a kafkajs client).',
+        {
+          source: 'kafka',
+        },
+      )
+    }
+    if (!options.groupId || !Array.isArray(options.topics) || options.topics.length === 0) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKafkaConsumerRunner needs `groupId` and at least one topic.',
+        {
+          source: 'kafka',
+        },
+      )
+    }
+    if (!options.consumer || typeof options.consumer.process !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'createKafkaConsumerRunner needs an IdempotentConsumer as `consumer`.',
+        {
+          source: 'kafka',
+        },
+      )
+    }
+    this.#options = options
+    this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
+  }
+
+  /** Joins the group and starts consuming. Resolves once the consumer is running. */
+  async start(): Promise<void> {
+    if (this.#consumer)
+      throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This runner is already running; call stop() first.')
+    const { kafka, groupId, topics } = this.#options
+    const consumer = kafka.consumer({ ...this.#options.consumerConfig, groupId, readUncommitted: false })
+    this.#consumer = consumer
+    this.#stopping = new AbortController()
+    const signal = this.#stopping.signal
+    await consumer.connect()
+    await consumer.subscribe({ topics, fromBeginning: this.#options.fromBeginning ?? false })
+    await consumer.run({
+      partitionsConsumedConcurrently: this.#options.partitionsConcurrently ?? 4,
+      // Offsets move only when we resolve them, after each message's outcome is durable; resolved
+      // offsets are committed at the end of each batch and, within long batches, every second.
+      eachBatchAutoResolve: false,
+      autoCommit: true,
+      autoCommitInterval: 1_000,
+      eachBatch: async ({
+        batch,
+        resolveOffset,
+        heartbeat,
+        commitOffsetsIfNecessary,
+        isRunning,
+        isStale,
+      }) => {
+        for (const message of batch.messages) {
+          // After a rebalance or stop, leave the rest to the partition's next owner.
+          if (!isRunning() || isStale() || signal.aborted) break
+          await this.#handle(batch.topic, batch.partition, message, signal)
+          resolveOffset(message.offset)
+          await commitOffsetsIfNecessary()
+          // Keeps the group membership alive through long batches (kafkajs throttles it).
+          await heartbeat()
+        }
+      },
+    })
+  }
+
+  async #handle(topic: string, partition: number, message: KafkaMessage, signal: AbortSignal): Promise<void> {
+    const record: KafkaRecord = {
+      topic,
+      partition,
+      offset: message.offset,
+      key: message.key === null ? null : message.key.toString('utf8'),
+      headers: decodeHeaders(message.headers),
+      value: message.value === null ? new Uint8Array(0) : new Uint8Array(message.value),
+    }
+    const id = this.#messageId(record)
+    const inbound: InboundMessage = inboundMessage({
+      id: typeof id === 'string' ? id : '',
+      topic,
+      key: record.key,
+      payload: record.value,
+      headers: record.headers,
+      position: { partition, offset: message.offset },
+    })
+    if (typeof id !== 'string' || id.length === 0 || id.length > 255) {
+      await this.#options.consumer.deadLetter(
+        inbound,
+        `${ErrorCode.MissingMessageId}: the record at ${topic}/${partition}@${message.offset} has no usable message id.`,
+      )
+      return
+    }
+    await this.#options.consumer.process(inbound, signal)
+  }
+
+  /**
+   * Leaves the group: the message in hand is finished (its retries are cut short and it is
+   * redelivered later), resolved offsets are committed, and the connection closes.
+   */
+  async stop(): Promise<void> {
+    this.#stopping?.abort()
+    const consumer = this.#consumer
+    this.#consumer = undefined
+    await consumer?.disconnect()
+  }
+}
+
+/** kafkajs headers as strings: Buffers decoded as UTF-8, the first value of repeated headers. */
+export function decodeHeaders(headers: IHeaders | undefined): Record<string, string> {
+  const result: Record<string, string> = {}
+  for (const [name, raw] of Object.entries(headers ?? {})) {
+    const value = Array.isArray(raw) ? raw[0] : raw
+    if (value === undefined) continue
+    result[name] = typeof value === 'string' ? value : value.toString('utf8')
+  }
+  return result
+}

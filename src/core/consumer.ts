@@ -1,0 +1,254 @@
+import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
+import { describeError, ErrorCode, OutboxKitError } from './errors.js'
+import { decodePayload, Headers, type Payload } from './message.js'
+import { positiveInteger } from './outbox.js'
+import { DEAD_REASON_HEADER, ORIGINAL_TOPIC_HEADER } from './relay.js'
+import type { InboxStore } from './store.js'
+import type { Transport } from './transport.js'
+import { uuidv7 } from './uuid.js'
+
+/** A message as a consumer handler receives it, whatever broker it came from. */
+export interface InboundMessage {
+  /** The message id: the dedupe key. */
+  readonly id: string
+  readonly topic: string
+  /** The record key (outboxkit: the aggregate id), or null. */
+  readonly key: string | null
+  /** The event type (`outboxkit-type` header), when present. */
+  readonly type: string | undefined
+  /** The payload bytes as received. */
+  readonly payload: Uint8Array
+  /** The payload decoded: parsed JSON when the content type is `application/json`, else the bytes. */
+  readonly value: Payload
+  /** Headers as strings (the first value of a repeated header). */
+  readonly headers: Readonly<Record<string, string>>
+  /** Where it came from, for logs: e.g. `{ partition: 3, offset: '1042' }`. */
+  readonly position?: Readonly<Record<string, string | number>>
+}
+
+/** The outcome of {@link IdempotentConsumer.process}. */
+export type ProcessOutcome =
+  /** The handler ran and its transaction committed. */
+  | 'processed'
+  /** The message was already processed by this consumer: the handler did not run. */
+  | 'duplicate'
+  /** The handler kept failing (or the message had no id): it went to the dead letter. */
+  | 'dead'
+
+/** Handles one message inside the transaction that records it as processed. */
+export type MessageHandler<Tx> = (message: InboundMessage, tx: Tx) => Promise<void>
+
+export interface ConsumerEvents {
+  processed: { readonly message: InboundMessage; readonly attempts: number; readonly durationMs: number }
+  duplicate: { readonly message: InboundMessage }
+  failed: {
+    readonly message: InboundMessage
+    readonly attempt: number
+    readonly error: unknown
+    readonly retryInMs: number
+  }
+  deadLettered: { readonly message: InboundMessage; readonly reason: string }
+}
+
+/** What a broker runner drives: an {@link IdempotentConsumer}, or anything that behaves like one. */
+export interface MessageProcessor {
+  process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome>
+  deadLetter(message: InboundMessage, reason: string): Promise<void>
+}
+
+export interface IdempotentConsumerOptions<Tx> {
+  /** The inbox table, e.g. `createKyselyInboxStore(...)`. Its transactions carry the handler's writes. */
+  store: InboxStore<Tx>
+  /** The consumer's name: messages are deduplicated per (name, message id). 1–255 characters. */
+  name: string
+  handler: MessageHandler<Tx>
+  /** Attempts before a failing message goes to the dead letter. Default 5. */
+  maxAttempts?: number
+  /** Backoff between attempts. Default 200 ms ×2, max 10 s. */
+  backoff?: BackoffOptions
+  /**
+   * Where failed messages go: a topic through a Transport, with the reason in the
+   * `outboxkit-dead-reason` header. Without it, dead messages are only reported through the
+   * `deadLettered` event (and recorded in the inbox so they are not retried forever).
+   */
+  deadLetter?: { topic: string; transport: Transport }
+}
+
+const DEFAULT_CONSUMER_BACKOFF: BackoffOptions = { initialMs: 200, maxMs: 10_000, multiplier: 2 }
+
+/**
+ * Applies each message's side effects exactly once per consumer name: the message id is recorded
+ * in the inbox in the same transaction as the handler's writes, so a redelivered message finds
+ * its id and is skipped, and a failed handler leaves no trace. The handler can add outbox events
+ * through the same transaction ("consume, update, emit" is atomic).
+ *
+ * @example
+ * ```ts
+ * const inventory = new IdempotentConsumer({ store: inboxStore, name: 'inventory',
+ *   handler: async (message, trx) => {
+ *     await trx.updateTable('stock').set(...).execute()
+ *     await outbox.add(trx, { topic: 'stock.events', key: ..., type: 'StockReserved', payload: ... })
+ *   } })
+ * ```
+ */
+export class IdempotentConsumer<Tx> implements MessageProcessor {
+  readonly name: string
+  readonly #store: InboxStore<Tx>
+  readonly #handler: MessageHandler<Tx>
+  readonly #maxAttempts: number
+  readonly #backoff: BackoffOptions
+  readonly #deadLetter: { topic: string; transport: Transport } | undefined
+  readonly #listeners = new Map<keyof ConsumerEvents, Set<(event: never) => void>>()
+
+  constructor(options: IdempotentConsumerOptions<Tx>) {
+    if (!options?.store || typeof options.store.markProcessed !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'new IdempotentConsumer({ store, name, handler }) needs an InboxStore as `store`.',
+      )
+    }
+    if (typeof options.name !== 'string' || options.name.length === 0 || options.name.length > 255) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'IdempotentConsumer needs a `name` of 1–255 characters.',
+      )
+    }
+    if (typeof options.handler !== 'function') {
+      throw new OutboxKitError(ErrorCode.InvalidOptions, 'IdempotentConsumer needs a `handler` function.')
+    }
+    this.name = options.name
+    this.#store = options.store
+    this.#handler = options.handler
+    this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 5)
+    this.#backoff = options.backoff ?? DEFAULT_CONSUMER_BACKOFF
+    this.#deadLetter = options.deadLetter
+  }
+
+  /** Subscribes to an event. Returns a function that unsubscribes. */
+  on<E extends keyof ConsumerEvents>(event: E, listener: (event: ConsumerEvents[E]) => void): () => void {
+    const set = this.#listeners.get(event) ?? new Set()
+    this.#listeners.set(event, set)
+    set.add(listener as (event: never) => void)
+    return () => set.delete(listener as (event: never) => void)
+  }
+
+  #emit<E extends keyof ConsumerEvents>(event: E, payload: ConsumerEvents[E]): void {
+    for (const listener of this.#listeners.get(event) ?? []) {
+      try {
+        ;(listener as (event: ConsumerEvents[E]) => void)(payload)
+      } catch {
+        // A listener's failure must not change what happens to the message.
+      }
+    }
+  }
+
+  /**
+   * Processes one message: at most once in effect, retried with backoff while the handler
+   * throws, dead-lettered after `maxAttempts`. Resolves once the outcome is durable, so a runner
+   * may then commit the broker offset. Rejects only if the database or the dead-letter transport
+   * cannot be reached; the message must then be delivered again.
+   */
+  async process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
+    const started = Date.now()
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const outcome = await this.#store.transaction(async (tx) => {
+          if (!(await this.#store.markProcessed(tx, this.name, message.id))) return 'duplicate' as const
+          await this.#handler(message, tx)
+          return 'processed' as const
+        })
+        if (outcome === 'duplicate') this.#emit('duplicate', { message })
+        else this.#emit('processed', { message, attempts: attempt, durationMs: Date.now() - started })
+        return outcome
+      } catch (error) {
+        if (isInfrastructureError(error)) throw error
+        if (attempt >= this.#maxAttempts) {
+          await this.deadLetter(message, `${ErrorCode.HandlerFailed}: ${describeError(error)}`)
+          return 'dead'
+        }
+        const retryInMs = backoffDelay(attempt, this.#backoff)
+        this.#emit('failed', { message, attempt, error, retryInMs })
+        await sleep(retryInMs, signal)
+        if (signal?.aborted) {
+          throw new OutboxKitError(
+            ErrorCode.Closed,
+            'The consumer stopped while a message waited for a retry.',
+            {
+              retriable: true,
+            },
+          )
+        }
+      }
+    }
+  }
+
+  /**
+   * Sends a message to the dead letter and records it in the inbox, so a redelivery does not run
+   * the handler again. Also used by runners for records that cannot be processed at all (no id).
+   */
+  async deadLetter(message: InboundMessage, reason: string): Promise<void> {
+    if (this.#deadLetter) {
+      const { topic, transport } = this.#deadLetter
+      const [outcome] = await transport.publish([
+        {
+          id: message.id || uuidv7(),
+          topic,
+          key: message.key ?? message.id ?? '',
+          type: message.type ?? 'unknown',
+          payload: message.payload,
+          headers: {
+            ...message.headers,
+            [DEAD_REASON_HEADER]: reason.slice(0, 1000),
+            [ORIGINAL_TOPIC_HEADER]: message.topic,
+            'outboxkit-dead-consumer': this.name,
+          },
+          attempts: 1,
+          createdAt: new Date(),
+        },
+      ])
+      if (outcome?.status !== 'published') {
+        throw new OutboxKitError(
+          ErrorCode.TransportFailed,
+          `Could not publish to the dead-letter topic ${topic}: ${outcome?.status === 'failed' ? outcome.error : 'no outcome'}`,
+          { retriable: true },
+        )
+      }
+    }
+    if (message.id) {
+      await this.#store.transaction((tx) => this.#store.markProcessed(tx, this.name, message.id))
+    }
+    this.#emit('deadLettered', { message, reason })
+  }
+}
+
+/** Store failures that say the database is unreachable: retrying the handler cannot help. */
+function isInfrastructureError(error: unknown): boolean {
+  return error instanceof OutboxKitError && error.code === ErrorCode.StoreFailed && error.retriable
+}
+
+/** Builds an {@link InboundMessage} from raw parts; decodes the payload by its content type. */
+export function inboundMessage(parts: {
+  id: string
+  topic: string
+  key: string | null
+  payload: Uint8Array
+  headers: Readonly<Record<string, string>>
+  position?: Readonly<Record<string, string | number>>
+}): InboundMessage {
+  let value: Payload = parts.payload
+  try {
+    value = decodePayload(parts.payload, parts.headers[Headers.contentType])
+  } catch {
+    // Not valid JSON despite its content type: the handler gets the bytes.
+  }
+  return {
+    id: parts.id,
+    topic: parts.topic,
+    key: parts.key,
+    type: parts.headers[Headers.messageType],
+    payload: parts.payload,
+    value,
+    headers: parts.headers,
+    ...(parts.position ? { position: parts.position } : {}),
+  }
+}

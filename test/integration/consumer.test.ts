@@ -1,0 +1,201 @@
+/**
+ * The IdempotentConsumer fed from real Kafka by the Kafka runner, with side effects in real
+ * databases: each message's side effect is applied exactly once (G5).
+ */
+import { describe, expect, test } from 'bun:test'
+import { Partitioners } from 'kafkajs'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
+import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { Relay, uuidv7 } from '../../src/index.js'
+import { openConsumerWorld } from '../support/consumer-world.js'
+import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import { consumeMessages, createTopic, headerValues, testKafka, uniqueTopic } from '../support/kafka.js'
+import { waitFor } from '../support/relay-world.js'
+
+const BACKENDS = [postgresJsBackend, mysqlBackend]
+
+function record(id: string | undefined, type = 'OrderCreated', key = 'order-1') {
+  return {
+    key,
+    value: JSON.stringify({ id, type }),
+    headers: {
+      ...(id ? { 'outboxkit-id': id } : {}),
+      'outboxkit-type': type,
+      'content-type': 'application/json',
+    },
+  }
+}
+
+async function produce(
+  brokers: string[],
+  topic: string,
+  messages: ReturnType<typeof record>[],
+  partition?: number,
+) {
+  const producer = testKafka(brokers).producer({
+    idempotent: true,
+    maxInFlightRequests: 1,
+    createPartitioner: Partitioners.DefaultPartitioner,
+  })
+  await producer.connect()
+  try {
+    await producer.send({
+      topic,
+      acks: -1,
+      messages: messages.map((m) => (partition === undefined ? m : { ...m, partition })),
+    })
+  } finally {
+    await producer.disconnect()
+  }
+}
+
+for (const backend of BACKENDS) {
+  describe(`IdempotentConsumer from Kafka on ${backend.name}`, () => {
+    test('the same record produced twice, and the same id on two partitions, has one side effect', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      try {
+        const ids = Array.from({ length: 10 }, () => uuidv7())
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.map((id) => record(id)),
+        )
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.map((id) => record(id)),
+        ) // the producer-side duplicate
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.slice(0, 5).map((id) => record(id)),
+          0,
+        )
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.slice(0, 5).map((id) => record(id)),
+          1,
+        ) // same ids, both partitions
+        const consumer = world.consumer({ handler: (m, tx) => world.applyEffect(tx, m) })
+        let duplicates = 0
+        consumer.on('duplicate', () => duplicates++)
+        await world.run(consumer)
+        await waitFor('all deliveries handled', () => duplicates === 20, 60_000)
+        const effects = await world.effects()
+        expect([...effects.keys()].sort()).toEqual([...ids].sort())
+        expect([...effects.values()].every((n) => n === 1)).toBe(true)
+        expect(await world.inboxCount('inventory')).toBe(10)
+      } finally {
+        await world.close()
+      }
+    }, 90_000)
+
+    test('a handler that always throws: the message is dead-lettered after the configured attempts, later ones processed', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const dlqTopic = uniqueTopic('consume-dlq')
+      await createTopic(world.brokers, dlqTopic)
+      const transport = createKafkaTransport({ kafka: testKafka(world.brokers) })
+      try {
+        const ids = Array.from({ length: 6 }, () => uuidv7())
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.map((id, i) => record(id, i === 2 ? 'Poison' : 'OrderCreated')),
+        )
+        let attempts = 0
+        const consumer = world.consumer({
+          maxAttempts: 3,
+          deadLetter: { topic: dlqTopic, transport },
+          handler: async (m, tx) => {
+            await world.applyEffect(tx, m) // written, then rolled back when the handler throws
+            if (m.type === 'Poison') {
+              attempts++
+              throw new Error('cannot reserve stock')
+            }
+          },
+        })
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        await world.run(consumer)
+        await waitFor('the others processed', () => processed === 5, 60_000)
+        expect(attempts).toBe(3)
+        const effects = await world.effects()
+        expect(effects.has(ids[2]!)).toBe(false)
+        expect(effects.size).toBe(5)
+        const [letter] = await consumeMessages(world.brokers, { topic: dlqTopic, count: 1 })
+        expect(headerValues(letter!.headers, 'outboxkit-id')).toEqual([ids[2]!])
+        expect(headerValues(letter!.headers, 'outboxkit-dead-reason')[0]).toContain('cannot reserve stock')
+        expect(headerValues(letter!.headers, 'outboxkit-original-topic')).toEqual([world.topic])
+      } finally {
+        await transport.close()
+        await world.close()
+      }
+    }, 90_000)
+
+    test('a record without a message id goes to the dead letter, never processed without dedupe', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      try {
+        const good = uuidv7()
+        await produce(world.brokers, world.topic, [record(undefined, 'NoId'), record(good)])
+        const consumer = world.consumer({ handler: (m, tx) => world.applyEffect(tx, m) })
+        const dead: string[] = []
+        consumer.on('deadLettered', (e) => dead.push(e.reason))
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        await world.run(consumer)
+        await waitFor('processed', () => processed === 1 && dead.length === 1, 60_000)
+        expect(dead[0]).toContain('MISSING_MESSAGE_ID')
+        expect([...(await world.effects()).keys()]).toEqual([good])
+      } finally {
+        await world.close()
+      }
+    }, 90_000)
+
+    test('a chained event added by the handler is published only if its side effect committed', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const chained = uniqueTopic('chained')
+      await createTopic(world.brokers, chained)
+      const transport = createKafkaTransport({ kafka: testKafka(world.brokers) })
+      try {
+        const ids = [uuidv7(), uuidv7(), uuidv7()]
+        await produce(world.brokers, world.topic, [record(ids[0]), record(ids[1], 'Poison'), record(ids[2])])
+        const consumer = world.consumer({
+          maxAttempts: 2,
+          handler: async (m, tx) => {
+            await world.applyEffect(tx, m)
+            await world.outbox.add(tx, {
+              topic: chained,
+              key: m.key ?? 'k',
+              type: 'StockReserved',
+              payload: { for: m.id },
+            })
+            if (m.type === 'Poison') throw new Error('rolled back with its chained event')
+          },
+        })
+        let settled = 0
+        consumer.on('processed', () => settled++)
+        consumer.on('deadLettered', () => settled++)
+        await world.run(consumer)
+        await waitFor('all handled', () => settled === 3, 60_000)
+
+        const relay = new Relay({
+          store: createKyselyOutboxStore({ db: world.database.db, schema: world.database.schema }),
+          transport,
+        })
+        while ((await relay.runOnce()) > 0) {}
+        const published = await consumeMessages(world.brokers, { topic: chained, count: 2 })
+        expect(published.map((m) => JSON.parse(m.value!.toString()).for)).toEqual([ids[0], ids[2]])
+        const more = await consumeMessages(world.brokers, {
+          topic: chained,
+          count: 3,
+          timeoutMs: 2_000,
+        }).catch((e: Error) => e)
+        expect(more instanceof Error).toBe(true)
+      } finally {
+        await transport.close()
+        await world.close()
+      }
+    }, 90_000)
+  })
+}
