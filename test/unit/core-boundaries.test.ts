@@ -9,7 +9,8 @@ import { join } from 'node:path'
 const CORE = join(import.meta.dir, '../../src/core')
 const FORBIDDEN_IMPORTS =
   /from\s+['"](node:[^'"]+|fs|path|crypto|buffer|events|kysely|kafkajs|pg|postgres|mysql2|@electric-sql\/pglite|@opentelemetry\/[^'"]+)['"]/
-const FORBIDDEN_GLOBALS = /\b(Buffer|process|require|__dirname|setImmediate)\b/
+// Uses of Node globals (`process.env`, `Buffer.from`, `require(...)`), not methods that share a name.
+const FORBIDDEN_GLOBALS = /(?<![.\w])(Buffer\s*[.(]|process\s*\.|require\s*\(|__dirname|setImmediate\s*\()/
 
 function coreFiles(): string[] {
   return readdirSync(CORE, { recursive: true })
