@@ -7,6 +7,7 @@ export const entries = {
   'kafka-consumer': 'src/consumers/index.ts',
   kysely: 'src/adapters/kysely/index.ts',
   memory: 'src/adapters/memory/index.ts',
+  otel: 'src/otel/index.ts',
   testing: 'src/testing/index.ts',
 }
 

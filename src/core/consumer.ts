@@ -56,6 +56,19 @@ export interface MessageProcessor {
   deadLetter(message: InboundMessage, reason: string): Promise<void>
 }
 
+/**
+ * Telemetry around processing. `outboxkit/otel` provides one backed by OpenTelemetry: it runs
+ * `process` (the handler included) inside a span whose parent is the context the message
+ * carries, so the handler's own spans and any chained `outbox.add` continue the trace.
+ */
+export interface ConsumerInstrumentation {
+  traceProcess(
+    message: InboundMessage,
+    consumerName: string,
+    process: () => Promise<ProcessOutcome>,
+  ): Promise<ProcessOutcome>
+}
+
 export interface IdempotentConsumerOptions<Tx> {
   /** The inbox table, e.g. `createKyselyInboxStore(...)`. Its transactions carry the handler's writes. */
   store: InboxStore<Tx>
@@ -72,6 +85,8 @@ export interface IdempotentConsumerOptions<Tx> {
    * `deadLettered` event (and recorded in the inbox so they are not retried forever).
    */
   deadLetter?: { topic: string; transport: Transport }
+  /** Spans and metrics around processing, e.g. `otelConsumerInstrumentation()` from `outboxkit/otel`. */
+  instrumentation?: ConsumerInstrumentation
 }
 
 const DEFAULT_CONSUMER_BACKOFF: BackoffOptions = { initialMs: 200, maxMs: 10_000, multiplier: 2 }
@@ -98,6 +113,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   readonly #maxAttempts: number
   readonly #backoff: BackoffOptions
   readonly #deadLetter: { topic: string; transport: Transport } | undefined
+  readonly #instrumentation: ConsumerInstrumentation | undefined
   readonly #listeners = new Map<keyof ConsumerEvents, Set<(event: never) => void>>()
 
   constructor(options: IdempotentConsumerOptions<Tx>) {
@@ -122,6 +138,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 5)
     this.#backoff = options.backoff ?? DEFAULT_CONSUMER_BACKOFF
     this.#deadLetter = options.deadLetter
+    this.#instrumentation = options.instrumentation
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -148,7 +165,13 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
    * may then commit the broker offset. Rejects only if the database or the dead-letter transport
    * cannot be reached; the message must then be delivered again.
    */
-  async process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
+  process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
+    return this.#instrumentation
+      ? this.#instrumentation.traceProcess(message, this.name, () => this.#process(message, signal))
+      : this.#process(message, signal)
+  }
+
+  async #process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
     const started = Date.now()
     for (let attempt = 1; ; attempt++) {
       try {

@@ -1,6 +1,7 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 export {
   type ConsumerEvents,
+  type ConsumerInstrumentation,
   IdempotentConsumer,
   type IdempotentConsumerOptions,
   type InboundMessage,
@@ -41,6 +42,7 @@ export {
   ORIGINAL_TOPIC_HEADER,
   Relay,
   type RelayEvents,
+  type RelayInstrumentation,
   type RelayListener,
   type RelayOptions,
 } from './relay.js'

@@ -28,6 +28,17 @@ export interface RelayEvents {
 
 export type RelayListener<E extends keyof RelayEvents> = (event: RelayEvents[E]) => void
 
+/**
+ * Telemetry around a relay's work. `outboxkit/otel` provides one backed by OpenTelemetry; the
+ * relay calls none of it when absent.
+ */
+export interface RelayInstrumentation {
+  /** Runs `publish` (one batch) inside the instrumentation's span, and reports its outcome. */
+  tracePublish<T>(records: readonly ClaimedRecord[], publish: () => Promise<T>): Promise<T>
+  /** Receives each lag sample. */
+  recordLag?(sample: RelayEvents['lag']): void
+}
+
 export interface RelayOptions<Tx> {
   store: OutboxStore<Tx>
   transport: Transport
@@ -51,6 +62,8 @@ export interface RelayOptions<Tx> {
    * Without it, dead records stay in the table only (status dead, with `last_error`).
    */
   deadLetter?: DeadLetterOptions
+  /** Spans and metrics around publishing, e.g. `otelRelayInstrumentation()` from `outboxkit/otel`. */
+  instrumentation?: RelayInstrumentation
 }
 
 export interface DeadLetterOptions {
@@ -89,6 +102,7 @@ export class Relay<Tx> {
   readonly #backoff: BackoffOptions
   readonly #lagIntervalMs: number
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
+  readonly #instrumentation: RelayInstrumentation | undefined
   readonly #listeners = new Map<keyof RelayEvents, Set<(event: never) => void>>()
 
   #running: Promise<void> | undefined
@@ -116,6 +130,7 @@ export class Relay<Tx> {
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 10)
     this.#backoff = options.backoff ?? {}
     this.#lagIntervalMs = options.lagIntervalMs ?? 5_000
+    this.#instrumentation = options.instrumentation
     this.#deadLetter = options.deadLetter && {
       topic: options.deadLetter.topic,
       transport: options.deadLetter.transport ?? options.transport,
@@ -228,10 +243,12 @@ export class Relay<Tx> {
 
   async #sampleLag(): Promise<void> {
     if (this.#lagIntervalMs <= 0 || Date.now() - this.#lastLagSample < this.#lagIntervalMs) return
-    if (!this.#listeners.get('lag')?.size) return
+    if (!this.#listeners.get('lag')?.size && !this.#instrumentation?.recordLag) return
     this.#lastLagSample = Date.now()
     const stats = await this.#store.stats()
-    this.#emit('lag', { pending: stats.pending, oldestPendingAgeMs: stats.oldestPendingAgeMs })
+    const sample = { pending: stats.pending, oldestPendingAgeMs: stats.oldestPendingAgeMs }
+    this.#instrumentation?.recordLag?.(sample)
+    this.#emit('lag', sample)
   }
 
   async #publishClaim(token: string, records: readonly ClaimedRecord[]): Promise<void> {
@@ -246,7 +263,9 @@ export class Relay<Tx> {
     const started = Date.now()
     let outcomes: Awaited<ReturnType<Transport['publish']>>
     try {
-      outcomes = await this.#transport.publish(records)
+      outcomes = this.#instrumentation
+        ? await this.#instrumentation.tracePublish(records, () => this.#transport.publish(records))
+        : await this.#transport.publish(records)
     } catch (error) {
       clearInterval(renew)
       // The outcome of the whole call is unknown or the broker is unreachable: nothing is marked,

@@ -10,7 +10,7 @@ import {
   type RecordMetadata,
 } from 'kafkajs'
 import { describeError, ErrorCode, OutboxKitError } from '../../core/errors.js'
-import { type ClaimedRecord, publishedHeaders } from '../../core/message.js'
+import { type ClaimedRecord, Headers, publishedHeaders } from '../../core/message.js'
 import type { PublishOutcome, Transport, TransportCapabilities } from '../../core/transport.js'
 
 export interface KafkaTransportOptions {
@@ -477,8 +477,29 @@ function toMessage(record: ClaimedRecord): Message {
   return {
     key: record.key,
     value: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
-    headers: publishedHeaders(record),
+    headers: keepTraceHeaders(publishedHeaders(record)),
   }
+}
+
+const TRACE_HEADERS: ReadonlySet<string> = new Set([Headers.traceparent, Headers.tracestate, Headers.baggage])
+
+/**
+ * The trace context stored with an event travels to the broker unchanged. Producer
+ * instrumentations (such as `@opentelemetry/instrumentation-kafkajs`) inject the send span's
+ * context into every message's headers; this view ignores writes to the trace headers, so the
+ * consumer continues the trace of the request that wrote the event, not the relay's.
+ */
+function keepTraceHeaders(headers: Record<string, string>): Record<string, string> {
+  return new Proxy(headers, {
+    set(target, name, value) {
+      if (typeof name === 'string' && TRACE_HEADERS.has(name.toLowerCase())) return true
+      return Reflect.set(target, name, value)
+    },
+    defineProperty(target, name, descriptor) {
+      if (typeof name === 'string' && TRACE_HEADERS.has(name.toLowerCase())) return true
+      return Reflect.defineProperty(target, name, descriptor)
+    },
+  })
 }
 
 function messageSize(record: ClaimedRecord, message: Message): number {

@@ -1,0 +1,281 @@
+/**
+ * OpenTelemetry for outboxkit, through `@opentelemetry/api` only: without a registered SDK every
+ * call here is a no-op.
+ *
+ * - {@link otelTraceCapture}: `new Outbox({ store, tracing: otelTraceCapture() })` stores the
+ *   active W3C trace context (`traceparent`, `tracestate`, `baggage`) with each event.
+ * - {@link otelRelayInstrumentation}: a `send <topic>` span per published batch, linked to each
+ *   event's stored context, plus publish metrics and relay lag.
+ * - {@link otelConsumerInstrumentation}: a `process <topic>` span per message whose parent is the
+ *   context the message carries, so the handler's spans continue the writer's trace.
+ */
+import {
+  type Attributes,
+  context,
+  type Link,
+  type Meter,
+  metrics,
+  propagation,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api'
+import type { ConsumerInstrumentation, InboundMessage, ProcessOutcome } from '../core/consumer.js'
+import { isOutboxKitError } from '../core/errors.js'
+import { type ClaimedRecord, Headers } from '../core/message.js'
+import type { TraceContextCapture } from '../core/outbox.js'
+import type { RelayEvents, RelayInstrumentation } from '../core/relay.js'
+import type { PublishOutcome } from '../core/transport.js'
+
+const INSTRUMENTATION_NAME = 'outboxkit'
+const INSTRUMENTATION_VERSION = '0.1.0'
+
+/** W3C limits: a valid `traceparent`, a `tracestate` of at most 512 characters, `baggage` of at most 8 KiB. */
+const TRACEPARENT = /^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/
+const MAX_TRACESTATE = 512
+const MAX_BAGGAGE = 8192
+
+/**
+ * Keeps only well-formed trace headers: a malformed or oversized value is dropped, never fatal,
+ * and never stored or forwarded.
+ */
+export function sanitizeTraceHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
+  const result: Record<string, string> = {}
+  const traceparent = headers[Headers.traceparent]
+  if (typeof traceparent !== 'string' || !TRACEPARENT.test(traceparent)) return result
+  result[Headers.traceparent] = traceparent
+  const tracestate = headers[Headers.tracestate]
+  if (typeof tracestate === 'string' && tracestate.length <= MAX_TRACESTATE)
+    result[Headers.tracestate] = tracestate
+  const baggage = headers[Headers.baggage]
+  if (typeof baggage === 'string' && baggage.length <= MAX_BAGGAGE) result[Headers.baggage] = baggage
+  return result
+}
+
+/** Captures the active context with the registered propagator (W3C by default). */
+export function otelTraceCapture(): TraceContextCapture {
+  return {
+    capture() {
+      const carrier: Record<string, string> = {}
+      propagation.inject(context.active(), carrier)
+      return sanitizeTraceHeaders(carrier)
+    },
+  }
+}
+
+/** The context stored in a message's headers, or none when the headers carry no valid one. */
+function extractContext(headers: Readonly<Record<string, string>>) {
+  const clean = sanitizeTraceHeaders(headers)
+  if (!clean[Headers.traceparent]) return undefined
+  return propagation.extract(ROOT_CONTEXT, clean)
+}
+
+function errorType(error: unknown): string {
+  if (isOutboxKitError(error)) return error.code
+  if (error instanceof Error) return error.name || 'Error'
+  return 'Error'
+}
+
+export interface OtelInstrumentationOptions {
+  /** Tracer to use. Default: the global tracer provider's `outboxkit` tracer. */
+  tracer?: Tracer
+  /** Meter to use. Default: the global meter provider's `outboxkit` meter. */
+  meter?: Meter
+  /** Messaging system attribute. Default `kafka`. */
+  system?: string
+}
+
+/**
+ * Spans and metrics for a relay: `new Relay({ ..., instrumentation: otelRelayInstrumentation() })`.
+ *
+ * Span: `send <topic>` (kind PRODUCER) per batch, linked to each event's creation context, with
+ * the messaging semantic-convention attributes; `error.type` on failure.
+ * Metrics: `outboxkit.relay.published` (events), `outboxkit.relay.failed` (events),
+ * `outboxkit.relay.publish.duration` (s, per batch), `outboxkit.relay.lag` (ms, oldest pending age).
+ */
+export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {}): RelayInstrumentation {
+  const tracer = options.tracer ?? trace.getTracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+  const meter = options.meter ?? metrics.getMeter(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+  const system = options.system ?? 'kafka'
+  const published = meter.createCounter('outboxkit.relay.published', {
+    description: 'Events published by relays',
+    unit: '{event}',
+  })
+  const failed = meter.createCounter('outboxkit.relay.failed', {
+    description: 'Events whose publish failed',
+    unit: '{event}',
+  })
+  const duration = meter.createHistogram('outboxkit.relay.publish.duration', {
+    description: 'Duration of one batch publish',
+    unit: 's',
+  })
+  let lastLag: RelayEvents['lag'] | undefined
+  meter
+    .createObservableGauge('outboxkit.relay.lag', {
+      description: 'Age of the oldest pending event',
+      unit: 'ms',
+    })
+    .addCallback((result) => {
+      if (lastLag) result.observe(lastLag.oldestPendingAgeMs)
+    })
+
+  return {
+    recordLag(sample) {
+      lastLag = sample
+    },
+    async tracePublish<T>(records: readonly ClaimedRecord[], publish: () => Promise<T>): Promise<T> {
+      const topics = [...new Set(records.map((r) => r.topic))]
+      const keys = new Set(records.map((r) => r.key))
+      const attributes: Attributes = {
+        'messaging.system': system,
+        'messaging.operation.type': 'send',
+        'messaging.operation.name': 'send',
+      }
+      if (topics.length === 1) attributes['messaging.destination.name'] = topics[0]!
+      if (records.length > 1) attributes['messaging.batch.message_count'] = records.length
+      if (records.length === 1) attributes['messaging.message.id'] = records[0]!.id
+      if (keys.size === 1) attributes['messaging.kafka.message.key'] = records[0]!.key
+      const links: Link[] = []
+      for (const record of records) {
+        const stored = extractContext(record.headers)
+        const spanContext = stored && trace.getSpanContext(stored)
+        if (spanContext)
+          links.push({ context: spanContext, attributes: { 'messaging.message.id': record.id } })
+      }
+      const name = topics.length === 1 ? `send ${topics[0]}` : 'send'
+      const started = performance.now()
+      // A batch publish is its own root: each event's trace is reached through its link.
+      return tracer.startActiveSpan(
+        name,
+        { kind: SpanKind.PRODUCER, attributes, links, root: true },
+        async (span: Span) => {
+          try {
+            const result = await publish()
+            const outcomes = Array.isArray(result) ? (result as readonly PublishOutcome[]) : []
+            const failures = outcomes.filter((o) => o.status === 'failed')
+            published.add(outcomes.length - failures.length, { 'messaging.system': system })
+            if (failures.length > 0) {
+              failed.add(failures.length, { 'messaging.system': system })
+              span.setAttribute('error.type', 'partial_failure')
+              span.setStatus({
+                code: SpanStatusCode.ERROR,
+                message: `${failures.length} of ${outcomes.length} failed`,
+              })
+            }
+            return result
+          } catch (error) {
+            failed.add(records.length, { 'messaging.system': system })
+            span.setAttribute('error.type', errorType(error))
+            span.recordException(error instanceof Error ? error : new Error(String(error)))
+            span.setStatus({
+              code: SpanStatusCode.ERROR,
+              message: error instanceof Error ? error.message : String(error),
+            })
+            throw error
+          } finally {
+            duration.record((performance.now() - started) / 1000, { 'messaging.system': system })
+            span.end()
+          }
+        },
+      )
+    },
+  }
+}
+
+export interface OtelConsumerOptions extends OtelInstrumentationOptions {
+  /**
+   * `parent` (default): the span is a child of the context the message carries, so one trace
+   * runs from the write to the handler. `link`: the span starts a new trace linked to it.
+   */
+  context?: 'parent' | 'link'
+  /** `messaging.consumer.group.name`. Default: the consumer's name. */
+  groupName?: string
+}
+
+/**
+ * Spans and metrics for an `IdempotentConsumer`: `process <topic>` (kind CONSUMER) around each
+ * message, the handler running inside it.
+ * Metrics: `outboxkit.consumer.processed`, `outboxkit.consumer.deduplicated`,
+ * `outboxkit.consumer.dead_lettered` (messages), `outboxkit.consumer.process.duration` (s).
+ */
+export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): ConsumerInstrumentation {
+  const tracer = options.tracer ?? trace.getTracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+  const meter = options.meter ?? metrics.getMeter(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+  const system = options.system ?? 'kafka'
+  const counters: Record<ProcessOutcome, ReturnType<Meter['createCounter']>> = {
+    processed: meter.createCounter('outboxkit.consumer.processed', {
+      description: 'Messages processed',
+      unit: '{message}',
+    }),
+    duplicate: meter.createCounter('outboxkit.consumer.deduplicated', {
+      description: 'Messages skipped as already processed',
+      unit: '{message}',
+    }),
+    dead: meter.createCounter('outboxkit.consumer.dead_lettered', {
+      description: 'Messages dead-lettered',
+      unit: '{message}',
+    }),
+  }
+  const duration = meter.createHistogram('outboxkit.consumer.process.duration', {
+    description: 'Duration of processing one message',
+    unit: 's',
+  })
+
+  return {
+    async traceProcess(
+      message: InboundMessage,
+      consumerName: string,
+      process: () => Promise<ProcessOutcome>,
+    ) {
+      const carried = extractContext(message.headers)
+      const carriedSpan = carried && trace.getSpanContext(carried)
+      const linkMode = options.context === 'link'
+      const parent = carried && !linkMode ? carried : ROOT_CONTEXT
+      const group = options.groupName ?? consumerName
+      const attributes: Attributes = {
+        'messaging.system': system,
+        'messaging.operation.type': 'process',
+        'messaging.operation.name': 'process',
+        'messaging.destination.name': message.topic,
+        'messaging.consumer.group.name': group,
+        'messaging.message.id': message.id,
+      }
+      if (message.key !== null) attributes['messaging.kafka.message.key'] = message.key
+      const partition = message.position?.['partition']
+      if (partition !== undefined) attributes['messaging.destination.partition.id'] = String(partition)
+      const offset = message.position?.['offset']
+      if (offset !== undefined) attributes['messaging.kafka.offset'] = Number(offset)
+      const links: Link[] = linkMode && carriedSpan ? [{ context: carriedSpan }] : []
+      const span = tracer.startSpan(
+        `process ${message.topic}`,
+        { kind: SpanKind.CONSUMER, attributes, links },
+        parent,
+      )
+      const started = performance.now()
+      try {
+        const outcome = await context.with(trace.setSpan(parent, span), process)
+        span.setAttribute('outboxkit.outcome', outcome)
+        counters[outcome].add(1, { 'messaging.system': system, 'messaging.consumer.group.name': group })
+        if (outcome === 'dead') {
+          span.setAttribute('error.type', 'HANDLER_FAILED')
+          span.setStatus({ code: SpanStatusCode.ERROR, message: 'dead-lettered' })
+        }
+        return outcome
+      } catch (error) {
+        span.setAttribute('error.type', errorType(error))
+        span.recordException(error instanceof Error ? error : new Error(String(error)))
+        span.setStatus({
+          code: SpanStatusCode.ERROR,
+          message: error instanceof Error ? error.message : String(error),
+        })
+        throw error
+      } finally {
+        duration.record((performance.now() - started) / 1000, { 'messaging.system': system })
+        span.end()
+      }
+    },
+  }
+}

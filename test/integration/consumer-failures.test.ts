@@ -1,0 +1,260 @@
+/**
+ * The consumer when things break: a consumer process killed with SIGKILL right after its database
+ * commit (before the offset commit) and right before it, then restarted in the same group; and
+ * thousands of events through relays killed at random points into a consumer that must apply
+ * each side effect once. Real processes, real services.
+ */
+import { describe, expect, test } from 'bun:test'
+import { type OutboxMessageInput, uuidv7 } from '../../src/index.js'
+import { type ConsumerWorld, openConsumerWorld } from '../support/consumer-world.js'
+import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import { testKafka, uniqueName } from '../support/kafka.js'
+import { startWorker, type Worker } from '../support/processes.js'
+import { recordCount, waitFor } from '../support/relay-world.js'
+
+const BACKENDS = [postgresJsBackend, mysqlBackend]
+const CONSUMER = 'inventory'
+// The group's session timeout in the consumer processes: a killed member is dropped after it,
+// and the restarted process can join (the broker's minimum is 6 s).
+const SESSION_TIMEOUT_MS = '6000'
+
+function exited(worker: Worker): boolean {
+  return worker.process.exitCode !== null || worker.process.signalCode !== null
+}
+
+/** Ids the worker reported with `word` ('processed' or 'duplicate'). */
+function reported(worker: Worker, word: string): string[] {
+  return worker
+    .output()
+    .split('\n')
+    .filter((line) => line.startsWith(`${word} `))
+    .map((line) => line.slice(word.length + 1))
+}
+
+async function effectsOf(world: ConsumerWorld, ids: readonly string[]): Promise<number[]> {
+  const effects = await world.effects()
+  return ids.map((id) => effects.get(id) ?? 0)
+}
+
+async function covers(world: ConsumerWorld, ids: readonly string[]): Promise<boolean> {
+  return (await effectsOf(world, ids)).every((n) => n > 0)
+}
+
+async function inboxHas(world: ConsumerWorld, id: string): Promise<boolean> {
+  const q = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+  const rows = await world.database.query<{ n: unknown }>(
+    `SELECT count(*) AS n FROM ${q(world.database.schema)}.${q('outbox_inbox')} WHERE consumer = '${CONSUMER}' AND message_id = '${id}'`,
+  )
+  return Number(rows[0]!.n) === 1
+}
+
+async function publishedCount(world: ConsumerWorld): Promise<number> {
+  const q = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+  const rows = await world.database.query<{ n: unknown }>(
+    `SELECT count(*) AS n FROM ${q(world.database.schema)}.${q('outbox')} WHERE status = 1`,
+  )
+  return Number(rows[0]!.n)
+}
+
+/** Produces records as a relay would, directly, with the given ids, in order. */
+async function produceIds(world: ConsumerWorld, ids: readonly string[]): Promise<void> {
+  const producer = testKafka(world.brokers).producer()
+  await producer.connect()
+  try {
+    await producer.send({
+      topic: world.topic,
+      messages: ids.map((id, i) => ({
+        key: `item-${i % 4}`,
+        value: JSON.stringify({ i }),
+        headers: { 'outboxkit-id': id, 'outboxkit-type': 'ItemReserved', 'content-type': 'application/json' },
+      })),
+    })
+  } finally {
+    await producer.disconnect()
+  }
+}
+
+/**
+ * Runs a consumer process that kills itself at the 5th of 20 records (`mode` says where), restarts
+ * it in the same group, checks that every side effect was applied once, and returns the restarted
+ * worker for the caller's checks of what it saw.
+ */
+async function killAndRestart(
+  world: ConsumerWorld,
+  mode: 'after-commit' | 'before-commit',
+  workers: Worker[],
+): Promise<{ ids: string[]; victim: string; restarted: Worker }> {
+  const env = {
+    BACKEND: world.database.backend,
+    SCHEMA: world.database.schema,
+    BROKERS: world.brokers.join(','),
+    TOPIC: world.topic,
+    GROUP: uniqueName('group'),
+    CONSUMER_NAME: CONSUMER,
+    SESSION_TIMEOUT_MS,
+  }
+  // The worker is running before the records exist, so it cannot die before it reports ready.
+  const ids = Array.from({ length: 20 }, () => uuidv7())
+  const victim = ids[4]!
+  const first = await startWorker('consumer-worker', { ...env, KILL_AT: `${mode}:${victim}` })
+  workers.push(first)
+  await produceIds(world, ids)
+  await waitFor('the consumer process to kill itself', () => exited(first), 60_000)
+  expect(first.process.signalCode).toBe('SIGKILL')
+
+  if (mode === 'after-commit') {
+    expect(await effectsOf(world, [victim])).toEqual([1])
+    expect(await inboxHas(world, victim)).toBe(true)
+  } else {
+    expect(reported(first, 'processed')).not.toContain(victim)
+    // The killed transaction wrote the side effect and the inbox row; neither committed.
+    expect(await inboxHas(world, victim)).toBe(false)
+    expect(await effectsOf(world, [victim])).toEqual([0])
+  }
+
+  const restarted = await startWorker('consumer-worker', env)
+  workers.push(restarted)
+  await waitFor('every side effect applied', () => covers(world, ids), 90_000)
+  // The redeliveries were handled too (the victim's among them) before counting.
+  const handledFirst = new Set(reported(first, 'processed'))
+  await waitFor(
+    'every record handled',
+    () => {
+      const handled = new Set([...reported(restarted, 'processed'), ...reported(restarted, 'duplicate')])
+      return handled.has(victim) && ids.every((id) => handledFirst.has(id) || handled.has(id))
+    },
+    30_000,
+  )
+  await restarted.kill('SIGTERM')
+  expect(restarted.process.exitCode).toBe(0)
+
+  expect(await effectsOf(world, ids)).toEqual(ids.map(() => 1))
+  expect((await world.effects()).size).toBe(ids.length)
+  expect(await world.inboxCount(CONSUMER)).toBe(ids.length)
+  return { ids, victim, restarted }
+}
+
+for (const backend of BACKENDS) {
+  describe(`consumer failures on ${backend.name}`, () => {
+    test('a consumer killed after its DB commit but before the offset commit applies each side effect once', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const workers: Worker[] = []
+      try {
+        const { victim, restarted } = await killAndRestart(world, 'after-commit', workers)
+        // The victim's offset was never committed: it came again and the inbox turned it away.
+        expect(reported(restarted, 'duplicate')).toContain(victim)
+        expect(reported(restarted, 'processed')).not.toContain(victim)
+      } finally {
+        for (const worker of workers) await worker.kill('SIGKILL')
+        await world.close()
+      }
+    }, 240_000)
+
+    test('a consumer killed before its DB commit applies the side effect exactly once after restart', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const workers: Worker[] = []
+      try {
+        const { victim, restarted } = await killAndRestart(world, 'before-commit', workers)
+        // Nothing of the killed attempt survived: the restarted process applied it for real.
+        expect(reported(restarted, 'processed')).toContain(victim)
+        expect(reported(restarted, 'duplicate')).not.toContain(victim)
+      } finally {
+        for (const worker of workers) await worker.kill('SIGKILL')
+        await world.close()
+      }
+    }, 240_000)
+
+    test('end to end: thousands of events through relays restarted at random points, each side effect exactly once', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 3 })
+      const workers: Worker[] = []
+      try {
+        const total = 3000
+        const ids: string[] = []
+        for (let t = 0; t < 6; t++) {
+          const batch: OutboxMessageInput[] = Array.from({ length: total / 6 }, (_, i) => ({
+            topic: world.topic,
+            key: `order-${(t * 500 + i) % 97}`,
+            type: 'OrderPlaced',
+            payload: { t, i },
+          }))
+          ids.push(...(await world.database.db.transaction().execute((trx) => world.outbox.add(trx, batch))))
+        }
+
+        let handled = 0
+        let skipped = 0
+        const consumer = world.consumer({ handler: async (m, tx) => world.applyEffect(tx, m) })
+        consumer.on('processed', () => handled++)
+        consumer.on('duplicate', () => {
+          handled++
+          skipped++
+        })
+        await world.run(consumer)
+
+        const env = {
+          BACKEND: backend.name,
+          SCHEMA: world.database.schema,
+          BROKERS: world.brokers.join(','),
+          BATCH_SIZE: '100',
+          LEASE_MS: '1500',
+        }
+        // Each relay is killed past a random progress point, aimed (for up to 3 s) at a moment when
+        // records reached the topic but their rows were not yet marked published: the records the
+        // next relay publishes again.
+        const admin = testKafka(world.brokers).admin()
+        await admin.connect()
+        const killedAt: string[] = []
+        try {
+          const inTopic = async () =>
+            (await admin.fetchTopicOffsets(world.topic)).reduce(
+              (sum, p) => sum + Number(p.high) - Number(p.low),
+              0,
+            )
+          for (let round = 1; round <= 3; round++) {
+            const worker = await startWorker('relay-worker', env)
+            workers.push(worker)
+            const from = await publishedCount(world)
+            const target = Math.min(total - 600, from + 100 + Math.floor(Math.random() * 700))
+            await waitFor(
+              `relay round ${round} progress`,
+              async () => (await publishedCount(world)) >= target,
+              60_000,
+            )
+            let lowest = Number.POSITIVE_INFINITY
+            let aimed = false
+            for (const until = Date.now() + 3_000; Date.now() < until && !aimed; ) {
+              const records = await inTopic()
+              const unmarked = records - (await publishedCount(world))
+              aimed = unmarked > lowest
+              lowest = Math.min(lowest, unmarked)
+            }
+            await worker.kill('SIGKILL')
+            killedAt.push(`${await publishedCount(world)}${aimed ? ' (aimed)' : ''}`)
+          }
+        } finally {
+          await admin.disconnect()
+        }
+        const last = await startWorker('relay-worker', env)
+        workers.push(last)
+        await waitFor('everything published', async () => (await publishedCount(world)) === total, 120_000)
+        await last.kill('SIGTERM')
+
+        const records = await recordCount(world.brokers, world.topic)
+        await waitFor('every side effect applied', () => covers(world, ids), 120_000)
+        await waitFor('every record handled', () => handled >= records, 60_000)
+
+        const effects = await world.effects()
+        expect(effects.size).toBe(total)
+        expect(await effectsOf(world, ids)).toEqual(ids.map(() => 1))
+        expect(await world.inboxCount(CONSUMER)).toBe(total)
+        const effectRows = [...effects.values()].reduce((sum, n) => sum + n, 0)
+        console.log(
+          `${backend.name}: relays killed at ${killedAt.join(', ')} published rows; the topic had ${records - total} duplicate records, the consumer skipped ${skipped}, effects have ${effectRows - total} duplicates`,
+        )
+        expect(records).toBeGreaterThanOrEqual(total)
+      } finally {
+        for (const worker of workers) await worker.kill('SIGKILL')
+        await world.close()
+      }
+    }, 240_000)
+  })
+}

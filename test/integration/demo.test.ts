@@ -1,0 +1,62 @@
+/**
+ * `npm run demo` as a user runs it: a subprocess that writes orders, crashes a relay, delivers a
+ * record twice, and exits 0 only if its invariants hold. Once on the embedded PGlite, once on
+ * MariaDB/MySQL.
+ */
+import { describe, expect, test } from 'bun:test'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { MYSQL_URL } from '../support/databases.js'
+
+const ROOT = join(import.meta.dir, '../..')
+const BUN = join(ROOT, 'node_modules/.bin/bun')
+
+function runDemo(databaseUrl: string | undefined): Promise<{ code: number | null; output: string }> {
+  const env: Record<string, string | undefined> = { ...process.env, NO_COLOR: '1' }
+  if (databaseUrl === undefined) delete env['DATABASE_URL']
+  else env['DATABASE_URL'] = databaseUrl
+  return new Promise((resolve, reject) => {
+    const child = spawn(BUN, ['examples/demo/main.ts', '--orders', '50'], {
+      cwd: ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let output = ''
+    child.stdout.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code, output }))
+  })
+}
+
+function expectSuccess({ code, output }: { code: number | null; output: string }): void {
+  if (code !== 0) console.error(output)
+  expect(code).toBe(0)
+  expect(output).toContain('Summary')
+  expect(output).toMatch(/orders written \(order row \+ event, one transaction each\)\s+50/)
+  expect(output).toMatch(/side effects applied \(stock taken\)\s+50/)
+  expect(output).toContain('✔ inbox rows (50) == orders (50)')
+  expect(output).toContain('✔ side effects applied (50) == orders (50)')
+  expect(output).toContain('✔ no outbox row pending (0) or dead (0); 50 published')
+  expect(output).toContain('✔ all invariants hold')
+  expect(output).not.toContain('✘')
+  expect(output).toContain('cleanup')
+}
+
+describe('npm run demo', () => {
+  test('on the embedded PGlite: every invariant holds', async () => {
+    const result = await runDemo(undefined)
+    expectSuccess(result)
+    expect(result.output).toContain('PGlite')
+  }, 180_000)
+
+  test('on MariaDB/MySQL (DATABASE_URL): every invariant holds and the demo database is dropped', async () => {
+    const result = await runDemo(MYSQL_URL)
+    expectSuccess(result)
+    expect(result.output).toMatch(/database outboxkit_demo_[0-9a-f]{8} dropped/)
+  }, 180_000)
+})
