@@ -1,5 +1,6 @@
 import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
 import { describeError, ErrorCode, OutboxKitError } from './errors.js'
+import { Emitter } from './events.js'
 import { decodePayload, Headers, type Payload } from './message.js'
 import { positiveInteger } from './outbox.js'
 import { DEAD_REASON_HEADER, ORIGINAL_TOPIC_HEADER } from './relay.js'
@@ -114,7 +115,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   readonly #backoff: BackoffOptions
   readonly #deadLetter: { topic: string; transport: Transport } | undefined
   readonly #instrumentation: ConsumerInstrumentation | undefined
-  readonly #listeners = new Map<keyof ConsumerEvents, Set<(event: never) => void>>()
+  readonly #events = new Emitter<ConsumerEvents>()
 
   constructor(options: IdempotentConsumerOptions<Tx>) {
     if (!options?.store || typeof options.store.markProcessed !== 'function') {
@@ -143,20 +144,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
   on<E extends keyof ConsumerEvents>(event: E, listener: (event: ConsumerEvents[E]) => void): () => void {
-    const set = this.#listeners.get(event) ?? new Set()
-    this.#listeners.set(event, set)
-    set.add(listener as (event: never) => void)
-    return () => set.delete(listener as (event: never) => void)
-  }
-
-  #emit<E extends keyof ConsumerEvents>(event: E, payload: ConsumerEvents[E]): void {
-    for (const listener of this.#listeners.get(event) ?? []) {
-      try {
-        ;(listener as (event: ConsumerEvents[E]) => void)(payload)
-      } catch {
-        // A listener's failure must not change what happens to the message.
-      }
-    }
+    return this.#events.on(event, listener)
   }
 
   /**
@@ -180,8 +168,8 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
           await this.#handler(message, tx)
           return 'processed' as const
         })
-        if (outcome === 'duplicate') this.#emit('duplicate', { message })
-        else this.#emit('processed', { message, attempts: attempt, durationMs: Date.now() - started })
+        if (outcome === 'duplicate') this.#events.emit('duplicate', { message })
+        else this.#events.emit('processed', { message, attempts: attempt, durationMs: Date.now() - started })
         return outcome
       } catch (error) {
         if (isInfrastructureError(error)) throw error
@@ -190,7 +178,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
           return 'dead'
         }
         const retryInMs = backoffDelay(attempt, this.#backoff)
-        this.#emit('failed', { message, attempt, error, retryInMs })
+        this.#events.emit('failed', { message, attempt, error, retryInMs })
         await sleep(retryInMs, signal)
         if (signal?.aborted) {
           throw new OutboxKitError(
@@ -240,7 +228,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
     if (message.id) {
       await this.#store.transaction((tx) => this.#store.markProcessed(tx, this.name, message.id))
     }
-    this.#emit('deadLettered', { message, reason })
+    this.#events.emit('deadLettered', { message, reason })
   }
 }
 

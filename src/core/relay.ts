@@ -1,5 +1,6 @@
 import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
+import { Emitter } from './events.js'
 import type { ClaimedRecord } from './message.js'
 import { positiveInteger } from './outbox.js'
 import type { DeadRecord, FailedRecord, OutboxStore } from './store.js'
@@ -103,7 +104,7 @@ export class Relay<Tx> {
   readonly #lagIntervalMs: number
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
   readonly #instrumentation: RelayInstrumentation | undefined
-  readonly #listeners = new Map<keyof RelayEvents, Set<(event: never) => void>>()
+  readonly #events = new Emitter<RelayEvents>()
 
   #running: Promise<void> | undefined
   #stopping: AbortController | undefined
@@ -141,20 +142,7 @@ export class Relay<Tx> {
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
   on<E extends keyof RelayEvents>(event: E, listener: RelayListener<E>): () => void {
-    const set = this.#listeners.get(event) ?? new Set()
-    this.#listeners.set(event, set)
-    set.add(listener as (event: never) => void)
-    return () => set.delete(listener as (event: never) => void)
-  }
-
-  #emit<E extends keyof RelayEvents>(event: E, payload: RelayEvents[E]): void {
-    for (const listener of this.#listeners.get(event) ?? []) {
-      try {
-        ;(listener as RelayListener<E>)(payload)
-      } catch {
-        // A listener's failure must not stop the relay.
-      }
-    }
+    return this.#events.on(event, listener)
   }
 
   /** Whether the loop is running. */
@@ -194,7 +182,7 @@ export class Relay<Tx> {
   async runOnce(): Promise<number> {
     const claim = await this.#store.claim({ limit: this.#batchSize, leaseMs: this.#leaseMs })
     if (claim.records.length === 0) return 0
-    this.#emit('claimed', {
+    this.#events.emit('claimed', {
       count: claim.records.length,
       keys: new Set(claim.records.map((r) => r.key)).size,
     })
@@ -213,13 +201,13 @@ export class Relay<Tx> {
       } catch (error) {
         if (isOutboxKitError(error, ErrorCode.Fenced)) {
           // Another relay took over this relay's transactional id: keep out of its way.
-          this.#emit('error', { error, retryInMs: -1 })
+          this.#events.emit('error', { error, retryInMs: -1 })
           this.#stopping?.abort()
           break
         }
         consecutiveErrors++
         const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
-        this.#emit('error', { error, retryInMs })
+        this.#events.emit('error', { error, retryInMs })
         await sleep(retryInMs, signal)
       }
     }
@@ -243,12 +231,12 @@ export class Relay<Tx> {
 
   async #sampleLag(): Promise<void> {
     if (this.#lagIntervalMs <= 0 || Date.now() - this.#lastLagSample < this.#lagIntervalMs) return
-    if (!this.#listeners.get('lag')?.size && !this.#instrumentation?.recordLag) return
+    if (!this.#events.has('lag') && !this.#instrumentation?.recordLag) return
     this.#lastLagSample = Date.now()
     const stats = await this.#store.stats()
     const sample = { pending: stats.pending, oldestPendingAgeMs: stats.oldestPendingAgeMs }
     this.#instrumentation?.recordLag?.(sample)
-    this.#emit('lag', sample)
+    this.#events.emit('lag', sample)
   }
 
   async #publishClaim(token: string, records: readonly ClaimedRecord[]): Promise<void> {
@@ -314,21 +302,22 @@ export class Relay<Tx> {
     if (published.length > 0) {
       const result = await this.#store.markPublished(token, published)
       lost.push(...result.lost)
-      this.#emit('published', { count: result.settled, durationMs })
+      this.#events.emit('published', { count: result.settled, durationMs })
     }
     if (released.length > 0) await this.#store.release(token, released)
     if (failed.length > 0) {
       const result = await this.#store.markFailed(token, failed)
       lost.push(...result.lost)
-      for (const f of failed) this.#emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
+      for (const f of failed)
+        this.#events.emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
     }
     if (dead.length > 0) {
       if (this.#deadLetter) await this.#publishDeadLetters(records, dead)
       const result = await this.#store.markDead(token, dead)
       lost.push(...result.lost)
-      for (const d of dead) this.#emit('deadLettered', { ids: [d.id], error: d.error })
+      for (const d of dead) this.#events.emit('deadLettered', { ids: [d.id], error: d.error })
     }
-    if (lost.length > 0) this.#emit('leaseLost', { ids: lost })
+    if (lost.length > 0) this.#events.emit('leaseLost', { ids: lost })
   }
 
   /** Publishes dead records to the dead-letter topic; throws (leaving them claimed) if it cannot. */

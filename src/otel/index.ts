@@ -79,6 +79,16 @@ function errorType(error: unknown): string {
   return 'Error'
 }
 
+/** Marks a span failed with `error.type` (the outboxkit code or the error's class) and the exception. */
+function recordFailure(span: Span, error: unknown): void {
+  span.setAttribute('error.type', errorType(error))
+  span.recordException(error instanceof Error ? error : new Error(String(error)))
+  span.setStatus({
+    code: SpanStatusCode.ERROR,
+    message: error instanceof Error ? error.message : String(error),
+  })
+}
+
 export interface OtelInstrumentationOptions {
   /** Tracer to use. Default: the global tracer provider's `outboxkit` tracer. */
   tracer?: Tracer
@@ -168,12 +178,7 @@ export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {
             return result
           } catch (error) {
             failed.add(records.length, { 'messaging.system': system })
-            span.setAttribute('error.type', errorType(error))
-            span.recordException(error instanceof Error ? error : new Error(String(error)))
-            span.setStatus({
-              code: SpanStatusCode.ERROR,
-              message: error instanceof Error ? error.message : String(error),
-            })
+            recordFailure(span, error)
             throw error
           } finally {
             duration.record((performance.now() - started) / 1000, { 'messaging.system': system })
@@ -265,12 +270,7 @@ export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): 
         }
         return outcome
       } catch (error) {
-        span.setAttribute('error.type', errorType(error))
-        span.recordException(error instanceof Error ? error : new Error(String(error)))
-        span.setStatus({
-          code: SpanStatusCode.ERROR,
-          message: error instanceof Error ? error.message : String(error),
-        })
+        recordFailure(span, error)
         throw error
       } finally {
         duration.record((performance.now() - started) / 1000, { 'messaging.system': system })

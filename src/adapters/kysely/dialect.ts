@@ -4,7 +4,7 @@
  */
 import { type Kysely, MysqlAdapter, PostgresAdapter, type RawBuilder, sql } from 'kysely'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
-import type { SqlDialect } from './schema.js'
+import { type ResolvedTables, resolveTables, type SqlDialect, type TableOptions } from './schema.js'
 
 export interface DialectSql {
   /** The database's current time. */
@@ -80,4 +80,17 @@ export function toHeaders(value: unknown): Record<string, string> {
   const headers: Record<string, string> = {}
   for (const [name, v] of Object.entries(parsed)) if (typeof v === 'string') headers[name] = v
   return headers
+}
+
+/** Checks a store's options and resolves its dialect and (validated) table names. */
+export function resolveStoreSetup(
+  options: { db?: unknown; dialect?: SqlDialect } & Partial<TableOptions>,
+  factory: string,
+): { dialect: SqlDialect; tables: ResolvedTables } {
+  const db = options?.db as Kysely<unknown> | undefined
+  if (!db || typeof db.getExecutor !== 'function') {
+    throw new OutboxKitError(ErrorCode.InvalidOptions, `${factory}({ db }) needs a Kysely instance.`)
+  }
+  const dialect = options.dialect ?? detectDialect(db, 'kysely')
+  return { dialect, tables: resolveTables({ ...options, dialect }) }
 }

@@ -1,9 +1,8 @@
+export { isConnectionError, isRetriableDatabaseError, runStoreOperation } from './database-errors.js'
 export { detectDialect } from './dialect.js'
 export { createKyselyInboxStore, KyselyInboxStore } from './kysely-inbox-store.js'
 export {
   createKyselyOutboxStore,
-  isConnectionError,
-  isRetriableDatabaseError,
   KyselyOutboxStore,
   type KyselyStoreOptions,
   MAX_CLAIM_LIMIT,

@@ -1,13 +1,10 @@
 import { type Kysely, sql } from 'kysely'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import type { InboxStore } from '../../core/store.js'
-import { DIALECT_SQL, type DialectSql, detectDialect, toNumber } from './dialect.js'
-import {
-  isConnectionError,
-  isRetriableDatabaseError,
-  type KyselyStoreOptions,
-} from './kysely-outbox-store.js'
-import { type ResolvedTables, resolveTables } from './schema.js'
+import { isConnectionError, runStoreOperation } from './database-errors.js'
+import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dialect.js'
+import type { KyselyStoreOptions } from './kysely-outbox-store.js'
+import type { ResolvedTables } from './schema.js'
 
 const MAX_ID_LENGTH = 255
 
@@ -27,14 +24,8 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
   readonly #sql: DialectSql
 
   constructor(options: KyselyStoreOptions<DB>) {
-    if (!options?.db || typeof options.db.getExecutor !== 'function') {
-      throw new OutboxKitError(
-        ErrorCode.InvalidOptions,
-        'createKyselyInboxStore({ db }) needs a Kysely instance.',
-      )
-    }
-    const dialect = options.dialect ?? detectDialect(options.db as Kysely<unknown>, 'kysely')
-    this.tables = resolveTables({ ...options, dialect })
+    const { dialect, tables } = resolveStoreSetup(options, 'createKyselyInboxStore')
+    this.tables = tables
     this.name = dialect
     this.#db = options.db
     this.#sql = DIALECT_SQL[dialect]
@@ -109,22 +100,8 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
     return toNumber(result.numAffectedRows)
   }
 
-  async #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn()
-    } catch (error) {
-      if (isOutboxKitError(error)) throw error
-      throw new OutboxKitError(
-        ErrorCode.StoreFailed,
-        `${operation} on ${this.tables.inboxName} failed: ${describeError(error)}`,
-        {
-          source: this.name,
-          cause: error,
-          retriable: isRetriableDatabaseError(error),
-          details: { operation },
-        },
-      )
-    }
+  #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+    return runStoreOperation(this.name, this.tables.inboxName, operation, fn)
   }
 }
 

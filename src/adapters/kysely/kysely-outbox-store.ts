@@ -1,5 +1,5 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
-import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
+import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import type {
   Claim,
@@ -12,10 +12,11 @@ import type {
   SettleResult,
   StoreCapabilities,
 } from '../../core/store.js'
+import { runStoreOperation } from './database-errors.js'
 import {
   DIALECT_SQL,
   type DialectSql,
-  detectDialect,
+  resolveStoreSetup,
   toBytes,
   toDate,
   toHeaders,
@@ -24,7 +25,6 @@ import {
 import { ChangeSignal, type PostgresListener } from './notify.js'
 import {
   type ResolvedTables,
-  resolveTables,
   type SqlDialect,
   Status,
   type TableOptions,
@@ -93,14 +93,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   readonly #changes: ChangeSignal | undefined
 
   constructor(options: KyselyStoreOptions<DB>) {
-    if (!options?.db || typeof options.db.getExecutor !== 'function') {
-      throw new OutboxKitError(
-        ErrorCode.InvalidOptions,
-        'createKyselyOutboxStore({ db }) needs a Kysely instance.',
-      )
-    }
-    const dialect = options.dialect ?? detectDialect(options.db as Kysely<unknown>, 'kysely')
-    this.tables = resolveTables({ ...options, dialect })
+    const { dialect, tables } = resolveStoreSetup(options, 'createKyselyOutboxStore')
+    this.tables = tables
     this.name = dialect
     this.#db = options.db
     this.#sql = DIALECT_SQL[dialect]
@@ -457,22 +451,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   }
 
   /** Runs a database call, turning driver errors into typed, retriable store errors. */
-  async #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn()
-    } catch (error) {
-      if (isOutboxKitError(error)) throw error
-      throw new OutboxKitError(
-        ErrorCode.StoreFailed,
-        `${operation} on ${this.tables.outboxName} failed: ${describeError(error)}`,
-        {
-          source: this.name,
-          cause: error,
-          retriable: isRetriableDatabaseError(error),
-          details: { operation },
-        },
-      )
-    }
+  #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+    return runStoreOperation(this.name, this.tables.outboxName, operation, fn)
   }
 }
 
@@ -490,38 +470,4 @@ export function bytesParameter(bytes: Uint8Array): Uint8Array {
   const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBuffer, o: number, l: number): Uint8Array } })
     .Buffer
   return NodeBuffer ? NodeBuffer.from(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength) : bytes
-}
-
-/**
- * Errors worth retrying: lost connections, deadlocks, serialization failures, lock timeouts.
- * Constraint violations and syntax errors are not.
- */
-export function isRetriableDatabaseError(error: unknown): boolean {
-  if (isConnectionError(error)) return true
-  const code = errorCode(error)
-  if (/^(40|53)/.test(code)) return true // Postgres: rollback (deadlock, serialization), resources
-  return code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT'
-}
-
-/** The database cannot be reached (or went away mid-statement). */
-export function isConnectionError(error: unknown): boolean {
-  const code = errorCode(error)
-  if (/^(08|57P)/.test(code)) return true // Postgres: connection exception, admin shutdown
-  return [
-    'ECONNRESET',
-    'ECONNREFUSED',
-    'EPIPE',
-    'ETIMEDOUT',
-    'PROTOCOL_CONNECTION_LOST',
-    'CONNECTION_CLOSED',
-    'CONNECTION_ENDED',
-    'CONNECTION_DESTROYED',
-    'CONNECT_TIMEOUT',
-  ].includes(code)
-}
-
-function errorCode(error: unknown): string {
-  if (typeof error !== 'object' || error === null) return ''
-  const code = (error as { code?: unknown }).code
-  return typeof code === 'string' ? code : ''
 }
