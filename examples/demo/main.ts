@@ -25,6 +25,11 @@ import {
   publishedHeaders,
   Relay,
 } from '../../src/index.js'
+import {
+  otelConsumerInstrumentation,
+  otelRelayInstrumentation,
+  otelTraceCapture,
+} from '../../src/otel/index.js'
 import { type DemoDatabase, type DemoTables, INITIAL_STOCK, openDatabase, SKUS } from './database.js'
 import {
   brokersFromEnv,
@@ -47,6 +52,7 @@ import {
   step,
   warn,
 } from './report.js'
+import { renderTrace, startTracing, tracer } from './trace.js'
 
 type Tx = Kysely<DemoTables>
 type Order = { id: string; sku: string; qty: number }
@@ -278,7 +284,8 @@ async function main(): Promise<number> {
 
   const { db } = database
   const store = createKyselyOutboxStore({ db })
-  const outbox = new Outbox({ store })
+  // The trace context of each order's request is stored with its event (outboxkit/otel).
+  const outbox = new Outbox({ store, tracing: otelTraceCapture() })
 
   // ---- the inventory service: takes stock once per order, whatever Kafka delivers
   const deliveries: Deliveries = { processed: 0, duplicates: 0, dead: 0, ids: new Set(), keys: new Set() }
@@ -289,14 +296,18 @@ async function main(): Promise<number> {
   const inventory = new IdempotentConsumer<Tx>({
     store: createKyselyInboxStore({ db }),
     name: CONSUMER_NAME,
+    instrumentation: otelConsumerInstrumentation(),
     handler: async (message, trx) => {
       const order = parseOrder(message.value)
-      const result = await trx
-        .updateTable('stock')
-        .set((eb) => ({ qty: eb('qty', '-', order.qty) }))
-        .where('sku', '=', order.sku)
-        .executeTakeFirst()
-      if (Number(result.numUpdatedRows) !== 1) throw new Error(`no stock row for SKU ${order.sku}`)
+      await tracer.startActiveSpan('take stock', async (span) => {
+        const result = await trx
+          .updateTable('stock')
+          .set((eb) => ({ qty: eb('qty', '-', order.qty) }))
+          .where('sku', '=', order.sku)
+          .executeTakeFirst()
+        span.end()
+        if (Number(result.numUpdatedRows) !== 1) throw new Error(`no stock row for SKU ${order.sku}`)
+      })
     },
   })
   inventory.on('processed', ({ message }) => {
@@ -339,9 +350,12 @@ async function main(): Promise<number> {
   for (let n = 1; n <= total; n++) {
     checkInterrupted()
     const order = makeOrder(n)
-    await db.transaction().execute(async (trx) => {
-      await trx.insertInto('orders').values(order).execute()
-      await outbox.add(trx, { topic, key: order.id, type: 'OrderCreated', payload: order })
+    await tracer.startActiveSpan('POST /orders', { attributes: { 'order.id': order.id } }, async (span) => {
+      await db.transaction().execute(async (trx) => {
+        await trx.insertInto('orders').values(order).execute()
+        await outbox.add(trx, { topic, key: order.id, type: 'OrderCreated', payload: order })
+      })
+      span.end()
     })
     if (n === rejectAfter) {
       try {
@@ -371,7 +385,12 @@ async function main(): Promise<number> {
   const batchSize = Math.min(25, firstShare)
   const transport1 = createKafkaTransport({ kafka })
   defer('relay #1 transport', () => transport1.close())
-  const relay1 = new Relay({ store, transport: transport1, batchSize })
+  const relay1 = new Relay({
+    store,
+    transport: transport1,
+    batchSize,
+    instrumentation: otelRelayInstrumentation(),
+  })
   defer(
     'relay #1',
     () => relay1.stop(),
@@ -434,7 +453,12 @@ async function main(): Promise<number> {
   // ---- relay #2 picks up everything left, including the crashed relay's batch once its lease ends
   const transport2 = createKafkaTransport({ kafka })
   defer('relay #2 transport', () => transport2.close())
-  const relay2 = new Relay({ store, transport: transport2, batchSize })
+  const relay2 = new Relay({
+    store,
+    transport: transport2,
+    batchSize,
+    instrumentation: otelRelayInstrumentation(),
+  })
   defer(
     'relay #2',
     () => relay2.stop(),
@@ -485,6 +509,16 @@ async function main(): Promise<number> {
     warn('inventory', `no progress for ${STALL_MS / 1000} s; did not catch up with the topic`)
   }
   await runner.stop()
+
+  const firstOrder = makeOrder(1).id
+  const tree = renderTrace('POST /orders', 'order.id', firstOrder)
+  if (tree) {
+    console.log('')
+    console.log(
+      bold(`The trace of ${firstOrder} (outboxkit/otel, one trace from the request to the handler)`),
+    )
+    console.log(tree)
+  }
 
   return check(database, {
     total,
@@ -670,6 +704,7 @@ process.on('SIGINT', () => {
   interruption.abort()
 })
 
+startTracing()
 let exitCode = 1
 try {
   exitCode = await main()
