@@ -46,7 +46,9 @@ function expectSuccess({ code, output }: { code: number | null; output: string }
   expect(output).not.toContain('✘')
   expect(output).toContain('cleanup')
   // The trace of one order: request span, the process span under it, the handler's span under that.
-  expect(output).toMatch(/POST \/orders \[internal\][^\n]*\n(?:[^\n]*\n)*?\s+└─ process \S+ \[consumer\][^\n]*→ processed\n\s+└─ take stock \[internal\]/)
+  expect(output).toMatch(
+    /POST \/orders \[internal\][^\n]*\n(?:[^\n]*\n)*?\s+└─ process \S+ \[consumer\][^\n]*→ processed\n\s+└─ take stock \[internal\]/,
+  )
 }
 
 describe('npm run demo', () => {
