@@ -197,5 +197,47 @@ for (const backend of BACKENDS) {
         await world.close()
       }
     }, 90_000)
+
+    test('runners joining and leaving the group mid-stream (rebalances) still apply each side effect once', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 4 })
+      try {
+        const ids = Array.from({ length: 600 }, () => uuidv7())
+        const groupId = uniqueTopic('rebalance-group')
+        let handled = 0
+        const makeConsumer = () =>
+          world.consumer({
+            handler: async (m, tx) => {
+              await world.applyEffect(tx, m)
+              // Slow enough that rebalances happen while messages are in hand.
+              await new Promise((r) => setTimeout(r, 2))
+            },
+          })
+        const first = makeConsumer()
+        first.on('processed', () => handled++)
+        const firstRunner = await world.run(first, groupId)
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.slice(0, 300).map((id, i) => record(id, 'OrderCreated', `order-${i % 40}`)),
+        )
+        await waitFor('some processed', () => handled >= 50, 60_000)
+        const second = makeConsumer()
+        second.on('processed', () => handled++)
+        await world.run(second, groupId) // the group rebalances to two members
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.slice(300).map((id, i) => record(id, 'OrderCreated', `order-${i % 40}`)),
+        )
+        await waitFor('more processed', () => handled >= 400, 60_000)
+        await firstRunner.stop() // and back to one
+        await waitFor('all side effects', async () => (await world.effects()).size === ids.length, 90_000)
+        const effects = await world.effects()
+        expect([...effects.values()].every((n) => n === 1)).toBe(true)
+        expect(await world.inboxCount('inventory')).toBe(ids.length)
+      } finally {
+        await world.close()
+      }
+    }, 180_000)
   })
 }
