@@ -17,7 +17,7 @@ import { createKafkaTransport } from 'outboxkit/kafka'
 import { createKafkaConsumerRunner } from 'outboxkit/kafka-consumer'
 import { createKyselyInboxStore, createKyselyOutboxStore, ensureOutboxSchema } from 'outboxkit/kysely'
 import postgres from 'postgres'
-import { writeOrder } from './write-order.mjs'
+import { writeOrder } from '../../examples/worker/write-order.mjs'
 
 export { writeOrder }
 

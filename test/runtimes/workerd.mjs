@@ -1,5 +1,5 @@
 /**
- * The write path inside a real Cloudflare Workers runtime: worker.mjs, bundled with esbuild the
+ * The write path inside a real Cloudflare Workers runtime: examples/worker/worker.mjs, bundled with esbuild the
  * way Wrangler bundles (conditions workerd, worker, import; nodejs_compat), runs in workerd
  * through Miniflare and writes orders and their events to the local PostgreSQL. This process
  * (Node) then relays those rows to Kafka and consumes them, and checks each side effect happened
@@ -44,7 +44,7 @@ const cancelDeadline = deadline(150_000, async () => {
 
 try {
   const bundle = await build({
-    entryPoints: [fileURLToPath(new URL('./worker.mjs', import.meta.url))],
+    entryPoints: [fileURLToPath(new URL('../../examples/worker/worker.mjs', import.meta.url))],
     outfile: join(out, 'worker.js'),
     bundle: true,
     format: 'esm',

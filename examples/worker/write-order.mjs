@@ -1,5 +1,5 @@
 /**
- * The writer's unit of work, shared by every runtime check and the Worker: one order and its
+ * The writer's unit of work, shared by the Worker and the runtime checks: one order and its
  * `OrderCreated` event in one transaction. Imports nothing, so the Worker bundle stays small.
  */
 

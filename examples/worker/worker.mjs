@@ -1,7 +1,8 @@
 /**
  * A Cloudflare Worker that writes orders and their events with outboxkit: Kysely on postgres.js
  * (through kysely-postgres-js) and `outbox.add` inside the order's transaction. The workerd check
- * (workerd.mjs) bundles it, runs it in workerd through Miniflare and relays what it wrote.
+ * (test/runtimes/workerd.mjs) bundles it, runs it in workerd through Miniflare and relays what it
+ * wrote from Node.
  *
  * Each request opens its own postgres.js client: Workers do not share sockets between requests.
  * `fetch_types` keeps its default: with `fetch_types: false`, postgres.js 3.4's first
