@@ -5,23 +5,37 @@
  *
  *   bun bench/otel-capture-cost.ts
  */
-import { Outbox } from '../src/index.ts'
+
 import { MemoryDatabase, MemoryOutboxStore } from '../src/adapters/memory/index.ts'
+import { Outbox } from '../src/index.ts'
 import { otelTraceCapture } from '../src/otel/index.ts'
+
 const store = new MemoryOutboxStore(new MemoryDatabase())
 const plain = new Outbox({ store })
 const traced = new Outbox({ store, tracing: otelTraceCapture() })
-const msg = [{ topic: 'orders', key: 'order-1', type: 'OrderCreated', payload: { id: 'order-1', total: 12.5, items: [{ sku: 'A', qty: 2 }] } }]
+const msg = [
+  {
+    topic: 'orders',
+    key: 'order-1',
+    type: 'OrderCreated',
+    payload: { id: 'order-1', total: 12.5, items: [{ sku: 'A', qty: 2 }] },
+  },
+]
 function run(o: Outbox<unknown>, n: number): number {
   const t = performance.now()
   for (let i = 0; i < n; i++) o.prepare(msg)
   return ((performance.now() - t) / n) * 1e6
 }
-run(plain, 50000); run(traced, 50000)
-const a: number[] = [], b: number[] = []
+run(plain, 50000)
+run(traced, 50000)
+const a: number[] = [],
+  b: number[] = []
 for (let r = 0; r < 7; r++) {
   a.push(run(plain, 100000))
   b.push(run(traced, 100000))
 }
-a.sort((x, y) => x - y); b.sort((x, y) => x - y)
-console.log(`prepare(): without tracing ${a[3]!.toFixed(0)} ns, with otelTraceCapture and no SDK ${b[3]!.toFixed(0)} ns per message (median of 7)`)
+a.sort((x, y) => x - y)
+b.sort((x, y) => x - y)
+console.log(
+  `prepare(): without tracing ${a[3]!.toFixed(0)} ns, with otelTraceCapture and no SDK ${b[3]!.toFixed(0)} ns per message (median of 7)`,
+)

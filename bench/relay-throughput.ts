@@ -1,97 +1,71 @@
 /**
- * Relay throughput against raw kafkajs, side by side on the same broker and messages.
+ * Relay throughput against raw kafkajs for one setting, side by side on the same broker and
+ * records (the full sweep is M2 of `bun bench/run.ts`; see docs/benchmarks.md).
  *
- *   bun bench/relay-throughput.ts [--events 20000] [--batch 500] [--keys 50] [--backend postgres.js|mariadb]
+ *   bun bench/relay-throughput.ts [--events 20000] [--batch 500] [--keys 50]
+ *     [--backend postgres.js|mariadb] [--relays 1] [--repetitions 3]
  *
- * Baseline: an idempotent kafkajs producer (acks -1, one request in flight) sending the same
- * records in batches of the same size. Measured: a relay draining an outbox table of those
- * records to Kafka (claim, publish, mark). Repetitions alternate; the median ratio is reported.
+ * Baseline: idempotent kafkajs producers (acks -1, one request in flight), as many as relays,
+ * sending the same records in batches of the same size. Measured: the relays draining an outbox
+ * table of those records (claim, publish, mark), each with its own pool and transport. Connections
+ * are warmed up first; each repetition runs the baseline, then the relays; the median ratio is
+ * reported.
  */
-import { Partitioners } from 'kafkajs'
-import { createKafkaTransport } from '../src/adapters/kafka/index.js'
-import { createKyselyOutboxStore, ensureOutboxSchema } from '../src/adapters/kysely/index.js'
-import { Outbox, Relay } from '../src/index.js'
-import { mysqlBackend, postgresJsBackend } from '../test/support/databases.js'
-import { createTopic, kafkaBrokers, testKafka, uniqueTopic } from '../test/support/kafka.js'
+import type { BackendName } from './lib/db.js'
+import { openDatabase } from './lib/db.js'
+import { freshTopic, rawProducer, sendRaw, silenceNegativeTimeoutWarnings, testKafka } from './lib/kafka.js'
+import { drain, fillOutbox, openRelayHandle } from './lib/relay.js'
+import { median, now, ratios, rounds } from './lib/stats.js'
+
+silenceNegativeTimeoutWarnings()
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`)
-  return i > 0 ? process.argv[i + 1]! : fallback
+  return i > 0 ? (process.argv[i + 1] ?? fallback) : fallback
 }
 const events = Number(arg('events', '20000'))
 const batch = Number(arg('batch', '500'))
 const keys = Number(arg('keys', '50'))
+const relays = Number(arg('relays', '1'))
 const repetitions = Number(arg('repetitions', '3'))
-const backend = arg('backend', 'postgres.js') === 'mariadb' ? mysqlBackend : postgresJsBackend
-const payload = { orderId: 'x'.repeat(36), total: 123.45, items: [{ sku: 'ABC-123', qty: 2 }], note: 'y'.repeat(100) }
+const backend: BackendName = arg('backend', 'postgres.js') === 'mariadb' ? 'mariadb' : 'postgres.js'
 
-async function rawKafka(topic: string): Promise<number> {
-  const producer = testKafka().producer({
-    idempotent: true,
-    maxInFlightRequests: 1,
-    createPartitioner: Partitioners.DefaultPartitioner,
+const database = await openDatabase(backend)
+const topic = await freshTopic('bench-relay', 3)
+const handles = Array.from({ length: relays }, () => openRelayHandle(database))
+const producers = await Promise.all(handles.map(() => rawProducer(testKafka())))
+try {
+  const raw = async (): Promise<number> => {
+    const share = Math.ceil(events / producers.length)
+    const started = now()
+    await Promise.all(
+      producers.map((p, i) => sendRaw(p, topic, i * share, Math.min(events, (i + 1) * share), batch, keys)),
+    )
+    return events / ((now() - started) / 1000)
+  }
+  const relayed = async (): Promise<number> => {
+    await database.resetOutbox()
+    await fillOutbox(database, topic, events, keys)
+    return drain(
+      handles.map((h) => h.relay(batch)),
+      events,
+    )
+  }
+  const result = await rounds({
+    warmup: 1,
+    repetitions,
+    steps: { raw, relayed },
+    onRound: (round, v) =>
+      console.log(
+        `rep ${round}: raw kafkajs ${v.raw.toFixed(0)} ev/s, relay (${backend}) ${v.relayed.toFixed(0)} ev/s, ratio ${(v.relayed / v.raw).toFixed(2)}`,
+      ),
   })
-  await producer.connect()
-  const value = JSON.stringify(payload)
-  const started = performance.now()
-  for (let start = 0; start < events; start += batch) {
-    const messages = Array.from({ length: Math.min(batch, events - start) }, (_, i) => ({
-      key: `key-${(start + i) % keys}`,
-      value,
-      headers: { 'outboxkit-id': crypto.randomUUID(), 'outboxkit-type': 'OrderCreated', 'content-type': 'application/json' },
-    }))
-    await producer.sendBatch({ topicMessages: [{ topic, messages }], acks: -1 })
-  }
-  const seconds = (performance.now() - started) / 1000
-  await producer.disconnect()
-  return events / seconds
-}
-
-async function relay(topic: string): Promise<number> {
-  const database = await backend.open()
-  try {
-    await ensureOutboxSchema(database.db, { dialect: database.dialect, schema: database.schema })
-    const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
-    const outbox = new Outbox({ store })
-    for (let start = 0; start < events; start += 1000) {
-      await store.transaction((trx) =>
-        outbox.add(
-          trx,
-          Array.from({ length: Math.min(1000, events - start) }, (_, i) => ({
-            topic,
-            key: `key-${(start + i) % keys}`,
-            type: 'OrderCreated',
-            payload,
-          })),
-        ),
-      )
-    }
-    const transport = createKafkaTransport({ kafka: testKafka() })
-    const relayInstance = new Relay({ store, transport, batchSize: batch })
-    const started = performance.now()
-    while ((await relayInstance.runOnce()) > 0) {}
-    const seconds = (performance.now() - started) / 1000
-    await transport.close()
-    return events / seconds
-  } finally {
-    await database.close()
-  }
-}
-
-const topic = uniqueTopic('bench-relay')
-await createTopic(kafkaBrokers(), topic, { partitions: 3 })
-await rawKafka(topic) // warm-up: connections, metadata, JIT
-const ratios: number[] = []
-for (let r = 0; r < repetitions; r++) {
-  const raw = await rawKafka(topic)
-  const relayed = await relay(topic)
-  ratios.push(relayed / raw)
   console.log(
-    `rep ${r + 1}: raw kafkajs ${raw.toFixed(0)} ev/s, relay (${backend.name}) ${relayed.toFixed(0)} ev/s, ratio ${(relayed / raw).toFixed(2)}`,
+    `median relay/raw = ${median(ratios(result.relayed, result.raw)).toFixed(2)} (events ${events}, batch ${batch}, keys ${keys}, relays ${relays})`,
   )
+} finally {
+  for (const p of producers) await p.disconnect().catch(() => {})
+  for (const h of handles) await h.transport.close().catch(() => {})
+  await database.close()
 }
-ratios.sort((a, b) => a - b)
-console.log(
-  `median relay/raw = ${ratios[Math.floor(ratios.length / 2)]!.toFixed(2)} (events ${events}, batch ${batch}, keys ${keys})`,
-)
 process.exit(0)

@@ -1,0 +1,49 @@
+/** Names for the statements the stores and the measurements run, for per-statement timing. */
+import type { LogEvent } from 'kysely'
+
+/** A short name for a statement, from its text. */
+export function statementKind(text: string): string {
+  const sql = text.replace(/\s+/g, ' ').trim()
+  if (/^(begin|start transaction)/i.test(sql)) return 'begin'
+  if (/^set transaction/i.test(sql)) return 'set isolation'
+  if (/^commit/i.test(sql)) return 'commit'
+  if (/^rollback/i.test(sql)) return 'rollback'
+  if (/SKIP LOCKED/i.test(sql)) return 'lock heads'
+  if (/^SELECT .*CASE WHEN/i.test(sql)) return 'read window'
+  if (/^UPDATE .*attempts.*\+ 1/i.test(sql)) return 'lease'
+  if (/^SELECT .* FOR UPDATE$/i.test(sql)) return 'lock rows'
+  if (/^SELECT .*claim_token/i.test(sql)) return 'read leased'
+  if (/^UPDATE .*status/i.test(sql)) return 'settle'
+  if (/^WITH inserted/i.test(sql)) return 'insert outbox + notify'
+  const insert = /^insert into (?:\S+\.)?[`"]?(\w+)[`"]?/i.exec(sql)
+  if (insert) return `insert ${insert[1]}`
+  return sql.slice(0, 24)
+}
+
+/** Mean driver time per statement kind, fed by a Kysely `log` callback. */
+export class StatementTimes {
+  readonly #totals = new Map<string, { count: number; ms: number }>()
+
+  readonly log = (event: LogEvent): void => {
+    const kind = statementKind(event.query.sql)
+    const entry = this.#totals.get(kind) ?? { count: 0, ms: 0 }
+    entry.count++
+    entry.ms += event.queryDurationMillis
+    this.#totals.set(kind, entry)
+  }
+
+  reset(): void {
+    this.#totals.clear()
+  }
+
+  means(): Record<string, number> {
+    return Object.fromEntries([...this.#totals].map(([kind, { count, ms }]) => [kind, ms / count]))
+  }
+}
+
+/** `begin 0.31, insert orders 1.20, commit 2.05` */
+export function formatTimes(times: Readonly<Record<string, number>>): string {
+  return Object.entries(times)
+    .map(([kind, ms]) => `${kind} ${ms.toFixed(2)}`)
+    .join(', ')
+}
