@@ -202,6 +202,9 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
       if (toNumber(row.ready) === 1) heads.push(row.seq)
     }
     if (heads.length === 0) return []
+    // Heads come in seq order and each contributes at least its own row, so heads past the first
+    // `limit` could never make it into this claim: do not lock them.
+    heads.length = Math.min(heads.length, limit)
 
     // 2. Lock the ready heads. A head locked by another claimer is skipped; one it claimed, or
     //    settled, since the window was read no longer passes the conditions. Holding a key's head
