@@ -3,18 +3,13 @@
  * and restarted, and Kafka transactions with aborts and fencing. Real processes, real services.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import {
-  ErrorCode,
-  isOutboxKitError,
-  type OutboxMessageInput,
-  Relay,
-  type RelayEvents,
-} from '../../src/index.js'
+import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
 import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
 import { consumeMessages, headerValues, uniqueName } from '../support/kafka.js'
 import { kafkaScript, startWorker, type Worker } from '../support/processes.js'
 import {
   consumeAll,
+  events,
   messageId,
   openRelayWorld,
   orderByKey,
@@ -23,15 +18,6 @@ import {
 } from '../support/relay-world.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
-
-function events(topic: string, count: number, keys: number, tag: string): OutboxMessageInput[] {
-  return Array.from({ length: count }, (_, i) => ({
-    topic,
-    key: `key-${i % keys}`,
-    type: 'E',
-    payload: { tag, i },
-  }))
-}
 
 /** Every copy of a message id in the topic is the same record: same key, same value. */
 function expectDuplicatesIdentical(consumed: Awaited<ReturnType<typeof consumeAll>>): number {

@@ -3,11 +3,12 @@
  * per-key order (G3), with duplicates only as same-id copies (G4).
  */
 import { afterAll, describe, expect, test } from 'bun:test'
-import { type OutboxMessageInput, Relay, type RelayEvents } from '../../src/index.js'
+import { Relay, type RelayEvents } from '../../src/index.js'
 import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
 import { consumeMessages, createTopic, headerValues, uniqueTopic } from '../support/kafka.js'
 import {
   consumeAll,
+  events,
   messageId,
   openRelayWorld,
   orderByKey,
@@ -16,15 +17,6 @@ import {
 } from '../support/relay-world.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
-
-function events(count: number, keys: number, prefix = 'e'): OutboxMessageInput[] {
-  return Array.from({ length: count }, (_, i) => ({
-    topic: 'placeholder',
-    key: `key-${i % keys}`,
-    type: 'OrderEvent',
-    payload: { n: i, prefix },
-  }))
-}
 
 const running: Relay<unknown>[] = []
 afterAll(async () => {
@@ -63,9 +55,8 @@ for (const backend of BACKENDS) {
               for (let t = 0; t < 25; t++) {
                 // Each writer owns its keys: writers of one key must be serialised for the key to
                 // have an order (as an application does by updating the aggregate's row first).
-                const batch = events(1 + (t % 3), 10, `w${writer}`).map((e) => ({
+                const batch = events(world.topic, 1 + (t % 3), 10, `w${writer}`).map((e) => ({
                   ...e,
-                  topic: world.topic,
                   key: `w${writer}-${e.key}`,
                 }))
                 ids.push(...(await world.write(batch)))
@@ -124,7 +115,7 @@ for (const backend of BACKENDS) {
         // Writers keep adding while the relays drain: 20 keys, 1 500 events.
         const ids: string[] = []
         for (let t = 0; t < 50; t++) {
-          ids.push(...(await world.write(events(30, 20, `t${t}`).map((e) => ({ ...e, topic: world.topic })))))
+          ids.push(...(await world.write(events(world.topic, 30, 20, `t${t}`))))
         }
         await waitFor('all published', async () => (await world.counts()).published === ids.length)
         for (const relay of relays) await relay.stop()
@@ -190,8 +181,7 @@ for (const backend of BACKENDS) {
       const world = await openRelayWorld(backend)
       try {
         const ids: string[] = []
-        for (let t = 0; t < 10; t++)
-          ids.push(...(await world.write(events(300, 50).map((e) => ({ ...e, topic: world.topic })))))
+        for (let t = 0; t < 10; t++) ids.push(...(await world.write(events(world.topic, 300, 50, 'load'))))
         const relay = new Relay({
           store: world.store,
           transport: world.transport(),

@@ -154,3 +154,13 @@ export async function writeOrderByKey(world: RelayWorld, status = 1): Promise<Re
   for (const row of rows) byKey.set(String(row.k), [...(byKey.get(String(row.k)) ?? []), String(row.id)])
   return Object.fromEntries(byKey)
 }
+
+/** `count` events for `topic` spread over `keys` keys (`key-0` ...), payload `{ tag, i }`, type `E`. */
+export function events(topic: string, count: number, keys: number, tag: string): OutboxMessageInput[] {
+  return Array.from({ length: count }, (_, i) => ({
+    topic,
+    key: `key-${i % keys}`,
+    type: 'E',
+    payload: { tag, i },
+  }))
+}

@@ -71,6 +71,8 @@ export class MemoryDatabase {
   #seq = 0
   /** Inbox keys written by open transactions, with a promise that settles when each ends. */
   readonly #inboxInFlight = new Map<string, Promise<void>>()
+  /** For each transaction, a promise that settles when it commits or rolls back. */
+  readonly #finished = new WeakMap<MemoryTransaction, Promise<void>>()
   #waiters: (() => void)[] = []
 
   constructor(options: MemoryDatabaseOptions = {}) {
@@ -80,20 +82,12 @@ export class MemoryDatabase {
   async transaction<T>(fn: (tx: MemoryTransaction) => Promise<T>): Promise<T> {
     const tx = new MemoryTransaction()
     let finish!: () => void
-    const finished = new Promise<void>((resolve) => {
-      finish = resolve
-    })
-    const txInboxKeys: string[] = []
-    // Track inbox writes of this transaction so concurrent writers of the same pair wait.
-    const originalPush = tx.inbox.push.bind(tx.inbox)
-    tx.inbox.push = (...rows: MemoryInboxRow[]) => {
-      for (const row of rows) {
-        const key = inboxKey(row.consumer, row.messageId)
-        txInboxKeys.push(key)
-        this.#inboxInFlight.set(key, finished)
-      }
-      return originalPush(...rows)
-    }
+    this.#finished.set(
+      tx,
+      new Promise<void>((resolve) => {
+        finish = resolve
+      }),
+    )
     try {
       const result = await fn(tx)
       if (tx.state !== 'open') throw new OutboxKitError(ErrorCode.Closed, 'The transaction already ended.')
@@ -103,8 +97,10 @@ export class MemoryDatabase {
       tx.state = 'rolled back'
       throw error
     } finally {
-      for (const key of txInboxKeys) {
-        if (this.#inboxInFlight.get(key) === finished) this.#inboxInFlight.delete(key)
+      // The inbox pairs this transaction held are free again for other writers.
+      for (const row of tx.inbox) {
+        const key = inboxKey(row.consumer, row.messageId)
+        if (this.#inboxInFlight.get(key) === this.#finished.get(tx)) this.#inboxInFlight.delete(key)
       }
       finish()
     }
@@ -177,6 +173,7 @@ export class MemoryDatabase {
     }
     if (this.inbox.has(key)) return false
     tx.inbox.push({ consumer, messageId, processedAt: this.now() })
+    this.#inboxInFlight.set(key, this.#finished.get(tx)!)
     return true
   }
 }
