@@ -342,6 +342,12 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     return this.db.recordInbox(tx, consumer, messageId)
   }
 
+  /** The transaction is still open and holds the pair. */
+  async confirmProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+    const key = inboxKey(consumer, messageId)
+    return tx.state === 'open' && tx.inbox.some((row) => inboxKey(row.consumer, row.messageId) === key)
+  }
+
   async isProcessed(consumer: string, messageId: string): Promise<boolean> {
     return this.db.inbox.has(inboxKey(consumer, messageId))
   }
