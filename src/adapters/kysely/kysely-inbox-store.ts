@@ -105,8 +105,8 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
   /**
    * MySQL/MariaDB: the savepoint `markProcessed` set must still exist. It does not once InnoDB
    * rolled the transaction back (a deadlock), even if later statements opened a new one, and
-   * even if another consumer has since recorded the same message. Postgres: the inbox row must be
-   * readable in `tx`; an aborted transaction refuses the read (25P02).
+   * even if another consumer has since recorded the same message. Postgres: `tx` must read the
+   * inbox row as written by itself; an aborted transaction refuses the read (25P02).
    */
   async confirmProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
     if (this.tables.dialect === 'mysql') {
@@ -119,8 +119,10 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
       }
     }
     try {
+      // xmin: written by this transaction, not by another that committed the same pair since.
       const result = await sql`SELECT 1 AS found FROM ${sql.raw(this.tables.inbox)}
-        WHERE consumer = ${consumer} AND message_id = ${messageId}`.execute(tx)
+        WHERE consumer = ${consumer} AND message_id = ${messageId}
+          AND xmin = pg_current_xact_id()::xid`.execute(tx)
       return result.rows.length > 0
     } catch (error) {
       if (errorCode(error) === '25P02') return false // in_failed_sql_transaction
