@@ -8,6 +8,7 @@ import { describe, expect, test } from 'bun:test'
 import { Kysely, MysqlDialect, PostgresDialect, sql } from 'kysely'
 import { PostgresJSDialect } from 'kysely-postgres-js'
 import { createPool } from 'mysql2'
+import { createConnection } from 'mysql2/promise'
 import pg from 'pg'
 import postgres from 'postgres'
 import { createKyselyInboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
@@ -341,7 +342,11 @@ function outageMessage(id: string): InboundMessage {
 }
 
 /** Processes one message through an outage and checks it was applied once, no attempt spent. */
-async function expectProcessedOnceThroughOutage(setup: OutageSetup, id: string): Promise<void> {
+async function expectProcessedOnceThroughOutage(
+  setup: OutageSetup,
+  id: string,
+  beforeClose: () => void = () => {},
+): Promise<void> {
   try {
     const outcome = await setup.consumer.process(outageMessage(id))
     expect(setup.seen.dead).toEqual([])
@@ -352,6 +357,7 @@ async function expectProcessedOnceThroughOutage(setup: OutageSetup, id: string):
     expect(await setup.consumer.process(outageMessage(id))).toBe('duplicate')
     expect(await setup.effects(id)).toBe(1)
   } finally {
+    beforeClose()
     await setup.db.destroy().catch(() => {})
     await setup.database.close()
   }
@@ -423,10 +429,15 @@ describe('database outages while a message is in hand', () => {
       async () => {},
     )
     const holder = await pool.connect()
+    let released = false
+    const release = () => {
+      if (!released) holder.release()
+      released = true
+    }
     setup.consumer.on('unavailable', ({ outages }) => {
-      if (outages === 2) holder.release()
+      if (outages === 2) release()
     })
-    await expectProcessedOnceThroughOutage(setup, uuidv7())
+    await expectProcessedOnceThroughOutage(setup, uuidv7(), release)
     expect(describeChain(setup.seen.unavailable[0])).toContain('timeout exceeded when trying to connect')
   }, 60_000)
 
@@ -503,6 +514,106 @@ describe('database outages while a message is in hand', () => {
       await expectProcessedOnceThroughOutage(setup, uuidv7())
     } finally {
       await proxy.close()
+    }
+  }, 60_000)
+})
+
+describe('a handler that catches a database error and goes on', () => {
+  test('mariadb: a deadlock the handler caught (InnoDB rolled its transaction back) is retried, and the effect is applied exactly once', async () => {
+    const database = await mysqlBackend.open()
+    const peer = await createConnection({ uri: MYSQL_URL, database: database.schema })
+    try {
+      const { schema } = database
+      await ensureOutboxSchema(database.db, { dialect: 'mysql', schema })
+      await database.query(`CREATE TABLE \`${schema}\`.locks (id varchar(8) PRIMARY KEY, n int NOT NULL)`)
+      await database.query(`INSERT INTO \`${schema}\`.locks VALUES ('a', 0), ('b', 0)`)
+      await database.query(`CREATE TABLE \`${schema}\`.ballast (id int PRIMARY KEY)`)
+      await database.query(`CREATE TABLE \`${schema}\`.effects (message_id varchar(255) NOT NULL)`)
+      const caught: unknown[] = []
+      const table = (name: string) => sql.raw(`\`${schema}\`.${name}`)
+      const consumer = new IdempotentConsumer<Kysely<AnyDB>>({
+        store: createKyselyInboxStore({ db: database.db, schema }),
+        name: CONSUMER,
+        backoff: { initialMs: 10, maxMs: 20 },
+        handler: async (message, tx) => {
+          if (caught.length === 0) {
+            await sql`UPDATE ${table('locks')} SET n = n + 1 WHERE id = 'a'`.execute(tx)
+            // The other transaction holds b and is heavier (more rows written), so InnoDB
+            // picks the handler's transaction as the deadlock victim.
+            await peer.query('START TRANSACTION')
+            await peer.query(
+              `INSERT INTO ballast VALUES ${Array.from({ length: 50 }, (_, i) => `(${i})`).join(',')}`,
+            )
+            await peer.query(`UPDATE locks SET n = n + 1 WHERE id = 'b'`)
+            const mine = sql`UPDATE ${table('locks')} SET n = n + 1 WHERE id = 'b'`.execute(tx).then(
+              () => undefined,
+              (error: unknown) => error,
+            )
+            const theirs = peer.query(`UPDATE locks SET n = n + 1 WHERE id = 'a'`)
+            const error = await mine
+            await theirs
+            await peer.query('COMMIT')
+            caught.push(error) // and goes on, as if nothing happened
+          }
+          await sql`INSERT INTO ${table('effects')} (message_id) VALUES (${message.id})`.execute(tx)
+        },
+      })
+      const id = uuidv7()
+      const message = inboundMessage({
+        id,
+        topic: 'orders',
+        key: 'k',
+        payload: new Uint8Array(),
+        headers: {},
+      })
+      expect(await consumer.process(message)).toBe('processed')
+      // A redelivery (a duplicate in the topic, a rebalance) must find the message recorded.
+      expect(await consumer.process(message)).toBe('duplicate')
+      expect((caught[0] as { code?: unknown }).code).toBe('ER_LOCK_DEADLOCK')
+      const rows = await database.query<{ n: unknown }>(
+        `SELECT count(*) AS n FROM \`${schema}\`.effects WHERE message_id = '${id}'`,
+      )
+      expect(Number(rows[0]!.n)).toBe(1)
+    } finally {
+      await peer.end()
+      await database.close()
+    }
+  }, 60_000)
+
+  test('postgres: a failed statement the handler caught (the transaction is aborted) is retried, and the effect is applied once', async () => {
+    const database = await postgresJsBackend.open()
+    try {
+      const { schema } = database
+      await ensureOutboxSchema(database.db, { dialect: 'postgres', schema })
+      await database.query(`CREATE TABLE "${schema}".effects (message_id varchar(255) NOT NULL)`)
+      let calls = 0
+      const consumer = new IdempotentConsumer<Kysely<AnyDB>>({
+        store: createKyselyInboxStore({ db: database.db, schema }),
+        name: CONSUMER,
+        backoff: { initialMs: 10, maxMs: 20 },
+        handler: async (message, tx) => {
+          await sql`INSERT INTO ${sql.raw(`"${schema}".effects`)} (message_id) VALUES (${message.id})`.execute(
+            tx,
+          )
+          if (++calls === 1) await sql`SELECT 1 / 0`.execute(tx).catch(() => {}) // caught: goes on
+        },
+      })
+      const id = uuidv7()
+      const message = inboundMessage({
+        id,
+        topic: 'orders',
+        key: 'k',
+        payload: new Uint8Array(),
+        headers: {},
+      })
+      expect(await consumer.process(message)).toBe('processed')
+      expect(calls).toBe(2)
+      const rows = await database.query<{ n: unknown }>(
+        `SELECT count(*) AS n FROM "${schema}".effects WHERE message_id = '${id}'`,
+      )
+      expect(Number(rows[0]!.n)).toBe(1)
+    } finally {
+      await database.close()
     }
   }, 60_000)
 })

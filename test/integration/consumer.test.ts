@@ -152,6 +152,65 @@ for (const backend of BACKENDS) {
       }
     }, 90_000)
 
+    test('records whose ids no inbox can store (300 characters, a NUL) are dead-lettered once each, their offsets committed, and the partition goes on', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const dlqTopic = uniqueTopic('consume-dlq')
+      await createTopic(world.brokers, dlqTopic)
+      const transport = createKafkaTransport({ kafka: testKafka(world.brokers) })
+      const admin = testKafka(world.brokers).admin()
+      await admin.connect()
+      try {
+        const tooLong = 'x'.repeat(300)
+        const withNul = `${uuidv7()}\u0000`
+        const good = [uuidv7(), uuidv7(), uuidv7()]
+        // A foreign producer: plain kafkajs, the ids in the outboxkit-id header, one partition.
+        await produce(
+          world.brokers,
+          world.topic,
+          [record(tooLong), record(withNul), ...good.map((id) => record(id))],
+          0,
+        )
+        const consumer = world.consumer({
+          deadLetter: { topic: dlqTopic, transport },
+          handler: (m, tx) => world.applyEffect(tx, m),
+        })
+        const dead: string[] = []
+        consumer.on('deadLettered', (e) => dead.push(e.reason))
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        const groupId = uniqueTopic('poison-group')
+        await world.run(consumer, groupId)
+        await waitFor('the good records processed', () => processed === good.length, 60_000)
+        const committed = async () => {
+          const [offsets] = await admin.fetchOffsets({ groupId, topics: [world.topic] })
+          return offsets?.partitions.find((p) => p.partition === 0)?.offset
+        }
+        await waitFor('every offset committed', async () => (await committed()) === '5', 30_000)
+
+        expect(dead.map((reason) => reason.split(':')[0])).toEqual([
+          'INVALID_MESSAGE_ID',
+          'INVALID_MESSAGE_ID',
+        ])
+        expect([...(await world.effects()).keys()].sort()).toEqual([...good].sort())
+        expect(await world.inboxCount('inventory')).toBe(good.length)
+        // One letter each: asking for a third one finds none.
+        const letters = await consumeMessages(world.brokers, { topic: dlqTopic, count: 2 })
+        expect(
+          letters.map((l) => headerValues(l.headers, 'outboxkit-dead-reason')[0]?.split(':')[0]),
+        ).toEqual(['INVALID_MESSAGE_ID', 'INVALID_MESSAGE_ID'])
+        const more = await consumeMessages(world.brokers, {
+          topic: dlqTopic,
+          count: 3,
+          timeoutMs: 2_000,
+        }).catch((e: Error) => e)
+        expect(more instanceof Error).toBe(true)
+      } finally {
+        await admin.disconnect()
+        await transport.close()
+        await world.close()
+      }
+    }, 90_000)
+
     test('a chained event added by the handler is published only if its side effect committed', async () => {
       const world = await openConsumerWorld(backend, { partitions: 1 })
       const chained = uniqueTopic('chained')
