@@ -4,13 +4,17 @@
  */
 import { describe, expect, test } from 'bun:test'
 import { Partitioners } from 'kafkajs'
+import { Kysely, MysqlDialect, PostgresDialect } from 'kysely'
+import { createPool } from 'mysql2'
+import pg from 'pg'
 import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
-import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { createKyselyInboxStore, createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { Relay, uuidv7 } from '../../src/index.js'
 import { openConsumerWorld } from '../support/consumer-world.js'
-import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import { type AnyDB, MYSQL_URL, mysqlBackend, POSTGRES_URL, postgresJsBackend } from '../support/databases.js'
 import { consumeMessages, createTopic, headerValues, testKafka, uniqueTopic } from '../support/kafka.js'
 import { waitFor } from '../support/relay-world.js'
+import { startTcpProxy } from '../support/tcp-proxy.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
 
@@ -208,6 +212,65 @@ for (const backend of BACKENDS) {
         await admin.disconnect()
         await transport.close()
         await world.close()
+      }
+    }, 90_000)
+
+    test('a database that refuses connections while records arrive: the partition waits, then every record is processed once, none dead-lettered', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const port = backend.dialect === 'mysql' ? 15421 : 15422
+      const proxy = await startTcpProxy({
+        port,
+        targetHost: '127.0.0.1',
+        targetPort: backend.dialect === 'mysql' ? 3306 : 5432,
+      })
+      const url = new URL(backend.dialect === 'mysql' ? MYSQL_URL : POSTGRES_URL)
+      url.port = String(port)
+      const db =
+        backend.dialect === 'mysql'
+          ? new Kysely<AnyDB>({
+              dialect: new MysqlDialect({ pool: createPool({ uri: url.toString(), connectionLimit: 2 }) }),
+            })
+          : new Kysely<AnyDB>({
+              dialect: new PostgresDialect({
+                pool: (() => {
+                  const pool = new pg.Pool({ connectionString: url.toString(), max: 2 })
+                  pool.on('error', () => {})
+                  pool.on('connect', (client) => client.on('error', () => {}))
+                  return pool
+                })(),
+              }),
+            })
+      try {
+        await proxy.refuse()
+        const ids = Array.from({ length: 5 }, () => uuidv7())
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.map((id) => record(id)),
+        )
+        const consumer = world.consumer({
+          store: createKyselyInboxStore({ db, schema: world.database.schema }),
+          maxAttempts: 1,
+          handler: (m, tx) => world.applyEffect(tx, m),
+        })
+        let outages = 0
+        consumer.on('unavailable', () => {
+          if (++outages === 5) void proxy.restore()
+        })
+        const dead: string[] = []
+        consumer.on('deadLettered', (e) => dead.push(e.reason))
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        await world.run(consumer)
+        await waitFor('every record processed', () => processed === ids.length, 60_000)
+        expect(outages).toBeGreaterThanOrEqual(5)
+        expect(dead).toEqual([])
+        const effects = await world.effects()
+        expect(ids.map((id) => effects.get(id))).toEqual(ids.map(() => 1))
+      } finally {
+        await world.close()
+        await db.destroy().catch(() => {})
+        await proxy.close()
       }
     }, 90_000)
 
