@@ -2,6 +2,7 @@
  * The conformance suite every {@link InboxStore} must pass. Assertions read the table through the
  * harness's `readRows`, which must query the database directly.
  */
+import { isOutboxKitError } from '../core/errors.js'
 import type { InboxStore } from '../core/store.js'
 import { captureError, type TestApi } from './test-api.js'
 
@@ -71,6 +72,20 @@ export function inboxStoreSuite<Tx>(
       expect(marked).toBe(true)
       expect(await h.readRows()).toEqual([])
       expect(await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-1'))).toBe(true)
+    })
+
+    test('an id no inbox can store (over 255 characters, NUL, unpaired surrogate, empty) is refused and nothing is written', async (h) => {
+      for (const id of ['x'.repeat(256), 'a\u0000b', 'lone \ud800', '']) {
+        const error = await captureError(() =>
+          h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', id)),
+        )
+        expect([id.length, isOutboxKitError(error)]).toEqual([id.length, true])
+      }
+      expect(await h.readRows()).toEqual([])
+      // The longest storable id, and any outbox id (a UUID), are stored as given.
+      const longest = 'y'.repeat(255)
+      expect(await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', longest))).toBe(true)
+      expect(await h.readRows()).toEqual([`billing/${longest}`])
     })
 
     test('confirmProcessed is true only in the open transaction that recorded the pair', async (h) => {

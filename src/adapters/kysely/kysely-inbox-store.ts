@@ -159,12 +159,13 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
   }
 }
 
-function checkId(kind: string, value: unknown): void {
+function checkId(kind: 'consumer name' | 'message id', value: unknown): void {
   const problem = messageIdProblem(value)
   if (problem !== undefined) {
     throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
+      kind === 'message id' ? ErrorCode.InvalidMessageId : ErrorCode.InvalidOptions,
       `The ${kind} cannot be stored in the inbox: ${problem}. Use 1–${MAX_MESSAGE_ID_LENGTH} characters without NUL or unpaired surrogates.`,
+      { details: { field: kind === 'message id' ? 'messageId' : 'consumer' } },
     )
   }
 }
