@@ -1,5 +1,10 @@
 import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage } from 'kafkajs'
-import { type InboundMessage, inboundMessage, type MessageProcessor } from '../core/consumer.js'
+import {
+  type InboundMessage,
+  inboundMessage,
+  type MessageProcessor,
+  unusableIdReason,
+} from '../core/consumer.js'
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
 import { Headers } from '../core/message.js'
 
@@ -26,7 +31,9 @@ export interface KafkaConsumerRunnerOptions {
    * The message id of a record. Default: the `outboxkit-id` header. For records from other
    * producers, e.g. Debezium's outbox router: `(r) => r.headers['id']`. Return undefined when the
    * record has none: it then goes to the dead letter with `MISSING_MESSAGE_ID`, never processed
-   * without dedupe.
+   * without dedupe. An id no inbox can store (over 255 characters, a NUL, an unpaired surrogate)
+   * goes to the dead letter with `INVALID_MESSAGE_ID`. Either way its offset is committed and the
+   * partition goes on.
    */
   messageId?: (record: KafkaRecord) => string | undefined
   /** Read each topic from the beginning when the group has no committed offset. Default false. */
@@ -36,6 +43,9 @@ export interface KafkaConsumerRunnerOptions {
   /** Extra kafkajs consumer settings. Isolation is always read_committed. */
   consumerConfig?: Omit<ConsumerConfig, 'groupId' | 'readUncommitted'>
 }
+
+/** How often a runner heartbeats while one message is in hand (kafkajs throttles it further). */
+const HEARTBEAT_WHILE_BUSY_MS = 1_000
 
 /**
  * Feeds an `IdempotentConsumer` from Kafka. Offsets are resolved only after a message's
@@ -116,7 +126,14 @@ export class KafkaConsumerRunner {
         for (const message of batch.messages) {
           // After a rebalance or stop, leave the rest to the partition's next owner.
           if (!isRunning() || isStale() || signal.aborted) break
-          await this.#handle(batch.topic, batch.partition, message, signal)
+          const handled = await this.#handleWhileBeating(
+            batch.topic,
+            batch.partition,
+            message,
+            signal,
+            heartbeat,
+          )
+          if (!handled) break
           resolveOffset(message.offset)
           await commitOffsetsIfNecessary()
           // Keeps the group membership alive through long batches (kafkajs throttles it).
@@ -124,6 +141,43 @@ export class KafkaConsumerRunner {
         }
       },
     })
+  }
+
+  /**
+   * Handles one record and keeps heartbeating meanwhile, so a message that waits (handler
+   * retries, a database outage) keeps its partition instead of being dropped from the group. A
+   * heartbeat that fails (a rebalance) cuts the wait short and is rethrown for kafkajs to handle.
+   * Resolves false, with the offset left unresolved, when the runner stops mid-message.
+   */
+  async #handleWhileBeating(
+    topic: string,
+    partition: number,
+    message: KafkaMessage,
+    stopping: AbortSignal,
+    heartbeat: () => Promise<void>,
+  ): Promise<boolean> {
+    const inHand = new AbortController()
+    const stop = () => inHand.abort()
+    stopping.addEventListener('abort', stop, { once: true })
+    let beatFailure: { error: unknown } | undefined
+    const beating = setInterval(() => {
+      heartbeat().catch((error: unknown) => {
+        beatFailure ??= { error }
+        inHand.abort()
+      })
+    }, HEARTBEAT_WHILE_BUSY_MS)
+    try {
+      await this.#handle(topic, partition, message, inHand.signal)
+    } catch (error) {
+      if (beatFailure) throw beatFailure.error
+      if (stopping.aborted) return false
+      throw error
+    } finally {
+      clearInterval(beating)
+      stopping.removeEventListener('abort', stop)
+    }
+    // Done and durable: resolve it; the next heartbeat reports the rebalance again if there is one.
+    return true
   }
 
   async #handle(topic: string, partition: number, message: KafkaMessage, signal: AbortSignal): Promise<void> {
@@ -144,11 +198,9 @@ export class KafkaConsumerRunner {
       headers: record.headers,
       position: { partition, offset: message.offset },
     })
-    if (typeof id !== 'string' || id.length === 0 || id.length > 255) {
-      await this.#options.consumer.deadLetter(
-        inbound,
-        `${ErrorCode.MissingMessageId}: the record at ${topic}/${partition}@${message.offset} has no usable message id.`,
-      )
+    const unusable = unusableIdReason(inbound)
+    if (unusable !== undefined) {
+      await this.#options.consumer.deadLetter(inbound, unusable, signal)
       return
     }
     await this.#options.consumer.process(inbound, signal)

@@ -1,7 +1,9 @@
 import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
+import { isDatabaseOutage } from './database-outage.js'
 import { describeError, ErrorCode, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { decodePayload, Headers, type Payload } from './message.js'
+import { messageIdProblem } from './message-id.js'
 import { positiveInteger } from './outbox.js'
 import { DEAD_REASON_HEADER, ORIGINAL_TOPIC_HEADER } from './relay.js'
 import type { InboxStore } from './store.js'
@@ -33,7 +35,7 @@ export type ProcessOutcome =
   | 'processed'
   /** The message was already processed by this consumer: the handler did not run. */
   | 'duplicate'
-  /** The handler kept failing (or the message had no id): it went to the dead letter. */
+  /** The handler kept failing (or the message had no usable id): it went to the dead letter. */
   | 'dead'
 
 /** Handles one message inside the transaction that records it as processed. */
@@ -48,13 +50,23 @@ export interface ConsumerEvents {
     readonly error: unknown
     readonly retryInMs: number
   }
+  /**
+   * The database is unavailable (see `isDatabaseOutage`): the message waits `retryInMs` and is
+   * tried again, without spending an attempt. `outages` counts the consecutive ones.
+   */
+  unavailable: {
+    readonly message: InboundMessage
+    readonly outages: number
+    readonly error: unknown
+    readonly retryInMs: number
+  }
   deadLettered: { readonly message: InboundMessage; readonly reason: string }
 }
 
 /** What a broker runner drives: an {@link IdempotentConsumer}, or anything that behaves like one. */
 export interface MessageProcessor {
   process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome>
-  deadLetter(message: InboundMessage, reason: string): Promise<void>
+  deadLetter(message: InboundMessage, reason: string, signal?: AbortSignal): Promise<void>
 }
 
 /**
@@ -76,9 +88,12 @@ export interface IdempotentConsumerOptions<Tx> {
   /** The consumer's name: messages are deduplicated per (name, message id). 1–255 characters. */
   name: string
   handler: MessageHandler<Tx>
-  /** Attempts before a failing message goes to the dead letter. Default 5. */
+  /**
+   * Attempts before a failing message goes to the dead letter. Default 5. A database outage
+   * (`isDatabaseOutage`) spends none: the message waits for the database instead.
+   */
   maxAttempts?: number
-  /** Backoff between attempts. Default 200 ms ×2, max 10 s. */
+  /** Backoff between attempts, and between tries while the database is unavailable. Default 200 ms ×2, max 10 s. */
   backoff?: BackoffOptions
   /**
    * Where failed messages go: a topic through a Transport, with the reason in the
@@ -124,10 +139,10 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         'new IdempotentConsumer({ store, name, handler }) needs an InboxStore as `store`.',
       )
     }
-    if (typeof options.name !== 'string' || options.name.length === 0 || options.name.length > 255) {
+    if (messageIdProblem(options.name) !== undefined) {
       throw new OutboxKitError(
         ErrorCode.InvalidOptions,
-        'IdempotentConsumer needs a `name` of 1–255 characters.',
+        'IdempotentConsumer needs a `name` of 1–255 characters without NUL or unpaired surrogates.',
       )
     }
     if (typeof options.handler !== 'function') {
@@ -149,9 +164,12 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
 
   /**
    * Processes one message: at most once in effect, retried with backoff while the handler
-   * throws, dead-lettered after `maxAttempts`. Resolves once the outcome is durable, so a runner
-   * may then commit the broker offset. Rejects only if the database or the dead-letter transport
-   * cannot be reached; the message must then be delivered again.
+   * throws, dead-lettered after `maxAttempts`. A message whose id an inbox cannot store is
+   * dead-lettered at once (`INVALID_MESSAGE_ID` or `MISSING_MESSAGE_ID`). While the database is
+   * unavailable the message waits and is tried again, without spending attempts, until it
+   * succeeds or `signal` aborts. Resolves once the outcome is durable, so a runner may then commit
+   * the broker offset. Rejects when `signal` aborts (`CLOSED`, retriable) or the dead-letter
+   * transport fails; the message must then be delivered again.
    */
   process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
     return this.#instrumentation
@@ -160,51 +178,77 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   }
 
   async #process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome> {
+    const unusable = unusableIdReason(message)
+    if (unusable !== undefined) {
+      await this.deadLetter(message, unusable, signal)
+      return 'dead'
+    }
     const started = Date.now()
-    for (let attempt = 1; ; attempt++) {
+    let attempt = 1
+    let outages = 0
+    for (;;) {
       try {
         const outcome = await this.#store.transaction(async (tx) => {
           if (!(await this.#store.markProcessed(tx, this.name, message.id))) return 'duplicate' as const
           await this.#handler(message, tx)
+          if (!(await this.#store.confirmProcessed(tx, this.name, message.id))) {
+            throw new OutboxKitError(
+              ErrorCode.StoreFailed,
+              `The transaction of message ${message.id} ended before the handler returned: the database rolled it back or aborted it (a deadlock or a failed statement the handler caught), so its writes are not all in it. Let database errors propagate out of the handler; the message is tried again.`,
+              { source: this.#store.name, details: { operation: 'confirmProcessed' } },
+            )
+          }
           return 'processed' as const
         })
         if (outcome === 'duplicate') this.#events.emit('duplicate', { message })
         else this.#events.emit('processed', { message, attempts: attempt, durationMs: Date.now() - started })
         return outcome
       } catch (error) {
-        if (isInfrastructureError(error)) throw error
+        if (isDatabaseOutage(error)) {
+          outages++
+          const retryInMs = backoffDelay(outages, this.#backoff)
+          this.#events.emit('unavailable', { message, outages, error, retryInMs })
+          await this.#pause(retryInMs, signal)
+          continue
+        }
+        outages = 0
         if (attempt >= this.#maxAttempts) {
-          await this.deadLetter(message, `${ErrorCode.HandlerFailed}: ${describeError(error)}`)
+          await this.deadLetter(message, `${ErrorCode.HandlerFailed}: ${describeError(error)}`, signal)
           return 'dead'
         }
         const retryInMs = backoffDelay(attempt, this.#backoff)
         this.#events.emit('failed', { message, attempt, error, retryInMs })
-        await sleep(retryInMs, signal)
-        if (signal?.aborted) {
-          throw new OutboxKitError(
-            ErrorCode.Closed,
-            'The consumer stopped while a message waited for a retry.',
-            {
-              retriable: true,
-            },
-          )
-        }
+        await this.#pause(retryInMs, signal)
+        attempt++
       }
+    }
+  }
+
+  async #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    await sleep(ms, signal)
+    if (signal?.aborted) {
+      throw new OutboxKitError(ErrorCode.Closed, 'The consumer stopped while a message waited for a retry.', {
+        retriable: true,
+      })
     }
   }
 
   /**
    * Sends a message to the dead letter and records it in the inbox, so a redelivery does not run
-   * the handler again. Also used by runners for records that cannot be processed at all (no id).
+   * the handler again. Also used by runners for records that cannot be processed at all (no
+   * usable id: those are not recorded, as no inbox can store their id). While the database is
+   * unavailable, recording waits and tries again (the letter is not sent twice) until `signal`
+   * aborts.
    */
-  async deadLetter(message: InboundMessage, reason: string): Promise<void> {
+  async deadLetter(message: InboundMessage, reason: string, signal?: AbortSignal): Promise<void> {
+    const storable = messageIdProblem(message.id) === undefined
     if (this.#deadLetter) {
       const { topic, transport } = this.#deadLetter
       const [outcome] = await transport.publish([
         {
-          id: message.id || uuidv7(),
+          id: storable ? message.id : uuidv7(),
           topic,
-          key: message.key ?? message.id ?? '',
+          key: message.key ?? (storable ? message.id : ''),
           type: message.type ?? 'unknown',
           payload: message.payload,
           headers: {
@@ -225,16 +269,35 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         )
       }
     }
-    if (message.id) {
-      await this.#store.transaction((tx) => this.#store.markProcessed(tx, this.name, message.id))
+    for (let outages = 1; storable; outages++) {
+      try {
+        await this.#store.transaction((tx) => this.#store.markProcessed(tx, this.name, message.id))
+        break
+      } catch (error) {
+        if (!isDatabaseOutage(error)) throw error
+        const retryInMs = backoffDelay(outages, this.#backoff)
+        this.#events.emit('unavailable', { message, outages, error, retryInMs })
+        await this.#pause(retryInMs, signal)
+      }
     }
     this.#events.emit('deadLettered', { message, reason })
   }
 }
 
-/** Store failures that say the database is unreachable: retrying the handler cannot help. */
-function isInfrastructureError(error: unknown): boolean {
-  return error instanceof OutboxKitError && error.code === ErrorCode.StoreFailed && error.retriable
+/**
+ * The dead-letter reason (`MISSING_MESSAGE_ID` or `INVALID_MESSAGE_ID`) for a message whose id no
+ * inbox can store, or undefined when the id is usable.
+ */
+export function unusableIdReason(message: InboundMessage): string | undefined {
+  const problem = messageIdProblem(message.id)
+  if (problem === undefined) return undefined
+  const where = message.position
+    ? ` at ${message.topic}/${Object.values(message.position).join('@')}`
+    : ` from ${message.topic}`
+  if (typeof message.id !== 'string' || message.id.length === 0) {
+    return `${ErrorCode.MissingMessageId}: the record${where} has no message id, so it cannot be deduplicated.`
+  }
+  return `${ErrorCode.InvalidMessageId}: the message id of the record${where} cannot be stored in the inbox (${problem}); ids must be 1–255 characters without NUL or unpaired surrogates.`
 }
 
 /** Builds an {@link InboundMessage} from raw parts; decodes the payload by its content type. */

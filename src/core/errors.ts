@@ -25,6 +25,11 @@ export const ErrorCode = {
   Fenced: 'FENCED',
   /** A consumed record carries no usable message id, so it cannot be deduplicated. */
   MissingMessageId: 'MISSING_MESSAGE_ID',
+  /**
+   * A consumed record's message id cannot be stored in an inbox (over 255 characters, a NUL, an
+   * unpaired surrogate), so it cannot be deduplicated.
+   */
+  InvalidMessageId: 'INVALID_MESSAGE_ID',
   /** A consumer handler kept throwing; the message went to the dead letter. */
   HandlerFailed: 'HANDLER_FAILED',
   /** `start()` was called on a component that is already running. */

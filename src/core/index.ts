@@ -10,6 +10,7 @@ export {
   type MessageProcessor,
   type ProcessOutcome,
 } from './consumer.js'
+export { isDatabaseOutage } from './database-outage.js'
 export {
   describeError,
   ErrorCode,
@@ -35,6 +36,7 @@ export {
   RESERVED_HEADERS,
   toRecord,
 } from './message.js'
+export { MAX_MESSAGE_ID_LENGTH, messageIdProblem } from './message-id.js'
 export { Outbox, type OutboxOptions, type TraceContextCapture } from './outbox.js'
 export {
   DEAD_REASON_HEADER,

@@ -137,6 +137,15 @@ export interface InboxStore<Tx> extends TransactionRunner<Tx> {
    * the same pair waits for the first one to finish, so exactly one of them gets `true`.
    */
   markProcessed(tx: Tx, consumer: string, messageId: string): Promise<boolean>
+  /**
+   * Called once, right before `tx` commits, after `markProcessed` returned `true` in it: whether
+   * `tx` is still the open transaction that recorded the pair. Returns `false` when the database
+   * already ended or aborted it behind the caller's back (MariaDB rolls the whole transaction back
+   * on a deadlock, and later statements then run outside it; Postgres refuses every statement of
+   * an aborted transaction, and its commit only rolls back), so the caller must roll back and try
+   * again instead of reporting success.
+   */
+  confirmProcessed(tx: Tx, consumer: string, messageId: string): Promise<boolean>
   /** Whether `consumer` has processed `messageId` (committed). */
   isProcessed(consumer: string, messageId: string): Promise<boolean>
   /** Deletes records older than `olderThanMs` (for one consumer, or all); returns how many. */

@@ -2,6 +2,7 @@
  * The conformance suite every {@link InboxStore} must pass. Assertions read the table through the
  * harness's `readRows`, which must query the database directly.
  */
+import { isOutboxKitError } from '../core/errors.js'
 import type { InboxStore } from '../core/store.js'
 import { captureError, type TestApi } from './test-api.js'
 
@@ -11,6 +12,12 @@ export interface InboxStoreHarness<Tx> {
   readRows(): Promise<string[]>
   /** Makes every inbox row older by `ms`. */
   ageRows(ms: number): Promise<void>
+  /**
+   * Ends `tx` on the database behind the store's back, as the database does when it gives up on
+   * a transaction (MariaDB rolls it back on a deadlock): e.g. a raw `ROLLBACK` sent through `tx`.
+   * Later statements through `tx` then run outside it.
+   */
+  endTransaction(tx: Tx): Promise<void>
   close(): Promise<void>
 }
 
@@ -52,14 +59,63 @@ export function inboxStoreSuite<Tx>(
     })
 
     test('a rolled-back transaction records nothing, so the message is processed again', async (h) => {
-      await captureError(() =>
+      const handlerFailure = new Error('handler failed')
+      let marked: boolean | undefined
+      const error = await captureError(() =>
         h.store.transaction(async (tx) => {
-          expect(await h.store.markProcessed(tx, 'billing', 'm-1')).toBe(true)
-          throw new Error('handler failed')
+          marked = await h.store.markProcessed(tx, 'billing', 'm-1')
+          throw handlerFailure
         }),
       )
+      // Checked outside the transaction: an assertion failing inside it would be the error caught.
+      expect(error).toBe(handlerFailure)
+      expect(marked).toBe(true)
       expect(await h.readRows()).toEqual([])
       expect(await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-1'))).toBe(true)
+    })
+
+    test('an id no inbox can store (over 255 characters, NUL, unpaired surrogate, empty) is refused and nothing is written', async (h) => {
+      for (const id of ['x'.repeat(256), 'a\u0000b', 'lone \ud800', '']) {
+        const error = await captureError(() =>
+          h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', id)),
+        )
+        expect([id.length, isOutboxKitError(error)]).toEqual([id.length, true])
+      }
+      expect(await h.readRows()).toEqual([])
+      // The longest storable id, and any outbox id (a UUID), are stored as given.
+      const longest = 'y'.repeat(255)
+      expect(await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', longest))).toBe(true)
+      expect(await h.readRows()).toEqual([`billing/${longest}`])
+    })
+
+    test('confirmProcessed is true only in the open transaction that recorded the pair', async (h) => {
+      const own = await h.store.transaction(async (tx) => {
+        expect(await h.store.markProcessed(tx, 'billing', 'm-1')).toBe(true)
+        return h.store.confirmProcessed(tx, 'billing', 'm-1')
+      })
+      expect(own).toBe(true)
+      expect(await h.readRows()).toEqual(['billing/m-1'])
+      // Recorded by an earlier, committed transaction: not this one's.
+      const other = await h.store.transaction(async (tx) => {
+        expect(await h.store.markProcessed(tx, 'billing', 'm-1')).toBe(false)
+        return h.store.confirmProcessed(tx, 'billing', 'm-1')
+      })
+      expect(other).toBe(false)
+    })
+
+    test('confirmProcessed is false once the database ended the transaction, and nothing is recorded', async (h) => {
+      let marked: boolean | undefined
+      let confirmed: boolean | undefined
+      // Whether the store's commit then fails is up to the backend; the answer must be false.
+      await h.store
+        .transaction(async (tx) => {
+          marked = await h.store.markProcessed(tx, 'billing', 'm-1')
+          await h.endTransaction(tx)
+          confirmed = await h.store.confirmProcessed(tx, 'billing', 'm-1')
+        })
+        .catch(() => {})
+      expect([marked, confirmed]).toEqual([true, false])
+      expect(await h.readRows()).toEqual([])
     })
 
     if (options.concurrentTransactions) {

@@ -5,12 +5,35 @@
  * each side effect once. Real processes, real services.
  */
 import { describe, expect, test } from 'bun:test'
-import { type OutboxMessageInput, uuidv7 } from '../../src/index.js'
+import { Kysely, MysqlDialect, PostgresDialect, sql } from 'kysely'
+import { PostgresJSDialect } from 'kysely-postgres-js'
+import { createPool } from 'mysql2'
+import { createConnection } from 'mysql2/promise'
+import pg from 'pg'
+import postgres from 'postgres'
+import { createKyselyInboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
+import {
+  IdempotentConsumer,
+  type InboundMessage,
+  inboundMessage,
+  type OutboxMessageInput,
+  uuidv7,
+} from '../../src/index.js'
 import { type ConsumerWorld, openConsumerWorld } from '../support/consumer-world.js'
-import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import {
+  type AnyDB,
+  type Backend,
+  MYSQL_URL,
+  mysqlBackend,
+  POSTGRES_URL,
+  pgBackend,
+  postgresJsBackend,
+  type TestDatabase,
+} from '../support/databases.js'
 import { testKafka, uniqueName } from '../support/kafka.js'
 import { startWorker, type Worker } from '../support/processes.js'
 import { recordCount, waitFor } from '../support/relay-world.js'
+import { startTcpProxy } from '../support/tcp-proxy.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
 const CONSUMER = 'inventory'
@@ -257,4 +280,353 @@ for (const backend of BACKENDS) {
       }
     }, 240_000)
   })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database outages: real connection failures while a message is in hand. Each consumer has
+// maxAttempts 1, so a single outage counted as a handler failure would dead-letter the message.
+
+interface OutageSetup {
+  readonly database: TestDatabase
+  /** The consumer's own Kysely instance (through a proxy, or with a small pool). */
+  readonly db: Kysely<AnyDB>
+  readonly consumer: IdempotentConsumer<Kysely<AnyDB>>
+  readonly seen: { unavailable: unknown[]; dead: string[]; processedAttempts: number[] }
+  effects(id: string): Promise<number>
+}
+
+async function outageSetup(
+  backend: Backend,
+  db: (database: TestDatabase) => Kysely<AnyDB>,
+  handler: (message: InboundMessage, tx: Kysely<AnyDB>, setup: () => OutageSetup) => Promise<void>,
+): Promise<OutageSetup> {
+  const database = await backend.open()
+  const { schema, dialect } = database
+  await ensureOutboxSchema(database.db, { dialect, schema })
+  const q = (name: string) => (dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+  const effects = `${q(schema)}.${q('effects')}`
+  await database.query(`CREATE TABLE ${effects} (message_id varchar(255) NOT NULL)`)
+  const consumerDb = db(database)
+  const seen = { unavailable: [] as unknown[], dead: [] as string[], processedAttempts: [] as number[] }
+  let setup: OutageSetup | undefined
+  const consumer = new IdempotentConsumer<Kysely<AnyDB>>({
+    store: createKyselyInboxStore({ db: consumerDb, schema }),
+    name: CONSUMER,
+    maxAttempts: 1,
+    backoff: { initialMs: 50, maxMs: 200 },
+    handler: async (message, tx) => {
+      await handler(message, tx, () => setup!)
+      await sql`INSERT INTO ${sql.raw(effects)} (message_id) VALUES (${message.id})`.execute(tx)
+    },
+  })
+  consumer.on('unavailable', (e) => seen.unavailable.push(e.error))
+  consumer.on('deadLettered', (e) => seen.dead.push(e.reason))
+  consumer.on('processed', (e) => seen.processedAttempts.push(e.attempts))
+  setup = {
+    database,
+    db: consumerDb,
+    consumer,
+    seen,
+    async effects(id) {
+      const rows = await database.query<{ n: unknown }>(
+        `SELECT count(*) AS n FROM ${effects} WHERE message_id = '${id}'`,
+      )
+      return Number(rows[0]!.n)
+    },
+  }
+  return setup
+}
+
+function outageMessage(id: string): InboundMessage {
+  return inboundMessage({ id, topic: 'orders', key: 'order-1', payload: new Uint8Array(), headers: {} })
+}
+
+/** Processes one message through an outage and checks it was applied once, no attempt spent. */
+async function expectProcessedOnceThroughOutage(
+  setup: OutageSetup,
+  id: string,
+  beforeClose: () => void = () => {},
+): Promise<void> {
+  try {
+    const outcome = await setup.consumer.process(outageMessage(id))
+    expect(setup.seen.dead).toEqual([])
+    expect(outcome).toBe('processed')
+    expect(setup.seen.unavailable.length).toBeGreaterThan(0)
+    expect(setup.seen.processedAttempts).toEqual([1])
+    expect(await setup.effects(id)).toBe(1)
+    expect(await setup.consumer.process(outageMessage(id))).toBe('duplicate')
+    expect(await setup.effects(id)).toBe(1)
+  } finally {
+    beforeClose()
+    await setup.db.destroy().catch(() => {})
+    await setup.database.close()
+  }
+}
+
+function pgKysely(url: string, pool: Partial<pg.PoolConfig> = {}): Kysely<AnyDB> {
+  const p = new pg.Pool({ connectionString: url, max: 2, ...pool })
+  // pg reports a lost connection as an 'error' event too; the failed query carries it as well.
+  p.on('error', () => {})
+  p.on('connect', (client) => client.on('error', () => {}))
+  return new Kysely<AnyDB>({ dialect: new PostgresDialect({ pool: p }) })
+}
+
+function proxiedUrl(url: string, port: number): string {
+  const parsed = new URL(url)
+  parsed.port = String(port)
+  return parsed.toString()
+}
+
+describe('database outages while a message is in hand', () => {
+  test('pg: the consumer connection terminated mid-handler (pg_terminate_backend) waits for the database, then processes once', async () => {
+    let terminated = false
+    const setup = await outageSetup(
+      pgBackend,
+      () => pgKysely(POSTGRES_URL),
+      async (_m, tx, s) => {
+        if (terminated) return
+        terminated = true
+        const [row] = (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(tx)).rows
+        await s().database.query(`SELECT pg_terminate_backend(${row!.pid})`)
+      },
+    )
+    await expectProcessedOnceThroughOutage(setup, uuidv7())
+  }, 60_000)
+
+  test('pg: the connection cut by a proxy mid-handler, then the port refusing connections, until it listens again', async () => {
+    let cut = false
+    const proxy = await startTcpProxy({ port: 15411, targetHost: '127.0.0.1', targetPort: 5432 })
+    try {
+      const setup = await outageSetup(
+        pgBackend,
+        () => pgKysely(proxiedUrl(POSTGRES_URL, proxy.port)),
+        async () => {
+          // The connection in use is cut mid-handler, and no new one can be made for a while.
+          if (!cut) {
+            cut = true
+            await proxy.refuse()
+          }
+        },
+      )
+      setup.consumer.on('unavailable', ({ outages }) => {
+        if (outages === 3) void proxy.restore()
+      })
+      await expectProcessedOnceThroughOutage(setup, uuidv7())
+      expect(setup.seen.unavailable.length).toBeGreaterThanOrEqual(3)
+      expect(setup.seen.unavailable.some((e) => describeChain(e).includes('ECONNREFUSED'))).toBe(true)
+    } finally {
+      await proxy.close()
+    }
+  }, 60_000)
+
+  test('pg: a pool exhausted (max 1, held elsewhere, short acquire timeout) waits until a connection is free', async () => {
+    const pool = new pg.Pool({ connectionString: POSTGRES_URL, max: 1, connectionTimeoutMillis: 100 })
+    pool.on('error', () => {})
+    const db = new Kysely<AnyDB>({ dialect: new PostgresDialect({ pool }) })
+    const setup = await outageSetup(
+      pgBackend,
+      () => db,
+      async () => {},
+    )
+    const holder = await pool.connect()
+    let released = false
+    const release = () => {
+      if (!released) holder.release()
+      released = true
+    }
+    setup.consumer.on('unavailable', ({ outages }) => {
+      if (outages === 2) release()
+    })
+    await expectProcessedOnceThroughOutage(setup, uuidv7(), release)
+    expect(describeChain(setup.seen.unavailable[0])).toContain('timeout exceeded when trying to connect')
+  }, 60_000)
+
+  // postgres.js 3.4.9 is tested with a database that refuses connections from the start: a
+  // connection it loses is put back into its pool broken and the next transaction on it never
+  // settles (porsager/postgres#1208, #1186), which no consumer can tell from a slow handler.
+  test('postgres.js: a port that refuses connections, until it listens again', async () => {
+    const proxy = await startTcpProxy({ port: 15412, targetHost: '127.0.0.1', targetPort: 5432 })
+    try {
+      await proxy.refuse()
+      const setup = await outageSetup(
+        postgresJsBackend,
+        () =>
+          new Kysely<AnyDB>({
+            dialect: new PostgresJSDialect({
+              postgres: postgres(proxiedUrl(POSTGRES_URL, proxy.port), { max: 2, onnotice: () => {} }),
+            }),
+          }),
+        async () => {},
+      )
+      setup.consumer.on('unavailable', ({ outages }) => {
+        if (outages === 3) void proxy.restore()
+      })
+      await expectProcessedOnceThroughOutage(setup, uuidv7())
+      expect(describeChain(setup.seen.unavailable[0])).toContain('ECONNREFUSED')
+    } finally {
+      await proxy.close()
+    }
+  }, 60_000)
+
+  test('mariadb: the consumer connection killed mid-handler (KILL) waits for the database, then processes once', async () => {
+    let killed = false
+    const setup = await outageSetup(
+      mysqlBackend,
+      (database) =>
+        new Kysely<AnyDB>({
+          dialect: new MysqlDialect({
+            pool: createPool({ uri: MYSQL_URL, connectionLimit: 2, database: database.schema }),
+          }),
+        }),
+      async (_m, tx, s) => {
+        if (killed) return
+        killed = true
+        const [row] = (await sql<{ id: number }>`SELECT CONNECTION_ID() AS id`.execute(tx)).rows
+        await s().database.query(`KILL ${row!.id}`)
+      },
+    )
+    await expectProcessedOnceThroughOutage(setup, uuidv7())
+  }, 60_000)
+
+  test('mariadb: the connection cut by a proxy mid-handler, then the port refusing connections, until it listens again', async () => {
+    let cut = false
+    const proxy = await startTcpProxy({ port: 15413, targetHost: '127.0.0.1', targetPort: 3306 })
+    try {
+      const setup = await outageSetup(
+        mysqlBackend,
+        () =>
+          new Kysely<AnyDB>({
+            dialect: new MysqlDialect({
+              pool: createPool({ uri: proxiedUrl(MYSQL_URL, proxy.port), connectionLimit: 2 }),
+            }),
+          }),
+        async () => {
+          // The connection in use is cut mid-handler, and no new one can be made for a while.
+          if (!cut) {
+            cut = true
+            await proxy.refuse()
+          }
+        },
+      )
+      setup.consumer.on('unavailable', ({ outages }) => {
+        if (outages === 3) void proxy.restore()
+      })
+      await expectProcessedOnceThroughOutage(setup, uuidv7())
+    } finally {
+      await proxy.close()
+    }
+  }, 60_000)
+})
+
+describe('a handler that catches a database error and goes on', () => {
+  test('mariadb: a deadlock the handler caught (InnoDB rolled its transaction back) is retried, and the effect is applied exactly once', async () => {
+    const database = await mysqlBackend.open()
+    const peer = await createConnection({ uri: MYSQL_URL, database: database.schema })
+    try {
+      const { schema } = database
+      await ensureOutboxSchema(database.db, { dialect: 'mysql', schema })
+      await database.query(`CREATE TABLE \`${schema}\`.locks (id varchar(8) PRIMARY KEY, n int NOT NULL)`)
+      await database.query(`INSERT INTO \`${schema}\`.locks VALUES ('a', 0), ('b', 0)`)
+      await database.query(`CREATE TABLE \`${schema}\`.ballast (id int PRIMARY KEY)`)
+      await database.query(`CREATE TABLE \`${schema}\`.effects (message_id varchar(255) NOT NULL)`)
+      const caught: unknown[] = []
+      const table = (name: string) => sql.raw(`\`${schema}\`.${name}`)
+      const consumer = new IdempotentConsumer<Kysely<AnyDB>>({
+        store: createKyselyInboxStore({ db: database.db, schema }),
+        name: CONSUMER,
+        backoff: { initialMs: 10, maxMs: 20 },
+        handler: async (message, tx) => {
+          if (caught.length === 0) {
+            await sql`UPDATE ${table('locks')} SET n = n + 1 WHERE id = 'a'`.execute(tx)
+            // The other transaction holds b and is heavier (more rows written), so InnoDB
+            // picks the handler's transaction as the deadlock victim.
+            await peer.query('START TRANSACTION')
+            await peer.query(
+              `INSERT INTO ballast VALUES ${Array.from({ length: 50 }, (_, i) => `(${i})`).join(',')}`,
+            )
+            await peer.query(`UPDATE locks SET n = n + 1 WHERE id = 'b'`)
+            const mine = sql`UPDATE ${table('locks')} SET n = n + 1 WHERE id = 'b'`.execute(tx).then(
+              () => undefined,
+              (error: unknown) => error,
+            )
+            const theirs = peer.query(`UPDATE locks SET n = n + 1 WHERE id = 'a'`)
+            const error = await mine
+            await theirs
+            await peer.query('COMMIT')
+            caught.push(error) // and goes on, as if nothing happened
+          }
+          await sql`INSERT INTO ${table('effects')} (message_id) VALUES (${message.id})`.execute(tx)
+        },
+      })
+      const id = uuidv7()
+      const message = inboundMessage({
+        id,
+        topic: 'orders',
+        key: 'k',
+        payload: new Uint8Array(),
+        headers: {},
+      })
+      expect(await consumer.process(message)).toBe('processed')
+      // A redelivery (a duplicate in the topic, a rebalance) must find the message recorded.
+      expect(await consumer.process(message)).toBe('duplicate')
+      expect((caught[0] as { code?: unknown }).code).toBe('ER_LOCK_DEADLOCK')
+      const rows = await database.query<{ n: unknown }>(
+        `SELECT count(*) AS n FROM \`${schema}\`.effects WHERE message_id = '${id}'`,
+      )
+      expect(Number(rows[0]!.n)).toBe(1)
+    } finally {
+      await peer.end()
+      await database.close()
+    }
+  }, 60_000)
+
+  test('postgres: a failed statement the handler caught (the transaction is aborted) is retried, and the effect is applied once', async () => {
+    const database = await postgresJsBackend.open()
+    try {
+      const { schema } = database
+      await ensureOutboxSchema(database.db, { dialect: 'postgres', schema })
+      await database.query(`CREATE TABLE "${schema}".effects (message_id varchar(255) NOT NULL)`)
+      let calls = 0
+      const consumer = new IdempotentConsumer<Kysely<AnyDB>>({
+        store: createKyselyInboxStore({ db: database.db, schema }),
+        name: CONSUMER,
+        backoff: { initialMs: 10, maxMs: 20 },
+        handler: async (message, tx) => {
+          await sql`INSERT INTO ${sql.raw(`"${schema}".effects`)} (message_id) VALUES (${message.id})`.execute(
+            tx,
+          )
+          if (++calls === 1) await sql`SELECT 1 / 0`.execute(tx).catch(() => {}) // caught: goes on
+        },
+      })
+      const id = uuidv7()
+      const message = inboundMessage({
+        id,
+        topic: 'orders',
+        key: 'k',
+        payload: new Uint8Array(),
+        headers: {},
+      })
+      expect(await consumer.process(message)).toBe('processed')
+      expect(calls).toBe(2)
+      const rows = await database.query<{ n: unknown }>(
+        `SELECT count(*) AS n FROM "${schema}".effects WHERE message_id = '${id}'`,
+      )
+      expect(Number(rows[0]!.n)).toBe(1)
+    } finally {
+      await database.close()
+    }
+  }, 60_000)
+})
+
+/** The messages and codes of an error and its causes, for assertions. */
+function describeChain(error: unknown): string {
+  const parts: string[] = []
+  for (
+    let e = error as { message?: unknown; code?: unknown; cause?: unknown } | undefined;
+    e;
+    e = e.cause as typeof e
+  ) {
+    parts.push(`${String(e.code ?? '')} ${String(e.message ?? '')}`)
+  }
+  return parts.join(' <- ')
 }

@@ -4,13 +4,17 @@
  */
 import { describe, expect, test } from 'bun:test'
 import { Partitioners } from 'kafkajs'
+import { Kysely, MysqlDialect, PostgresDialect } from 'kysely'
+import { createPool } from 'mysql2'
+import pg from 'pg'
 import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
-import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { createKyselyInboxStore, createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { Relay, uuidv7 } from '../../src/index.js'
 import { openConsumerWorld } from '../support/consumer-world.js'
-import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import { type AnyDB, MYSQL_URL, mysqlBackend, POSTGRES_URL, postgresJsBackend } from '../support/databases.js'
 import { consumeMessages, createTopic, headerValues, testKafka, uniqueTopic } from '../support/kafka.js'
 import { waitFor } from '../support/relay-world.js'
+import { startTcpProxy } from '../support/tcp-proxy.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
 
@@ -149,6 +153,124 @@ for (const backend of BACKENDS) {
         expect([...(await world.effects()).keys()]).toEqual([good])
       } finally {
         await world.close()
+      }
+    }, 90_000)
+
+    test('records whose ids no inbox can store (300 characters, a NUL) are dead-lettered once each, their offsets committed, and the partition goes on', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const dlqTopic = uniqueTopic('consume-dlq')
+      await createTopic(world.brokers, dlqTopic)
+      const transport = createKafkaTransport({ kafka: testKafka(world.brokers) })
+      const admin = testKafka(world.brokers).admin()
+      await admin.connect()
+      try {
+        const tooLong = 'x'.repeat(300)
+        const withNul = `${uuidv7()}\u0000`
+        const good = [uuidv7(), uuidv7(), uuidv7()]
+        // A foreign producer: plain kafkajs, the ids in the outboxkit-id header, one partition.
+        await produce(
+          world.brokers,
+          world.topic,
+          [record(tooLong), record(withNul), ...good.map((id) => record(id))],
+          0,
+        )
+        const consumer = world.consumer({
+          deadLetter: { topic: dlqTopic, transport },
+          handler: (m, tx) => world.applyEffect(tx, m),
+        })
+        const dead: string[] = []
+        consumer.on('deadLettered', (e) => dead.push(e.reason))
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        const groupId = uniqueTopic('poison-group')
+        await world.run(consumer, groupId)
+        await waitFor('the good records processed', () => processed === good.length, 60_000)
+        const committed = async () => {
+          const [offsets] = await admin.fetchOffsets({ groupId, topics: [world.topic] })
+          return offsets?.partitions.find((p) => p.partition === 0)?.offset
+        }
+        await waitFor('every offset committed', async () => (await committed()) === '5', 30_000)
+
+        expect(dead.map((reason) => reason.split(':')[0])).toEqual([
+          'INVALID_MESSAGE_ID',
+          'INVALID_MESSAGE_ID',
+        ])
+        expect([...(await world.effects()).keys()].sort()).toEqual([...good].sort())
+        expect(await world.inboxCount('inventory')).toBe(good.length)
+        // One letter each: asking for a third one finds none.
+        const letters = await consumeMessages(world.brokers, { topic: dlqTopic, count: 2 })
+        expect(
+          letters.map((l) => headerValues(l.headers, 'outboxkit-dead-reason')[0]?.split(':')[0]),
+        ).toEqual(['INVALID_MESSAGE_ID', 'INVALID_MESSAGE_ID'])
+        const more = await consumeMessages(world.brokers, {
+          topic: dlqTopic,
+          count: 3,
+          timeoutMs: 2_000,
+        }).catch((e: Error) => e)
+        expect(more instanceof Error).toBe(true)
+      } finally {
+        await admin.disconnect()
+        await transport.close()
+        await world.close()
+      }
+    }, 90_000)
+
+    test('a database that refuses connections while records arrive: the partition waits, then every record is processed once, none dead-lettered', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      const port = backend.dialect === 'mysql' ? 15421 : 15422
+      const proxy = await startTcpProxy({
+        port,
+        targetHost: '127.0.0.1',
+        targetPort: backend.dialect === 'mysql' ? 3306 : 5432,
+      })
+      const url = new URL(backend.dialect === 'mysql' ? MYSQL_URL : POSTGRES_URL)
+      url.port = String(port)
+      const db =
+        backend.dialect === 'mysql'
+          ? new Kysely<AnyDB>({
+              dialect: new MysqlDialect({ pool: createPool({ uri: url.toString(), connectionLimit: 2 }) }),
+            })
+          : new Kysely<AnyDB>({
+              dialect: new PostgresDialect({
+                pool: (() => {
+                  const pool = new pg.Pool({ connectionString: url.toString(), max: 2 })
+                  pool.on('error', () => {})
+                  pool.on('connect', (client) => client.on('error', () => {}))
+                  return pool
+                })(),
+              }),
+            })
+      try {
+        await proxy.refuse()
+        const ids = Array.from({ length: 5 }, () => uuidv7())
+        await produce(
+          world.brokers,
+          world.topic,
+          ids.map((id) => record(id)),
+        )
+        const consumer = world.consumer({
+          store: createKyselyInboxStore({ db, schema: world.database.schema }),
+          maxAttempts: 1,
+          handler: (m, tx) => world.applyEffect(tx, m),
+        })
+        let outages = 0
+        consumer.on('unavailable', () => {
+          if (++outages === 5) void proxy.restore()
+        })
+        const dead: string[] = []
+        consumer.on('deadLettered', (e) => dead.push(e.reason))
+        let processed = 0
+        consumer.on('processed', () => processed++)
+        await world.run(consumer)
+        await waitFor('every record processed', () => processed === ids.length, 60_000)
+        expect(outages).toBeGreaterThanOrEqual(5)
+        expect(dead).toEqual([])
+        const effects = await world.effects()
+        expect(ids.map((id) => effects.get(id))).toEqual(ids.map(() => 1))
+      } finally {
+        await world.close()
+        await db.destroy().catch(() => {})
+        await proxy.close()
       }
     }, 90_000)
 

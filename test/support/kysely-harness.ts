@@ -99,6 +99,9 @@ export async function openInboxHarness(backend: Backend): Promise<InboxStoreHarn
         dialect === 'mysql' ? `INTERVAL ${ms * 1000} MICROSECOND` : `interval '${ms} milliseconds'`
       await database.query(`UPDATE ${table} SET processed_at = processed_at - ${shift}`)
     },
+    async endTransaction(tx) {
+      await sql`ROLLBACK`.execute(tx)
+    },
     close: () => database.close(),
   }
 }

@@ -10,8 +10,11 @@ import {
   ErrorCode,
   IdempotentConsumer,
   inboundMessage,
+  isDatabaseOutage,
   isOutboxKitError,
-  OutboxKitError,
+  messageIdProblem,
+  type OutboxKitError,
+  uuidv7,
 } from '../../src/index.js'
 
 const encoder = new TextEncoder()
@@ -94,13 +97,115 @@ describe('IdempotentConsumer', () => {
     expect(await consumer.process(message('m-1', 'Poison'))).toBe('duplicate')
   })
 
-  test('an unreachable database is not a handler failure: process rejects so the message is redelivered', async () => {
-    const { consumer, dlq } = setup(async () => {
-      throw new OutboxKitError(ErrorCode.StoreFailed, 'connection refused', { retriable: true })
-    })
-    const error = await consumer.process(message('m-1')).catch((e) => e)
-    expect(isOutboxKitError(error, ErrorCode.StoreFailed)).toBe(true)
+  test('an outage the driver reports without a classified error spends no attempt: the message waits, then is processed once', async () => {
+    // What pg throws when its connection drops mid-statement: a plain Error, no code.
+    let outages = 3
+    const { consumer, effects, dlq } = setup(
+      async () => {
+        if (outages-- > 0) throw new Error('Connection terminated unexpectedly')
+      },
+      { maxAttempts: 1 },
+    )
+    const seen: ConsumerEvents['unavailable'][] = []
+    consumer.on('unavailable', (e) => seen.push(e))
+    const processed: ConsumerEvents['processed'][] = []
+    consumer.on('processed', (e) => processed.push(e))
+    expect(await consumer.process(message('m-1'))).toBe('processed')
+    expect(seen.map((e) => e.outages)).toEqual([1, 2, 3])
+    expect(processed.map((e) => e.attempts)).toEqual([1])
+    expect(effects).toEqual(['m-1'])
     expect(dlq.delivered).toHaveLength(0)
+  })
+
+  test('driver errors of every bundled driver are told apart: outages wait, bad statements are handler failures', async () => {
+    const outages: object[] = [
+      { code: '53300', message: 'sorry, too many clients already' }, // pg / postgres.js / PGlite
+      { code: '55P03', message: 'could not obtain lock on row' },
+      { code: '57P01', message: 'terminating connection due to administrator command' },
+      { code: '40P01', message: 'deadlock detected' },
+      { code: 'ER_CON_COUNT_ERROR', errno: 1040, message: 'Too many connections' }, // mysql2
+      { code: 'ER_LOCK_DEADLOCK', errno: 1213, message: 'Deadlock found' },
+      { code: 'PROTOCOL_CONNECTION_LOST', fatal: true, message: 'Connection lost' },
+      { code: 'CONNECTION_CLOSED', message: 'write CONNECTION_CLOSED 127.0.0.1:5432' }, // postgres.js
+      { code: 'ECONNREFUSED', message: 'connect ECONNREFUSED 127.0.0.1:5432' },
+      { message: 'timeout exceeded when trying to connect' }, // pg-pool
+      { message: "Can't add new command when connection is in closed state" }, // mysql2
+      new AggregateError([Object.assign(new Error('connect'), { code: 'ECONNREFUSED' })]),
+      new Error('query failed', { cause: Object.assign(new Error('reset'), { code: 'ECONNRESET' }) }),
+      // A retriable STORE_FAILED of another bundled copy of outboxkit: the brand, not the class.
+      { [Symbol.for('outboxkit.error')]: true, code: 'STORE_FAILED', retriable: true, message: 'lost' },
+    ]
+    const failures: object[] = [
+      { code: '23505', message: 'duplicate key value' },
+      { code: '42P01', message: 'relation does not exist' },
+      { code: '25P02', message: 'current transaction is aborted' },
+      { code: '57014', message: 'canceling statement due to statement timeout' },
+      { code: 'ER_DUP_ENTRY', errno: 1062, message: 'Duplicate entry' },
+      { [Symbol.for('outboxkit.error')]: true, code: 'STORE_FAILED', retriable: false, message: 'bad' },
+      new Error('cannot reserve stock'),
+    ]
+    for (const error of outages) expect([isDatabaseOutage(error), error]).toEqual([true, error])
+    for (const error of failures) expect([isDatabaseOutage(error), error]).toEqual([false, error])
+    // And the consumer acts on it: one outage, then one handler failure with maxAttempts 1.
+    let calls = 0
+    const { consumer, dlq } = setup(
+      async () => {
+        calls++
+        throw calls === 1 ? outages[0] : failures[0]
+      },
+      { maxAttempts: 1 },
+    )
+    expect(await consumer.process(message('m-1'))).toBe('dead')
+    expect(calls).toBe(2)
+    expect(dlq.delivered).toHaveLength(1)
+  })
+
+  test('a message waiting for the database stops when the signal aborts, with a retriable CLOSED', async () => {
+    const { consumer } = setup(async () => {
+      throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })
+    })
+    const stop = new AbortController()
+    consumer.on('unavailable', ({ outages }) => {
+      if (outages === 2) stop.abort()
+    })
+    const error = await consumer.process(message('m-1'), stop.signal).catch((e: unknown) => e)
+    expect(isOutboxKitError(error, ErrorCode.Closed)).toBe(true)
+    expect((error as OutboxKitError).retriable).toBe(true)
+  })
+
+  test('a message id no inbox can store is dead-lettered once, without touching the inbox', async () => {
+    const { consumer, effects, dlq, db } = setup(async () => {})
+    const reasons: string[] = []
+    consumer.on('deadLettered', (e) => reasons.push(e.reason))
+    for (const id of ['x'.repeat(256), 'a\u0000b', 'lone \ud800', '']) {
+      expect(await consumer.process(message(id))).toBe('dead')
+    }
+    expect(reasons.map((r) => r.split(':')[0])).toEqual([
+      'INVALID_MESSAGE_ID',
+      'INVALID_MESSAGE_ID',
+      'INVALID_MESSAGE_ID',
+      'MISSING_MESSAGE_ID',
+    ])
+    expect(dlq.delivered).toHaveLength(4)
+    expect(effects).toEqual([])
+    expect(db.inbox.size).toBe(0)
+    // The longest storable id, and every id the outbox generates, are accepted.
+    expect(await consumer.process(message('y'.repeat(255)))).toBe('processed')
+    expect(messageIdProblem(uuidv7())).toBeUndefined()
+  })
+
+  test('a handler whose transaction the database ended is not reported processed: the message is tried again', async () => {
+    let calls = 0
+    const { consumer, effects } = setup(async (tx) => {
+      // What a deadlock does to a MariaDB transaction whose handler caught the error.
+      if (++calls === 1) tx.state = 'rolled back'
+    })
+    const failures: ConsumerEvents['failed'][] = []
+    consumer.on('failed', (e) => failures.push(e))
+    expect(await consumer.process(message('m-1'))).toBe('processed')
+    expect(calls).toBe(2)
+    expect(String(failures[0]?.error)).toContain('ended before the handler returned')
+    expect(effects).toEqual(['m-1'])
   })
 
   test('JSON payloads are decoded for the handler; invalid JSON stays bytes', () => {

@@ -58,6 +58,9 @@ inboxStoreSuite<MemoryTransaction>(
       store: new MemoryInboxStore(db),
       readRows: async () => [...db.inbox.values()].map((r) => `${r.consumer}/${r.messageId}`).sort(),
       ageRows: async (ms) => advance(ms),
+      endTransaction: async (tx) => {
+        tx.state = 'rolled back'
+      },
       close: async () => {},
     }
   },

@@ -1,12 +1,15 @@
 import { type Kysely, sql } from 'kysely'
+import { isDatabaseOutage } from '../../core/database-outage.js'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
+import { MAX_MESSAGE_ID_LENGTH, messageIdProblem } from '../../core/message-id.js'
 import type { InboxStore } from '../../core/store.js'
-import { isConnectionError, runStoreOperation } from './database-errors.js'
+import { runStoreOperation } from './database-errors.js'
 import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dialect.js'
 import type { KyselyStoreOptions } from './kysely-outbox-store.js'
 import type { ResolvedTables } from './schema.js'
 
-const MAX_ID_LENGTH = 255
+/** Set by `markProcessed` on MySQL/MariaDB, released by `confirmProcessed`. */
+const INBOX_SAVEPOINT = 'outboxkit_inbox'
 
 /**
  * An {@link InboxStore} on Kysely: one row per (consumer, message id), written in the consumer's
@@ -32,18 +35,39 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
   }
 
   /**
-   * Runs `fn` in a transaction. Failures to reach the database (to begin, to commit, or inside
-   * `fn`) become retriable `STORE_FAILED` errors, so a consumer redelivers the message later
-   * instead of counting them as handler failures; anything else `fn` throws passes through.
+   * Runs `fn` in a transaction. Outages (the database unreachable, overloaded or contended, see
+   * `isDatabaseOutage`) while beginning, committing or inside `fn` become retriable
+   * `STORE_FAILED` errors, so a consumer waits for the database instead of counting them as
+   * handler failures; anything else `fn` throws passes through.
+   *
+   * On MySQL/MariaDB the session runs with autocommit off for the transaction's length: when
+   * InnoDB rolls a transaction back on its own (a deadlock), the statements that follow would
+   * otherwise commit one by one; this way they form a new transaction, which the rollback after
+   * a failed {@link confirmProcessed} discards.
    */
   async transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
     try {
-      return await this.#db.transaction().execute(fn)
+      if (this.tables.dialect !== 'mysql') return await this.#db.transaction().execute(fn)
+      return await this.#db.connection().execute(async (connection) => {
+        await sql`SET autocommit = 0`.execute(connection)
+        let settled = false
+        try {
+          const result = await connection.transaction().execute(fn)
+          settled = true
+          return result
+        } finally {
+          // The connection goes back to a pool others use: restore autocommit. If that fails
+          // after a failure of the transaction, the connection is gone and the first error counts.
+          await sql`SET autocommit = 1`.execute(connection).catch((error: unknown) => {
+            if (settled) throw error
+          })
+        }
+      })
     } catch (error) {
-      if (isOutboxKitError(error) || !isConnectionError(error)) throw error
+      if (isOutboxKitError(error) || !isDatabaseOutage(error)) throw error
       throw new OutboxKitError(
         ErrorCode.StoreFailed,
-        `The database is unreachable: ${describeError(error)}`,
+        `The transaction failed because the database is unavailable: ${describeError(error)}`,
         {
           source: this.name,
           cause: error,
@@ -63,17 +87,47 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
       // exact answer. (mysql2 reports "found" rows, so ON DUPLICATE KEY UPDATE cannot tell.)
       try {
         await sql`INSERT INTO ${inbox} (consumer, message_id) VALUES (${consumer}, ${messageId})`.execute(tx)
-        return true
       } catch (error) {
         if (isDuplicateKeyError(error)) return false
         return this.#run('markProcessed', () => Promise.reject(error))
       }
+      // A mark of this very transaction: a rollback by InnoDB removes it, see confirmProcessed.
+      await this.#run('markProcessed', () => sql.raw(`SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx))
+      return true
     }
     const result = await this.#run('markProcessed', () =>
       sql`INSERT INTO ${inbox} (consumer, message_id) VALUES (${consumer}, ${messageId})
         ON CONFLICT DO NOTHING`.execute(tx),
     )
     return toNumber(result.numAffectedRows) === 1
+  }
+
+  /**
+   * MySQL/MariaDB: the savepoint `markProcessed` set must still exist. It does not once InnoDB
+   * rolled the transaction back (a deadlock), even if later statements opened a new one, and
+   * even if another consumer has since recorded the same message. Postgres: `tx` must read the
+   * inbox row as written by itself; an aborted transaction refuses the read (25P02).
+   */
+  async confirmProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
+    if (this.tables.dialect === 'mysql') {
+      try {
+        await sql.raw(`RELEASE SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx)
+        return true
+      } catch (error) {
+        if (errorCode(error) === 'ER_SP_DOES_NOT_EXIST') return false
+        return this.#run('confirmProcessed', () => Promise.reject(error))
+      }
+    }
+    try {
+      // xmin: written by this transaction, not by another that committed the same pair since.
+      const result = await sql`SELECT 1 AS found FROM ${sql.raw(this.tables.inbox)}
+        WHERE consumer = ${consumer} AND message_id = ${messageId}
+          AND xmin = pg_current_xact_id()::xid`.execute(tx)
+      return result.rows.length > 0
+    } catch (error) {
+      if (errorCode(error) === '25P02') return false // in_failed_sql_transaction
+      return this.#run('confirmProcessed', () => Promise.reject(error))
+    }
   }
 
   async isProcessed(consumer: string, messageId: string): Promise<boolean> {
@@ -105,13 +159,19 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
   }
 }
 
-function checkId(kind: string, value: unknown): void {
-  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_ID_LENGTH) {
+function checkId(kind: 'consumer name' | 'message id', value: unknown): void {
+  const problem = messageIdProblem(value)
+  if (problem !== undefined) {
     throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      `The ${kind} must be a string of 1–${MAX_ID_LENGTH} characters, got ${JSON.stringify(value)}.`,
+      kind === 'message id' ? ErrorCode.InvalidMessageId : ErrorCode.InvalidOptions,
+      `The ${kind} cannot be stored in the inbox: ${problem}. Use 1–${MAX_MESSAGE_ID_LENGTH} characters without NUL or unpaired surrogates.`,
+      { details: { field: kind === 'message id' ? 'messageId' : 'consumer' } },
     )
   }
+}
+
+function errorCode(error: unknown): unknown {
+  return typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined
 }
 
 function isDuplicateKeyError(error: unknown): boolean {

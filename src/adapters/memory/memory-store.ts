@@ -7,6 +7,7 @@
  */
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
+import { messageIdProblem } from '../../core/message-id.js'
 import type {
   Claim,
   ClaimOptions,
@@ -338,8 +339,21 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     return this.db.transaction(fn)
   }
 
-  markProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+  async markProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+    // Only what a SQL inbox can store, so code tested here behaves the same on a database.
+    const problem = messageIdProblem(messageId) ?? messageIdProblem(consumer)
+    if (problem !== undefined) {
+      throw new OutboxKitError(ErrorCode.InvalidMessageId, `The inbox cannot store this pair: ${problem}.`, {
+        source: 'memory',
+      })
+    }
     return this.db.recordInbox(tx, consumer, messageId)
+  }
+
+  /** The transaction is still open and holds the pair. */
+  async confirmProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
+    const key = inboxKey(consumer, messageId)
+    return tx.state === 'open' && tx.inbox.some((row) => inboxKey(row.consumer, row.messageId) === key)
   }
 
   async isProcessed(consumer: string, messageId: string): Promise<boolean> {
