@@ -2,6 +2,7 @@ import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage } from 'ka
 import { type InboundMessage, inboundMessage, type MessageProcessor } from '../core/consumer.js'
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
 import { Headers } from '../core/message.js'
+import { positiveInteger } from '../core/options.js'
 
 /** A Kafka record as the id extractor sees it. */
 export interface KafkaRecord {
@@ -83,6 +84,7 @@ export class KafkaConsumerRunner {
         },
       )
     }
+    positiveInteger('partitionsConcurrently', options.partitionsConcurrently ?? 4, undefined, 'kafka')
     this.#options = options
     this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
   }

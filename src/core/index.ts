@@ -35,6 +35,7 @@ export {
   RESERVED_HEADERS,
   toRecord,
 } from './message.js'
+export { checkClaimOptions, checkPurgeOptions, MAX_CLAIM_LIMIT, MAX_PURGE_LIMIT } from './options.js'
 export { Outbox, type OutboxOptions, type TraceContextCapture } from './outbox.js'
 export {
   DEAD_REASON_HEADER,

@@ -47,6 +47,11 @@ function recordingDb(): { db: Kysely<unknown>; statements: string[] } {
   return { db: new Kysely<unknown>({ dialect }), statements }
 }
 
+interface Stores {
+  outbox: ReturnType<typeof createKyselyOutboxStore<unknown>>
+  inbox: ReturnType<typeof createKyselyInboxStore<unknown>>
+}
+
 const hostile = [
   'outbox; DROP TABLE users',
   'out"box',
@@ -102,6 +107,45 @@ describe('Kysely store configuration', () => {
       }
       expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
     }
+  })
+
+  test.each([0, -1, 1.5, 10_001, Number.NaN])('insertChunkSize %p is refused, naming the option', (size) => {
+    const { db } = recordingDb()
+    let error: unknown
+    try {
+      createKyselyOutboxStore({ db, insertChunkSize: size })
+    } catch (e) {
+      error = e
+    }
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as { details: Record<string, unknown> }).details['option']).toBe('insertChunkSize')
+  })
+
+  test.each([
+    ['claim limit 0', (s: Stores) => s.outbox.claim({ limit: 0, leaseMs: 1_000 }), 'claim limit'],
+    ['claim limit 0.5', (s: Stores) => s.outbox.claim({ limit: 0.5, leaseMs: 1_000 }), 'claim limit'],
+    ['claim limit 10 001', (s: Stores) => s.outbox.claim({ limit: 10_001, leaseMs: 1_000 }), 'claim limit'],
+    ['claim leaseMs 0', (s: Stores) => s.outbox.claim({ limit: 10, leaseMs: 0 }), 'claim leaseMs'],
+    ['outbox purge limit 0', (s: Stores) => s.outbox.purge({ olderThanMs: 0, limit: 0 }), 'purge limit'],
+    ['outbox purge olderThanMs -1', (s: Stores) => s.outbox.purge({ olderThanMs: -1 }), 'purge olderThanMs'],
+    ['inbox purge limit -3', (s: Stores) => s.inbox.purge({ olderThanMs: 0, limit: -3 }), 'purge limit'],
+    [
+      'inbox purge olderThanMs NaN',
+      (s: Stores) => s.inbox.purge({ olderThanMs: Number.NaN }),
+      'purge olderThanMs',
+    ],
+  ] as const)('%s is a typed INVALID_OPTIONS error, before any SQL', async (_name, call, option) => {
+    const { db, statements } = recordingDb()
+    const stores = { outbox: createKyselyOutboxStore({ db }), inbox: createKyselyInboxStore({ db }) }
+    let error: unknown
+    try {
+      await call(stores)
+    } catch (e) {
+      error = e
+    }
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as { details: Record<string, unknown> }).details['option']).toBe(option)
+    expect(statements).toHaveLength(0)
   })
 
   test('the debezium layout names the columns the Debezium outbox router reads', () => {

@@ -1,6 +1,7 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
+import { checkClaimOptions, checkPurgeOptions, MAX_CLAIM_LIMIT, positiveInteger } from '../../core/options.js'
 import type {
   Claim,
   ClaimOptions,
@@ -49,8 +50,14 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   notifyChannel?: string
 }
 
-/** Upper bound on the claim limit: keeps IN lists and parameter counts well inside driver limits. */
-export const MAX_CLAIM_LIMIT = 10_000
+export { MAX_CLAIM_LIMIT }
+
+/** Default and batch size of `purge`: each batch is one short transaction. */
+const DEFAULT_PURGE_LIMIT = 10_000
+export const PURGE_BATCH_SIZE = 1_000
+
+/** Largest `insertChunkSize`: six parameters a row stays under the drivers' 65 535-parameter limit. */
+const MAX_INSERT_CHUNK_SIZE = 10_000
 
 /** A claim reads the oldest `limit × CLAIM_WINDOW_FACTOR` pending rows (within these bounds). */
 const CLAIM_WINDOW_FACTOR = 4
@@ -98,7 +105,12 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     this.name = dialect
     this.#db = options.db
     this.#sql = DIALECT_SQL[dialect]
-    this.#insertChunkSize = options.insertChunkSize ?? 500
+    this.#insertChunkSize = positiveInteger(
+      'insertChunkSize',
+      options.insertChunkSize ?? 500,
+      MAX_INSERT_CHUNK_SIZE,
+      dialect,
+    )
     if ((options.notify || options.listener) && dialect !== 'postgres') {
       throw new OutboxKitError(
         ErrorCode.InvalidOptions,
@@ -161,7 +173,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   }
 
   async claim(options: ClaimOptions): Promise<Claim> {
-    const limit = Math.min(Math.max(1, Math.floor(options.limit)), MAX_CLAIM_LIMIT)
+    checkClaimOptions(options, MAX_CLAIM_LIMIT, this.name)
+    const limit = options.limit
     const token = crypto.randomUUID()
     const records = await this.#run('claim', () =>
       this.#db
@@ -283,6 +296,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
    */
   get #byIdIndex(): RawBuilder<unknown> {
     return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_id_key\`)`) : sql``
+  }
+
+  /** MySQL: find settled rows through the (status, created_at) index, never by scanning PRIMARY. */
+  get #settledIndex(): RawBuilder<unknown> {
+    return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_status_created\`)`) : sql``
   }
 
   /** MySQL: read pending rows through the (status, seq) index, in seq order. */
@@ -418,22 +436,43 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     return toNumber(result.numAffectedRows)
   }
 
+  /**
+   * Deletes settled rows in batches of {@link PURGE_BATCH_SIZE}, each in its own short READ
+   * COMMITTED transaction: the batch is found through the index on settled rows (a plain read,
+   * no locks), then deleted by primary key, re-checking the status. Pending rows and the end of
+   * the table are never locked, so writers and claims go on while a large purge runs.
+   */
   async purge(options: PurgeOptions): Promise<number> {
+    checkPurgeOptions(options, this.name)
     const { outbox, columns: c } = this.tables
     const statuses = options.includeDead ? [Status.published, Status.dead] : [Status.published]
-    const limit = Math.max(1, Math.floor(options.limit ?? 10_000))
-    const horizon = this.#sql.minusMs(options.olderThanMs)
-    const result = await this.#run('purge', () =>
-      this.#mysql
-        ? sql`DELETE FROM ${sql.raw(outbox)}
-            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
-            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit}`.execute(this.#db)
-        : sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} IN (
-            SELECT ${sql.raw(c.seq)} FROM ${sql.raw(outbox)}
-            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
-            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit})`.execute(this.#db),
-    )
-    return toNumber(result.numAffectedRows)
+    const limit = options.limit ?? DEFAULT_PURGE_LIMIT
+    const settled = sql`${sql.raw(c.status)} IN (${sql.join(statuses)})`
+    let purged = 0
+    while (purged < limit) {
+      const batch = Math.min(PURGE_BATCH_SIZE, limit - purged)
+      const horizon = this.#sql.minusMs(options.olderThanMs)
+      const deleted = await this.#run('purge', () =>
+        this.#db
+          .transaction()
+          .setIsolationLevel('read committed')
+          .execute(async (trx) => {
+            const found = await sql<{ seq: unknown }>`
+              SELECT ${sql.raw(c.seq)} AS seq FROM ${sql.raw(outbox)} ${this.#settledIndex}
+              WHERE ${settled} AND ${sql.raw(c.createdAt)} < ${horizon}
+              LIMIT ${batch}`.execute(trx)
+            if (found.rows.length === 0) return { found: 0, deleted: 0 }
+            const result = await sql`DELETE FROM ${sql.raw(outbox)}
+              WHERE ${sql.raw(c.seq)} IN (${sql.join(found.rows.map((r) => r.seq))}) AND ${settled}`.execute(
+              trx,
+            )
+            return { found: found.rows.length, deleted: toNumber(result.numAffectedRows) }
+          }),
+      )
+      purged += deleted.deleted
+      if (deleted.found < batch) break
+    }
+    return purged
   }
 
   async stats(): Promise<OutboxStats> {
