@@ -14,7 +14,8 @@ import {
   outboxMigrations,
   outboxSchemaSql,
 } from '../../src/adapters/kysely/index.js'
-import { ErrorCode, isOutboxKitError } from '../../src/index.js'
+import { ErrorCode, isOutboxKitError, Outbox } from '../../src/index.js'
+import { captureError } from '../../src/testing/test-api.js'
 
 /** A Postgres-flavoured Kysely whose driver records every statement instead of running it. */
 function recordingDb(): { db: Kysely<unknown>; statements: string[] } {
@@ -146,6 +147,27 @@ describe('Kysely store configuration', () => {
     expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
     expect((error as { details: Record<string, unknown> }).details['option']).toBe(option)
     expect(statements).toHaveLength(0)
+  })
+
+  test('outbox.add with the root Kysely instance does not compile, and throws INVALID_OPTIONS before any SQL', async () => {
+    interface Tables {
+      orders: { id: string }
+    }
+    const { db: untyped, statements } = recordingDb()
+    const db = untyped as Kysely<Tables>
+    const outbox = new Outbox({ store: createKyselyOutboxStore({ db }) })
+    const message = { topic: 'order.events', key: 'o-1', type: 'OrderCreated', payload: {} }
+    const error = await captureError(() =>
+      // @ts-expect-error the root instance would write outside the caller's transaction
+      outbox.add(db, message),
+    )
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as Error).message).toContain('db.transaction().execute(async (trx)')
+    expect(statements).toHaveLength(0)
+
+    // Inside the transaction it is written.
+    await db.transaction().execute((trx) => outbox.add(trx, message))
+    expect(statements.some((s) => s.startsWith('INSERT INTO "outbox"'))).toBe(true)
   })
 
   test('the debezium layout names the columns the Debezium outbox router reads', () => {

@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely'
+import { type Kysely, sql, type Transaction } from 'kysely'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import { checkPurgeOptions } from '../../core/options.js'
 import type { InboxStore } from '../../core/store.js'
@@ -20,7 +20,7 @@ export function createKyselyInboxStore<DB>(options: KyselyStoreOptions<DB>): Kys
   return new KyselyInboxStore(options)
 }
 
-export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
+export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
   readonly name: string
   readonly tables: ResolvedTables
   readonly #db: Kysely<DB>
@@ -39,7 +39,7 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
    * `fn`) become retriable `STORE_FAILED` errors, so a consumer redelivers the message later
    * instead of counting them as handler failures; anything else `fn` throws passes through.
    */
-  async transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: Transaction<DB>) => Promise<T>): Promise<T> {
     try {
       return await this.#db.transaction().execute(fn)
     } catch (error) {
@@ -57,7 +57,7 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
     }
   }
 
-  async markProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
+  async markProcessed(tx: Transaction<DB>, consumer: string, messageId: string): Promise<boolean> {
     checkId('consumer name', consumer)
     checkId('message id', messageId)
     const inbox = sql.raw(this.tables.inbox)

@@ -87,7 +87,11 @@ interface ClaimCandidate {
   ready: unknown
 }
 
-export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
+/**
+ * Writes go through the caller's transaction: its type is Kysely's `Transaction<DB>`, so passing
+ * the root `db` (which would write outside the caller's transaction) does not compile.
+ */
+export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   readonly name: string
   readonly capabilities: StoreCapabilities
   readonly tables: ResolvedTables
@@ -145,11 +149,20 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     return this.tables.dialect === 'mysql'
   }
 
-  transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: Transaction<DB>) => Promise<T>): Promise<T> {
     return this.#db.transaction().execute(fn)
   }
 
-  async add(tx: Kysely<DB>, records: readonly OutboxRecord[]): Promise<void> {
+  async add(tx: Transaction<DB>, records: readonly OutboxRecord[]): Promise<void> {
+    // For JavaScript callers and casts: the root instance would run each INSERT on its own pooled
+    // connection, outside the caller's transaction (and on PGlite wait behind it forever).
+    if (!isKyselyTransaction(tx)) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'outbox.add needs the transaction your business rows are written in, not the Kysely instance: call it as db.transaction().execute(async (trx) => { ...; await outbox.add(trx, message) }).',
+        { source: this.name, details: { option: 'tx' } },
+      )
+    }
     const { outbox, columns: c } = this.tables
     for (let start = 0; start < records.length; start += this.#insertChunkSize) {
       const chunk = records.slice(start, start + this.#insertChunkSize)
@@ -502,6 +515,16 @@ const MAX_ERROR_TEXT = 4000
 
 function truncateError(text: string): string {
   return text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT - 1)}…` : text
+}
+
+/** Whether `value` is a Kysely transaction (`trx` inside `db.transaction().execute(...)`). */
+export function isKyselyTransaction(value: unknown): boolean {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value as { isTransaction?: unknown }).isTransaction === true &&
+    typeof (value as { selectFrom?: unknown }).selectFrom === 'function'
+  )
 }
 
 /**
