@@ -101,7 +101,7 @@ export function checkPurgeOptions(
 ): void {
   if (typeof options !== 'object' || options === null)
     throw refuse('purge options', 'an object', options, source)
-  nonNegativeInteger('purge olderThanMs', options.olderThanMs, source)
+  nonNegativeNumber('purge olderThanMs', options.olderThanMs, source)
   if (options.limit !== undefined) positiveInteger('purge limit', options.limit, MAX_PURGE_LIMIT, source)
   if (options.consumer !== undefined) nonEmptyString('purge consumer', options.consumer, source)
 }
