@@ -101,16 +101,14 @@ for (const backend of BACKENDS) {
         for (let i = 0; i < 5; i++) {
           const id = await database.db.connection().execute(async (connection) => {
             await sql.raw(lockTimeout).execute(connection)
-            return connection
-              .transaction()
-              .execute((trx: Transaction<AnyDB>) =>
-                outbox.add(trx, {
-                  topic: 'new.events',
-                  key: `written-${i}`,
-                  type: 'Written',
-                  payload: { i },
-                }),
-              )
+            return connection.transaction().execute((trx: Transaction<AnyDB>) =>
+              outbox.add(trx, {
+                topic: 'new.events',
+                key: `written-${i}`,
+                type: 'Written',
+                payload: { i },
+              }),
+            )
           })
           written.push(id)
         }
