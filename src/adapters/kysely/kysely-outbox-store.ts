@@ -37,7 +37,7 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   db: Kysely<DB>
   /** Inferred from `db` when omitted (Postgres, PGlite, MySQL and MariaDB dialects are recognised). */
   dialect?: SqlDialect
-  /** Rows per INSERT statement when adding many records. Default 500. */
+  /** Rows per INSERT statement when adding many records: 1 to 10 000. Default 500. */
   insertChunkSize?: number
   /**
    * Postgres only: every `add` also sends a notification on `notifyChannel`, delivered when the
