@@ -11,10 +11,16 @@ import {
   ensureOutboxSchema,
 } from '../../src/adapters/kysely/index.js'
 import { isOutboxKitError, Outbox } from '../../src/index.js'
-import { assertReachable, type Backend, mysqlBackend, pgBackend } from '../support/databases.js'
+import {
+  assertReachable,
+  type Backend,
+  mysqlBackend,
+  pgBackend,
+  postgresJsBackend,
+} from '../support/databases.js'
 import { anyMessage, anyMessageId, random } from '../support/generated-input.js'
 
-const BACKENDS: readonly Backend[] = [pgBackend, mysqlBackend]
+const BACKENDS: readonly Backend[] = [pgBackend, postgresJsBackend, mysqlBackend]
 
 beforeAll(async () => {
   for (const backend of BACKENDS) await assertReachable(backend)
@@ -64,7 +70,8 @@ for (const backend of BACKENDS) {
         for (const row of rows) {
           const expected = accepted.get(String(row.id))!
           expect(Array.from(new Uint8Array(row.payload))).toEqual(Array.from(expected.payload))
-          const headers = typeof row.headers === 'string' ? JSON.parse(row.headers) : row.headers
+          // Postgres stores a jsonb object (not a JSON string); MariaDB JSON text.
+          const headers = dialect === 'mysql' ? JSON.parse(String(row.headers)) : row.headers
           expect(headers).toEqual(expected.headers)
         }
         // And a relay reads them back the same way.

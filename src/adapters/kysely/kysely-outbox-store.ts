@@ -168,7 +168,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       const chunk = records.slice(start, start + this.#insertChunkSize)
       const rows = chunk.map(
         (r) =>
-          sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${JSON.stringify(r.headers)})`,
+          sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${this.#headersParameter(r.headers)})`,
       )
       const insert = sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw(
         [c.id, c.topic, c.key, c.type, c.payload, c.headers].join(', '),
@@ -183,6 +183,15 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
           : insert.execute(tx),
       )
     }
+  }
+
+  /**
+   * The headers as JSON text. On Postgres the parameter is typed text and cast, because
+   * postgres.js serializes a parameter it infers as jsonb once more, storing a JSON string.
+   */
+  #headersParameter(headers: Readonly<Record<string, string>>): RawBuilder<unknown> {
+    const json = JSON.stringify(headers)
+    return this.#mysql ? sql`${json}` : sql`CAST(CAST(${json} AS text) AS jsonb)`
   }
 
   async claim(options: ClaimOptions): Promise<Claim> {
