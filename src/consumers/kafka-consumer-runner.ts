@@ -7,6 +7,7 @@ import {
 } from '../core/consumer.js'
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
 import { Headers } from '../core/message.js'
+import { positiveInteger } from '../core/options.js'
 
 /** A Kafka record as the id extractor sees it. */
 export interface KafkaRecord {
@@ -93,6 +94,7 @@ export class KafkaConsumerRunner {
         },
       )
     }
+    positiveInteger('partitionsConcurrently', options.partitionsConcurrently ?? 4, undefined, 'kafka')
     this.#options = options
     this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
   }

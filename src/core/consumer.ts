@@ -4,7 +4,7 @@ import { describeError, ErrorCode, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { decodePayload, Headers, type Payload } from './message.js'
 import { messageIdProblem } from './message-id.js'
-import { positiveInteger } from './outbox.js'
+import { backoffOptions, nonEmptyString, positiveInteger } from './options.js'
 import { DEAD_REASON_HEADER, ORIGINAL_TOPIC_HEADER } from './relay.js'
 import type { InboxStore } from './store.js'
 import type { Transport } from './transport.js'
@@ -105,7 +105,7 @@ export interface IdempotentConsumerOptions<Tx> {
   instrumentation?: ConsumerInstrumentation
 }
 
-const DEFAULT_CONSUMER_BACKOFF: BackoffOptions = { initialMs: 200, maxMs: 10_000, multiplier: 2 }
+const DEFAULT_CONSUMER_BACKOFF: Required<BackoffOptions> = { initialMs: 200, maxMs: 10_000, multiplier: 2 }
 
 /**
  * Applies each message's side effects exactly once per consumer name: the message id is recorded
@@ -152,7 +152,17 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
     this.#store = options.store
     this.#handler = options.handler
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 5)
-    this.#backoff = options.backoff ?? DEFAULT_CONSUMER_BACKOFF
+    this.#backoff = backoffOptions('backoff', options.backoff, DEFAULT_CONSUMER_BACKOFF)
+    if (options.deadLetter !== undefined) {
+      nonEmptyString('deadLetter.topic', options.deadLetter?.topic)
+      if (typeof options.deadLetter.transport?.publish !== 'function') {
+        throw new OutboxKitError(
+          ErrorCode.InvalidOptions,
+          'deadLetter.transport must be a Transport (e.g. createKafkaTransport(...)).',
+          { details: { option: 'deadLetter.transport' } },
+        )
+      }
+    }
     this.#deadLetter = options.deadLetter
     this.#instrumentation = options.instrumentation
   }

@@ -83,6 +83,12 @@ const MAX_HEADER_NAME_LENGTH = 255
 
 const TOPIC_PATTERN = /^[a-zA-Z0-9._-]+$/
 const HEADER_NAME_PATTERN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const MAX_CONTENT_TYPE_LENGTH = 255
+/** A media type as RFC 9110 writes it: `type/subtype`, then optional `; name=value` parameters. */
+const TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+const CONTENT_TYPE_PATTERN = new RegExp(
+  `^${TOKEN}/${TOKEN}(?:[ \\t]*;[ \\t]*${TOKEN}=(?:${TOKEN}|"(?:[^"\\\\\\x00-\\x1f\\x7f]|\\\\[^\\x00-\\x1f\\x7f])*"))*$`,
+)
 
 const encoder = new TextEncoder()
 
@@ -213,7 +219,14 @@ export function toRecord(
           `the value of "${name}" is ${typeName(value)}; header values must be strings.`,
         )
       }
-      if (!value.isWellFormed()) throw invalid('headers', `the value of "${name}" has an unpaired surrogate.`)
+      // Postgres jsonb refuses NUL (\u0000) and UTF-8 cannot encode a lone surrogate: refuse both
+      // here, inside the caller's transaction, rather than as a store failure.
+      if (!value.isWellFormed()) {
+        throw invalid('headers', `the value of "${name}" has an unpaired UTF-16 surrogate.`, { header: name })
+      }
+      if (value.includes('\u0000')) {
+        throw invalid('headers', `the value of "${name}" contains a NUL character.`, { header: name })
+      }
       headers[name] = value
       headerBytes += name.length + encoder.encode(value).byteLength
     }
@@ -224,8 +237,15 @@ export function toRecord(
   else if (input.contentType !== undefined && input.contentType !== contentType) {
     throw invalid('contentType', 'is only for bytes payloads; JSON payloads are always application/json.')
   }
-  if (typeof contentType !== 'string' || contentType.length === 0 || contentType.length > 255) {
-    throw invalid('contentType', 'must be a non-empty string of at most 255 characters.')
+  if (
+    typeof contentType !== 'string' ||
+    contentType.length > MAX_CONTENT_TYPE_LENGTH ||
+    !CONTENT_TYPE_PATTERN.test(contentType)
+  ) {
+    throw invalid(
+      'contentType',
+      `${JSON.stringify(typeof contentType === 'string' ? contentType : typeName(contentType))} is not a media type: use type/subtype with optional ; name=value parameters (e.g. application/avro), at most ${MAX_CONTENT_TYPE_LENGTH} characters.`,
+    )
   }
   headers[Headers.contentType] = contentType
 

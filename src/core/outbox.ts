@@ -7,7 +7,10 @@ import {
   type OutboxRecord,
   toRecord,
 } from './message.js'
+import { positiveInteger } from './options.js'
 import type { OutboxStore } from './store.js'
+
+export { positiveInteger } from './options.js'
 
 /**
  * Captures the caller's trace context when a message is added, as headers stored with the row.
@@ -106,14 +109,4 @@ export class Outbox<Tx> {
     }
     return records
   }
-}
-
-export function positiveInteger(name: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
-    throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      `${name} must be a positive integer, got ${String(value)}.`,
-    )
-  }
-  return value
 }

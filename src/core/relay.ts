@@ -1,8 +1,14 @@
-import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
+import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import type { ClaimedRecord } from './message.js'
-import { positiveInteger } from './outbox.js'
+import {
+  backoffOptions,
+  MAX_CLAIM_LIMIT,
+  nonEmptyString,
+  nonNegativeInteger,
+  positiveInteger,
+} from './options.js'
 import type { DeadRecord, FailedRecord, OutboxStore } from './store.js'
 import type { Transport } from './transport.js'
 
@@ -125,15 +131,15 @@ export class Relay<Tx> {
     }
     this.#store = options.store
     this.#transport = options.transport
-    this.#batchSize = positiveInteger('batchSize', options.batchSize ?? 500)
+    this.#batchSize = positiveInteger('batchSize', options.batchSize ?? 500, MAX_CLAIM_LIMIT)
     this.#pollIntervalMs = positiveInteger('pollIntervalMs', options.pollIntervalMs ?? 250)
     this.#leaseMs = positiveInteger('leaseMs', options.leaseMs ?? 30_000)
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 10)
-    this.#backoff = options.backoff ?? {}
-    this.#lagIntervalMs = options.lagIntervalMs ?? 5_000
+    this.#backoff = backoffOptions('backoff', options.backoff, DEFAULT_BACKOFF)
+    this.#lagIntervalMs = nonNegativeInteger('lagIntervalMs', options.lagIntervalMs ?? 5_000)
     this.#instrumentation = options.instrumentation
     this.#deadLetter = options.deadLetter && {
-      topic: options.deadLetter.topic,
+      topic: nonEmptyString('deadLetter.topic', options.deadLetter.topic),
       transport: options.deadLetter.transport ?? options.transport,
     }
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })

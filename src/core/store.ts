@@ -18,9 +18,9 @@ export interface StoreCapabilities {
 
 /** Options for {@link OutboxStore.claim}. */
 export interface ClaimOptions {
-  /** The most records to claim. */
+  /** The most records to claim: an integer from 1 to `MAX_CLAIM_LIMIT` (10 000). */
   readonly limit: number
-  /** How long the claim holds, measured by the store's (database's) clock. */
+  /** How long the claim holds, measured by the store's (database's) clock: a positive integer. */
   readonly leaseMs: number
 }
 
@@ -69,11 +69,11 @@ export interface OutboxStats {
 
 /** Options for {@link OutboxStore.purge}. */
 export interface PurgeOptions {
-  /** Delete published rows written more than this long ago. */
+  /** Delete published rows written more than this long ago, in ms (≥ 0). */
   readonly olderThanMs: number
   /** Also delete dead rows older than `olderThanMs`. Default false: dead rows wait for a person. */
   readonly includeDead?: boolean
-  /** Delete at most this many rows in one call, so a purge never holds long locks. Default 10 000. */
+  /** Delete at most this many rows in one call: 1 to `MAX_PURGE_LIMIT` (1 000 000). Default 10 000. */
   readonly limit?: number
 }
 
@@ -92,7 +92,8 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
   add(tx: Tx, records: readonly OutboxRecord[]): Promise<void>
 
   /**
-   * Claims up to `limit` ready records under a lease, in its own short transaction.
+   * Claims up to `limit` ready records under a lease, in its own short transaction. Throws
+   * `INVALID_OPTIONS` for options outside their range (see `checkClaimOptions`), never clamps.
    *
    * Must never hand out a record another live claim holds, nor a record of a key while an
    * earlier record of that key is unsettled (claimed elsewhere or waiting for a retry), and must
@@ -114,7 +115,10 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
   /** Extends the lease of every record the claim still holds. Returns how many it holds. */
   extendLease(token: string, leaseMs: number): Promise<number>
 
-  /** Deletes old settled rows; returns how many. */
+  /**
+   * Deletes old settled rows; returns how many. Throws `INVALID_OPTIONS` for options outside
+   * their range (see `checkPurgeOptions`), and must never lock pending rows.
+   */
   purge(options: PurgeOptions): Promise<number>
   stats(): Promise<OutboxStats>
 

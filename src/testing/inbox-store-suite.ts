@@ -4,7 +4,7 @@
  */
 import { isOutboxKitError } from '../core/errors.js'
 import type { InboxStore } from '../core/store.js'
-import { captureError, type TestApi } from './test-api.js'
+import { captureError, skipTest, type TestApi } from './test-api.js'
 
 export interface InboxStoreHarness<Tx> {
   readonly store: InboxStore<Tx>
@@ -118,8 +118,11 @@ export function inboxStoreSuite<Tx>(
       expect(await h.readRows()).toEqual([])
     })
 
-    if (options.concurrentTransactions) {
-      test('two transactions racing on one message: exactly one wins', async (h) => {
+    const racing = 'two transactions racing on one message: exactly one wins'
+    if (!options.concurrentTransactions) {
+      skipTest(api, racing, 'this backend runs one transaction at a time')
+    } else {
+      test(racing, async (h) => {
         for (let i = 0; i < 10; i++) {
           const results = await Promise.all(
             [0, 1, 2].map(() =>
@@ -131,6 +134,16 @@ export function inboxStoreSuite<Tx>(
         expect(await h.readRows()).toHaveLength(10)
       })
     }
+
+    test("ids and consumer names that differ only by trailing spaces are different ('abc' vs 'abc ')", async (h) => {
+      const first = await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'abc'))
+      expect(await h.store.isProcessed('billing', 'abc ')).toBe(false)
+      const padded = await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'abc '))
+      const paddedConsumer = await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing ', 'abc'))
+      expect([first, padded, paddedConsumer]).toEqual([true, true, true])
+      expect(await h.store.isProcessed('billing ', 'abc ')).toBe(false)
+      expect(await h.readRows()).toEqual(['billing /abc', 'billing/abc', 'billing/abc '].sort())
+    })
 
     test('retention purge removes only records older than the horizon', async (h) => {
       await h.store.transaction(async (tx) => {

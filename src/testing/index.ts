@@ -5,4 +5,4 @@ export {
   type OutboxStoreSuiteOptions,
   outboxStoreSuite,
 } from './outbox-store-suite.js'
-export { captureError, type Matchers, sleep, type TestApi } from './test-api.js'
+export { captureError, type Matchers, skipTest, sleep, type TestApi, type TestFunction } from './test-api.js'

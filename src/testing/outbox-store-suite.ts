@@ -7,7 +7,7 @@ import { ErrorCode, isOutboxKitError } from '../core/errors.js'
 import type { ClaimedRecord, OutboxMessageInput } from '../core/message.js'
 import { Outbox } from '../core/outbox.js'
 import type { OutboxStore } from '../core/store.js'
-import { captureError, sleep, type TestApi } from './test-api.js'
+import { captureError, skipTest, sleep, type TestApi } from './test-api.js'
 
 /** An outbox row as it is in the database. */
 export interface InspectedOutboxRow {
@@ -79,7 +79,9 @@ export function outboxStoreSuite<Tx>(
       },
       30_000,
     )
-  const concurrentTest = options.concurrentTransactions ? test : (_title: string, _fn: unknown) => {}
+  const concurrentTest = options.concurrentTransactions
+    ? test
+    : (title: string, _fn: unknown) => skipTest(api, title, 'this backend runs one transaction at a time')
 
   describe(`OutboxStore conformance: ${name}`, () => {
     test('a committed transaction leaves exactly its events, payload and headers byte-exact', async (h, outbox) => {

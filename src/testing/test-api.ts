@@ -15,10 +15,26 @@ export interface Matchers {
   not: Omit<Matchers, 'not'>
 }
 
+/** A runner's `test`, with the `test.skip` that bun:test, vitest, Jest and node:test all have. */
+export interface TestFunction {
+  (name: string, fn: () => Promise<void>, timeoutMs?: number): void
+  skip?: (name: string, fn: () => Promise<void>) => void
+}
+
 export interface TestApi {
   describe(name: string, fn: () => void): void
-  test(name: string, fn: () => Promise<void>, timeoutMs?: number): void
+  test: TestFunction
   expect(actual: unknown): Matchers
+}
+
+/**
+ * Registers a test the backend cannot run so that it shows as skipped, with the reason in its
+ * name. Uses the runner's `test.skip`; a runner without one gets a test that says why it did nothing.
+ */
+export function skipTest(api: TestApi, name: string, reason: string): void {
+  const title = `${name} (skipped: ${reason})`
+  if (typeof api.test.skip === 'function') api.test.skip(title, async () => {})
+  else api.test(title, async () => {})
 }
 
 export function sleep(ms: number): Promise<void> {

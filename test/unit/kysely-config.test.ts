@@ -14,7 +14,8 @@ import {
   outboxMigrations,
   outboxSchemaSql,
 } from '../../src/adapters/kysely/index.js'
-import { ErrorCode, isOutboxKitError } from '../../src/index.js'
+import { ErrorCode, isOutboxKitError, Outbox } from '../../src/index.js'
+import { captureError } from '../../src/testing/test-api.js'
 
 /** A Postgres-flavoured Kysely whose driver records every statement instead of running it. */
 function recordingDb(): { db: Kysely<unknown>; statements: string[] } {
@@ -45,6 +46,11 @@ function recordingDb(): { db: Kysely<unknown>; statements: string[] } {
     createIntrospector: (db) => new PostgresIntrospector(db),
   }
   return { db: new Kysely<unknown>({ dialect }), statements }
+}
+
+interface Stores {
+  outbox: ReturnType<typeof createKyselyOutboxStore<unknown>>
+  inbox: ReturnType<typeof createKyselyInboxStore<unknown>>
 }
 
 const hostile = [
@@ -102,6 +108,66 @@ describe('Kysely store configuration', () => {
       }
       expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
     }
+  })
+
+  test.each([0, -1, 1.5, 10_001, Number.NaN])('insertChunkSize %p is refused, naming the option', (size) => {
+    const { db } = recordingDb()
+    let error: unknown
+    try {
+      createKyselyOutboxStore({ db, insertChunkSize: size })
+    } catch (e) {
+      error = e
+    }
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as { details: Record<string, unknown> }).details['option']).toBe('insertChunkSize')
+  })
+
+  test.each([
+    ['claim limit 0', (s: Stores) => s.outbox.claim({ limit: 0, leaseMs: 1_000 }), 'claim limit'],
+    ['claim limit 0.5', (s: Stores) => s.outbox.claim({ limit: 0.5, leaseMs: 1_000 }), 'claim limit'],
+    ['claim limit 10 001', (s: Stores) => s.outbox.claim({ limit: 10_001, leaseMs: 1_000 }), 'claim limit'],
+    ['claim leaseMs 0', (s: Stores) => s.outbox.claim({ limit: 10, leaseMs: 0 }), 'claim leaseMs'],
+    ['outbox purge limit 0', (s: Stores) => s.outbox.purge({ olderThanMs: 0, limit: 0 }), 'purge limit'],
+    ['outbox purge olderThanMs -1', (s: Stores) => s.outbox.purge({ olderThanMs: -1 }), 'purge olderThanMs'],
+    ['inbox purge limit -3', (s: Stores) => s.inbox.purge({ olderThanMs: 0, limit: -3 }), 'purge limit'],
+    [
+      'inbox purge olderThanMs NaN',
+      (s: Stores) => s.inbox.purge({ olderThanMs: Number.NaN }),
+      'purge olderThanMs',
+    ],
+  ] as const)('%s is a typed INVALID_OPTIONS error, before any SQL', async (_name, call, option) => {
+    const { db, statements } = recordingDb()
+    const stores = { outbox: createKyselyOutboxStore({ db }), inbox: createKyselyInboxStore({ db }) }
+    let error: unknown
+    try {
+      await call(stores)
+    } catch (e) {
+      error = e
+    }
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as { details: Record<string, unknown> }).details['option']).toBe(option)
+    expect(statements).toHaveLength(0)
+  })
+
+  test('outbox.add with the root Kysely instance does not compile, and throws INVALID_OPTIONS before any SQL', async () => {
+    interface Tables {
+      orders: { id: string }
+    }
+    const { db: untyped, statements } = recordingDb()
+    const db = untyped as Kysely<Tables>
+    const outbox = new Outbox({ store: createKyselyOutboxStore({ db }) })
+    const message = { topic: 'order.events', key: 'o-1', type: 'OrderCreated', payload: {} }
+    const error = await captureError(() =>
+      // @ts-expect-error the root instance would write outside the caller's transaction
+      outbox.add(db, message),
+    )
+    expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    expect((error as Error).message).toContain('db.transaction().execute(async (trx)')
+    expect(statements).toHaveLength(0)
+
+    // Inside the transaction it is written.
+    await db.transaction().execute((trx) => outbox.add(trx, message))
+    expect(statements.some((s) => s.startsWith('INSERT INTO "outbox"'))).toBe(true)
   })
 
   test('the debezium layout names the columns the Debezium outbox router reads', () => {

@@ -76,6 +76,43 @@ describe('message validation', () => {
     expect(error.message).toStartWith('[outboxkit] Invalid message')
   })
 
+  test.each([
+    ['a NUL character', 'a\u0000b'],
+    ['a lone high surrogate', 'a\ud800'],
+    ['a lone low surrogate', '\udc00z'],
+  ])('a header value with %s is rejected with INVALID_MESSAGE naming the header', (_name, value) => {
+    const error = failure({ ...base, headers: { 'x-ok': 'fine', 'x-bad': value } })
+    expect(error.details['field']).toBe('headers')
+    expect(error.details['header']).toBe('x-bad')
+    expect(error.message).toContain('"x-bad"')
+  })
+
+  test.each([
+    ['empty', ''],
+    ['without a subtype', 'application'],
+    ['with a space inside', 'application/ avro'],
+    ['with a NUL', 'application/avro\u0000'],
+    ['with a newline', 'application/avro\n'],
+    ['with a bare parameter', 'text/plain; charset'],
+    ['with an unterminated quoted parameter', 'text/plain; a="b'],
+    ['a number', 42],
+    ['over 255 characters', `application/${'x'.repeat(250)}`],
+  ])('a bytes content type %s is rejected with INVALID_MESSAGE', (_name, contentType) => {
+    const error = failure({ ...base, payload: new Uint8Array([1]), contentType })
+    expect(error.details['field']).toBe('contentType')
+    expect(error.message).toContain('media type')
+  })
+
+  test.each([
+    'application/avro',
+    'application/vnd.kafka+json',
+    'text/plain; charset=utf-8',
+    'multipart/mixed;boundary="a b;c"',
+  ])('a well-formed content type %s is accepted', (contentType) => {
+    const record = toRecord({ ...base, payload: new Uint8Array([1]), contentType }, limits)
+    expect(record.headers['content-type']).toBe(contentType)
+  })
+
   test('a circular payload is rejected, a shared non-circular object is not', () => {
     const loop: Record<string, unknown> = {}
     loop['self'] = loop

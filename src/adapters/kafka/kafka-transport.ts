@@ -11,6 +11,7 @@ import {
 } from 'kafkajs'
 import { describeError, ErrorCode, OutboxKitError } from '../../core/errors.js'
 import { type ClaimedRecord, Headers, publishedHeaders } from '../../core/message.js'
+import { positiveInteger } from '../../core/options.js'
 import type { PublishOutcome, Transport, TransportCapabilities } from '../../core/transport.js'
 
 export interface KafkaTransportOptions {
@@ -138,8 +139,19 @@ export class KafkaTransport implements Transport {
     this.#kafka =
       options.kafka ??
       new Kafka({ brokers: options.brokers!, clientId: options.clientId ?? 'outboxkit-relay' })
-    this.#maxRecordBytes = options.maxRecordBytes ?? 1_000_000
-    this.#maxRequestBytes = options.maxRequestBytes ?? 4 * 1024 * 1024
+    this.#maxRecordBytes = positiveInteger(
+      'maxRecordBytes',
+      options.maxRecordBytes ?? 1_000_000,
+      undefined,
+      'kafka',
+    )
+    this.#maxRequestBytes = positiveInteger(
+      'maxRequestBytes',
+      options.maxRequestBytes ?? 4 * 1024 * 1024,
+      undefined,
+      'kafka',
+    )
+    positiveInteger('requestTimeoutMs', options.requestTimeoutMs ?? 30_000, undefined, 'kafka')
     this.capabilities = { transactions: options.transactionalId !== undefined }
   }
 

@@ -1,7 +1,8 @@
-import { type Kysely, sql } from 'kysely'
+import { type Kysely, sql, type Transaction } from 'kysely'
 import { isDatabaseOutage } from '../../core/database-outage.js'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import { MAX_MESSAGE_ID_LENGTH, messageIdProblem } from '../../core/message-id.js'
+import { checkPurgeOptions } from '../../core/options.js'
 import type { InboxStore } from '../../core/store.js'
 import { runStoreOperation } from './database-errors.js'
 import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dialect.js'
@@ -10,6 +11,8 @@ import type { ResolvedTables } from './schema.js'
 
 /** Set by `markProcessed` on MySQL/MariaDB, released by `confirmProcessed`. */
 const INBOX_SAVEPOINT = 'outboxkit_inbox'
+/** Records deleted per purge transaction. */
+export const INBOX_PURGE_BATCH_SIZE = 500
 
 /**
  * An {@link InboxStore} on Kysely: one row per (consumer, message id), written in the consumer's
@@ -20,7 +23,7 @@ export function createKyselyInboxStore<DB>(options: KyselyStoreOptions<DB>): Kys
   return new KyselyInboxStore(options)
 }
 
-export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
+export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
   readonly name: string
   readonly tables: ResolvedTables
   readonly #db: Kysely<DB>
@@ -45,7 +48,7 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
    * otherwise commit one by one; this way they form a new transaction, which the rollback after
    * a failed {@link confirmProcessed} discards.
    */
-  async transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: Transaction<DB>) => Promise<T>): Promise<T> {
     try {
       if (this.tables.dialect !== 'mysql') return await this.#db.transaction().execute(fn)
       return await this.#db.connection().execute(async (connection) => {
@@ -78,7 +81,7 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
     }
   }
 
-  async markProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
+  async markProcessed(tx: Transaction<DB>, consumer: string, messageId: string): Promise<boolean> {
     checkId('consumer name', consumer)
     checkId('message id', messageId)
     const inbox = sql.raw(this.tables.inbox)
@@ -108,7 +111,7 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
    * even if another consumer has since recorded the same message. Postgres: `tx` must read the
    * inbox row as written by itself; an aborted transaction refuses the read (25P02).
    */
-  async confirmProcessed(tx: Kysely<DB>, consumer: string, messageId: string): Promise<boolean> {
+  async confirmProcessed(tx: Transaction<DB>, consumer: string, messageId: string): Promise<boolean> {
     if (this.tables.dialect === 'mysql') {
       try {
         await sql.raw(`RELEASE SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx)
@@ -138,20 +141,45 @@ export class KyselyInboxStore<DB> implements InboxStore<Kysely<DB>> {
     return result.rows.length > 0
   }
 
+  /**
+   * Deletes old records in batches of {@link INBOX_PURGE_BATCH_SIZE}, each in its own short READ
+   * COMMITTED transaction: a batch is found through the `processed_at` index (a plain read, no
+   * locks) and deleted by primary key, so consumers recording new messages never wait for it.
+   */
   async purge(options: { olderThanMs: number; consumer?: string; limit?: number }): Promise<number> {
+    checkPurgeOptions(options, this.name)
     const inbox = sql.raw(this.tables.inbox)
-    const limit = Math.max(1, Math.floor(options.limit ?? 10_000))
-    const horizon = this.#sql.minusMs(options.olderThanMs)
+    const limit = options.limit ?? 10_000
     const forConsumer = options.consumer === undefined ? sql`` : sql`AND consumer = ${options.consumer}`
-    const result = await this.#run('purge', () =>
+    const byProcessedAt =
       this.tables.dialect === 'mysql'
-        ? sql`DELETE FROM ${inbox} WHERE processed_at < ${horizon} ${forConsumer}
-            ORDER BY processed_at LIMIT ${limit}`.execute(this.#db)
-        : sql`DELETE FROM ${inbox} WHERE (consumer, message_id) IN (
-            SELECT consumer, message_id FROM ${inbox} WHERE processed_at < ${horizon} ${forConsumer}
-            ORDER BY processed_at LIMIT ${limit})`.execute(this.#db),
-    )
-    return toNumber(result.numAffectedRows)
+        ? sql.raw(`FORCE INDEX (\`${this.tables.inboxName}_processed_at\`)`)
+        : sql``
+    let purged = 0
+    while (purged < limit) {
+      const batch = Math.min(INBOX_PURGE_BATCH_SIZE, limit - purged)
+      const horizon = this.#sql.minusMs(options.olderThanMs)
+      const outcome = await this.#run('purge', () =>
+        this.#db
+          .transaction()
+          .setIsolationLevel('read committed')
+          .execute(async (trx) => {
+            const found = await sql<{ consumer: unknown; message_id: unknown }>`
+              SELECT consumer, message_id FROM ${inbox} ${byProcessedAt}
+              WHERE processed_at < ${horizon} ${forConsumer} LIMIT ${batch}`.execute(trx)
+            if (found.rows.length === 0) return { found: 0, deleted: 0 }
+            const pairs = sql.join(
+              found.rows.map((r) => sql`(consumer = ${r.consumer} AND message_id = ${r.message_id})`),
+              sql` OR `,
+            )
+            const result = await sql`DELETE FROM ${inbox} WHERE (${pairs})`.execute(trx)
+            return { found: found.rows.length, deleted: toNumber(result.numAffectedRows) }
+          }),
+      )
+      purged += outcome.deleted
+      if (outcome.found < batch) break
+    }
+    return purged
   }
 
   #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {

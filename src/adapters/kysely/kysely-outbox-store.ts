@@ -1,6 +1,7 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
+import { checkClaimOptions, checkPurgeOptions, MAX_CLAIM_LIMIT, positiveInteger } from '../../core/options.js'
 import type {
   Claim,
   ClaimOptions,
@@ -36,7 +37,7 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   db: Kysely<DB>
   /** Inferred from `db` when omitted (Postgres, PGlite, MySQL and MariaDB dialects are recognised). */
   dialect?: SqlDialect
-  /** Rows per INSERT statement when adding many records. Default 500. */
+  /** Rows per INSERT statement when adding many records: 1 to 10 000. Default 500. */
   insertChunkSize?: number
   /**
    * Postgres only: every `add` also sends a notification on `notifyChannel`, delivered when the
@@ -49,8 +50,14 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   notifyChannel?: string
 }
 
-/** Upper bound on the claim limit: keeps IN lists and parameter counts well inside driver limits. */
-export const MAX_CLAIM_LIMIT = 10_000
+export { MAX_CLAIM_LIMIT }
+
+/** Default and batch size of `purge`: each batch is one short transaction. */
+const DEFAULT_PURGE_LIMIT = 10_000
+export const PURGE_BATCH_SIZE = 1_000
+
+/** Largest `insertChunkSize`: six parameters a row stays under the drivers' 65 535-parameter limit. */
+const MAX_INSERT_CHUNK_SIZE = 10_000
 
 /** A claim reads the oldest `limit × CLAIM_WINDOW_FACTOR` pending rows (within these bounds). */
 const CLAIM_WINDOW_FACTOR = 4
@@ -80,7 +87,11 @@ interface ClaimCandidate {
   ready: unknown
 }
 
-export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
+/**
+ * Writes go through the caller's transaction: its type is Kysely's `Transaction<DB>`, so passing
+ * the root `db` (which would write outside the caller's transaction) does not compile.
+ */
+export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   readonly name: string
   readonly capabilities: StoreCapabilities
   readonly tables: ResolvedTables
@@ -98,7 +109,12 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     this.name = dialect
     this.#db = options.db
     this.#sql = DIALECT_SQL[dialect]
-    this.#insertChunkSize = options.insertChunkSize ?? 500
+    this.#insertChunkSize = positiveInteger(
+      'insertChunkSize',
+      options.insertChunkSize ?? 500,
+      MAX_INSERT_CHUNK_SIZE,
+      dialect,
+    )
     if ((options.notify || options.listener) && dialect !== 'postgres') {
       throw new OutboxKitError(
         ErrorCode.InvalidOptions,
@@ -133,17 +149,26 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     return this.tables.dialect === 'mysql'
   }
 
-  transaction<T>(fn: (tx: Kysely<DB>) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: Transaction<DB>) => Promise<T>): Promise<T> {
     return this.#db.transaction().execute(fn)
   }
 
-  async add(tx: Kysely<DB>, records: readonly OutboxRecord[]): Promise<void> {
+  async add(tx: Transaction<DB>, records: readonly OutboxRecord[]): Promise<void> {
+    // For JavaScript callers and casts: the root instance would run each INSERT on its own pooled
+    // connection, outside the caller's transaction (and on PGlite wait behind it forever).
+    if (!isKyselyTransaction(tx)) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'outbox.add needs the transaction your business rows are written in, not the Kysely instance: call it as db.transaction().execute(async (trx) => { ...; await outbox.add(trx, message) }).',
+        { source: this.name, details: { option: 'tx' } },
+      )
+    }
     const { outbox, columns: c } = this.tables
     for (let start = 0; start < records.length; start += this.#insertChunkSize) {
       const chunk = records.slice(start, start + this.#insertChunkSize)
       const rows = chunk.map(
         (r) =>
-          sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${JSON.stringify(r.headers)})`,
+          sql`(${r.id}, ${r.topic}, ${r.key}, ${r.type}, ${bytesParameter(r.payload)}, ${this.#headersParameter(r.headers)})`,
       )
       const insert = sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw(
         [c.id, c.topic, c.key, c.type, c.payload, c.headers].join(', '),
@@ -160,8 +185,18 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     }
   }
 
+  /**
+   * The headers as JSON text. On Postgres the parameter is typed text and cast, because
+   * postgres.js serializes a parameter it infers as jsonb once more, storing a JSON string.
+   */
+  #headersParameter(headers: Readonly<Record<string, string>>): RawBuilder<unknown> {
+    const json = JSON.stringify(headers)
+    return this.#mysql ? sql`${json}` : sql`CAST(CAST(${json} AS text) AS jsonb)`
+  }
+
   async claim(options: ClaimOptions): Promise<Claim> {
-    const limit = Math.min(Math.max(1, Math.floor(options.limit)), MAX_CLAIM_LIMIT)
+    checkClaimOptions(options, MAX_CLAIM_LIMIT, this.name)
+    const limit = options.limit
     const token = crypto.randomUUID()
     const records = await this.#run('claim', () =>
       this.#db
@@ -283,6 +318,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
    */
   get #byIdIndex(): RawBuilder<unknown> {
     return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_id_key\`)`) : sql``
+  }
+
+  /** MySQL: find settled rows through the (status, created_at) index, never by scanning PRIMARY. */
+  get #settledIndex(): RawBuilder<unknown> {
+    return this.#mysql ? sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_status_created\`)`) : sql``
   }
 
   /** MySQL: read pending rows through the (status, seq) index, in seq order. */
@@ -418,22 +458,43 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     return toNumber(result.numAffectedRows)
   }
 
+  /**
+   * Deletes settled rows in batches of {@link PURGE_BATCH_SIZE}, each in its own short READ
+   * COMMITTED transaction: the batch is found through the index on settled rows (a plain read,
+   * no locks), then deleted by primary key, re-checking the status. Pending rows and the end of
+   * the table are never locked, so writers and claims go on while a large purge runs.
+   */
   async purge(options: PurgeOptions): Promise<number> {
+    checkPurgeOptions(options, this.name)
     const { outbox, columns: c } = this.tables
     const statuses = options.includeDead ? [Status.published, Status.dead] : [Status.published]
-    const limit = Math.max(1, Math.floor(options.limit ?? 10_000))
-    const horizon = this.#sql.minusMs(options.olderThanMs)
-    const result = await this.#run('purge', () =>
-      this.#mysql
-        ? sql`DELETE FROM ${sql.raw(outbox)}
-            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
-            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit}`.execute(this.#db)
-        : sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} IN (
-            SELECT ${sql.raw(c.seq)} FROM ${sql.raw(outbox)}
-            WHERE ${sql.raw(c.status)} IN (${sql.join(statuses)}) AND ${sql.raw(c.createdAt)} < ${horizon}
-            ORDER BY ${sql.raw(c.seq)} LIMIT ${limit})`.execute(this.#db),
-    )
-    return toNumber(result.numAffectedRows)
+    const limit = options.limit ?? DEFAULT_PURGE_LIMIT
+    const settled = sql`${sql.raw(c.status)} IN (${sql.join(statuses)})`
+    let purged = 0
+    while (purged < limit) {
+      const batch = Math.min(PURGE_BATCH_SIZE, limit - purged)
+      const horizon = this.#sql.minusMs(options.olderThanMs)
+      const deleted = await this.#run('purge', () =>
+        this.#db
+          .transaction()
+          .setIsolationLevel('read committed')
+          .execute(async (trx) => {
+            const found = await sql<{ seq: unknown }>`
+              SELECT ${sql.raw(c.seq)} AS seq FROM ${sql.raw(outbox)} ${this.#settledIndex}
+              WHERE ${settled} AND ${sql.raw(c.createdAt)} < ${horizon}
+              LIMIT ${batch}`.execute(trx)
+            if (found.rows.length === 0) return { found: 0, deleted: 0 }
+            const result = await sql`DELETE FROM ${sql.raw(outbox)}
+              WHERE ${sql.raw(c.seq)} IN (${sql.join(found.rows.map((r) => r.seq))}) AND ${settled}`.execute(
+              trx,
+            )
+            return { found: found.rows.length, deleted: toNumber(result.numAffectedRows) }
+          }),
+      )
+      purged += deleted.deleted
+      if (deleted.found < batch) break
+    }
+    return purged
   }
 
   async stats(): Promise<OutboxStats> {
@@ -463,6 +524,16 @@ const MAX_ERROR_TEXT = 4000
 
 function truncateError(text: string): string {
   return text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT - 1)}…` : text
+}
+
+/** Whether `value` is a Kysely transaction (`trx` inside `db.transaction().execute(...)`). */
+export function isKyselyTransaction(value: unknown): boolean {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value as { isTransaction?: unknown }).isTransaction === true &&
+    typeof (value as { selectFrom?: unknown }).selectFrom === 'function'
+  )
 }
 
 /**

@@ -1,9 +1,22 @@
 import { type Kysely, type Migration, sql } from 'kysely'
-import { dropOutboxSchemaSql, outboxSchemaSql, resolveTables, type TableOptions } from './schema.js'
+import {
+  dropOutboxSchemaSql,
+  outboxDowngradeSql,
+  outboxSchemaSql,
+  outboxUpgradeSql,
+  resolveTables,
+  type TableOptions,
+} from './schema.js'
 
 /**
  * The outbox and inbox tables as Kysely migrations, to spread into your own migration provider.
- * Names start with `outboxkit_` and the table name, so several outboxes can coexist.
+ * Names start with `outboxkit_`, a four-digit version and the table name, so several outboxes can
+ * coexist and Kysely's name order is the order they must run in:
+ *
+ * - `outboxkit_0001_<table>` creates both tables (with the current column types);
+ * - `outboxkit_0002_<table>_nopad` gives tables an earlier 0001 created the NO PAD collation
+ *   for keys, consumer names and message ids on MariaDB (a no-op on Postgres and on tables that
+ *   already have it).
  *
  * @example
  * ```ts
@@ -15,6 +28,8 @@ export function outboxMigrations(options: TableOptions): Record<string, Migratio
   const tables = resolveTables(options)
   const up = outboxSchemaSql(options)
   const down = dropOutboxSchemaSql(options)
+  const upgrade = outboxUpgradeSql(options)
+  const downgrade = outboxDowngradeSql(options)
   return {
     [`outboxkit_0001_${tables.outboxName}`]: {
       async up(db: Kysely<unknown>) {
@@ -24,10 +39,44 @@ export function outboxMigrations(options: TableOptions): Record<string, Migratio
         for (const statement of down) await sql.raw(statement).execute(db)
       },
     },
+    [`outboxkit_0002_${tables.outboxName}_nopad`]: {
+      async up(db: Kysely<unknown>) {
+        if (await hasPadSpaceColumns(db, options)) {
+          for (const statement of upgrade) await sql.raw(statement).execute(db)
+        }
+      },
+      async down(db: Kysely<unknown>) {
+        for (const statement of downgrade) await sql.raw(statement).execute(db)
+      },
+    },
   }
 }
 
-/** Creates the tables if they do not exist (for tests, demos and apps without a migrator). */
+/**
+ * Creates the tables if they do not exist, and upgrades tables an earlier version created (for
+ * tests, demos and apps without a migrator).
+ */
 export async function ensureOutboxSchema<DB>(db: Kysely<DB>, options: TableOptions): Promise<void> {
   for (const statement of outboxSchemaSql(options)) await sql.raw(statement).execute(db)
+  if (await hasPadSpaceColumns(db, options)) {
+    for (const statement of outboxUpgradeSql(options)) await sql.raw(statement).execute(db)
+  }
+}
+
+/** MariaDB: whether the key, consumer or message id column still has a PAD SPACE collation. */
+async function hasPadSpaceColumns<DB>(db: Kysely<DB>, options: TableOptions): Promise<boolean> {
+  const t = resolveTables(options)
+  if (t.dialect !== 'mysql') return false
+  const version = await sql<{ v: string }>`SELECT VERSION() AS v`.execute(db)
+  // MySQL has no utf8mb4_nopad_bin; the DDL's executable comment leaves its columns alone.
+  if (!/mariadb/i.test(String(version.rows[0]?.v ?? ''))) return false
+  const schema = options.schema === undefined ? sql`DATABASE()` : sql`${options.schema}`
+  const key = t.layout === 'debezium' ? 'aggregateid' : 'key'
+  const rows = await sql<{ n: unknown }>`
+    SELECT count(*) AS n FROM information_schema.columns c
+    WHERE c.table_schema = ${schema} AND (
+      (c.table_name = ${t.outboxName} AND c.column_name = ${key}) OR
+      (c.table_name = ${t.inboxName} AND c.column_name IN ('consumer', 'message_id')))
+      AND c.collation_name NOT LIKE '%nopad%'`.execute(db)
+  return Number(rows.rows[0]?.n ?? 0) > 0
 }

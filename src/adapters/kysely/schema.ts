@@ -140,6 +140,44 @@ export function resolveTables(options: TableOptions): ResolvedTables {
 }
 
 /**
+ * MariaDB's `utf8mb4_bin` is PAD SPACE: `'abc' = 'abc '`, so two message ids or keys that differ
+ * only by trailing spaces would be one. Keys, consumer names and message ids use the NO PAD
+ * binary collation. The clause is a MariaDB executable comment (run by MariaDB ≥ 10.2.2 only), so
+ * the same DDL still runs on MySQL, where these columns keep the table's `utf8mb4_bin`.
+ */
+export const MYSQL_NO_PAD = '/*M!100202 CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin */'
+
+/** The MySQL/MariaDB column type of keys, consumer names and message ids. */
+function mysqlIdColumn(): string {
+  return `VARCHAR(255) ${MYSQL_NO_PAD} NOT NULL`
+}
+
+/**
+ * Statements that bring tables created by an earlier version to the current layout: on MariaDB,
+ * the NO PAD collation for the key, consumer and message id columns. Nothing on Postgres, whose
+ * text comparison never ignores trailing spaces.
+ */
+export function outboxUpgradeSql(options: TableOptions): string[] {
+  const t = resolveTables(options)
+  if (t.dialect === 'postgres') return []
+  return [
+    `ALTER TABLE ${t.outbox} MODIFY ${t.columns.key} ${mysqlIdColumn()}`,
+    `ALTER TABLE ${t.inbox} MODIFY \`consumer\` ${mysqlIdColumn()}, MODIFY \`message_id\` ${mysqlIdColumn()}`,
+  ]
+}
+
+/** The reverse of {@link outboxUpgradeSql} (the `down` of the collation migration). */
+export function outboxDowngradeSql(options: TableOptions): string[] {
+  const t = resolveTables(options)
+  if (t.dialect === 'postgres') return []
+  const padded = 'VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL'
+  return [
+    `ALTER TABLE ${t.outbox} MODIFY ${t.columns.key} ${padded}`,
+    `ALTER TABLE ${t.inbox} MODIFY \`consumer\` ${padded}, MODIFY \`message_id\` ${padded}`,
+  ]
+}
+
+/**
  * The DDL that creates the outbox and inbox tables, one statement per string. Every statement is
  * idempotent (`IF NOT EXISTS`). Use it with any migration tool, or use {@link outboxMigrations}.
  */
@@ -186,7 +224,7 @@ export function outboxSchemaSql(options: TableOptions): string[] {
   ${c.seq} BIGINT NOT NULL AUTO_INCREMENT,
   ${c.id} CHAR(36) CHARACTER SET ascii NOT NULL,
   ${c.topic} VARCHAR(249) NOT NULL,
-  ${c.key} VARCHAR(255) NOT NULL,
+  ${c.key} ${mysqlIdColumn()},
   ${c.type} VARCHAR(255) NOT NULL,
   ${c.payload} LONGBLOB NOT NULL,
   ${c.headers} LONGTEXT NOT NULL,
@@ -206,8 +244,8 @@ export function outboxSchemaSql(options: TableOptions): string[] {
   KEY ${name('status_created')} (${c.status}, ${c.createdAt})
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,
     `CREATE TABLE IF NOT EXISTS ${t.inbox} (
-  \`consumer\` VARCHAR(255) NOT NULL,
-  \`message_id\` VARCHAR(255) NOT NULL,
+  \`consumer\` ${mysqlIdColumn()},
+  \`message_id\` ${mysqlIdColumn()},
   \`processed_at\` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (\`consumer\`, \`message_id\`),
   KEY ${inboxIndex} (\`processed_at\`)

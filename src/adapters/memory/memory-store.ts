@@ -8,6 +8,7 @@
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import { messageIdProblem } from '../../core/message-id.js'
+import { checkClaimOptions, checkPurgeOptions } from '../../core/options.js'
 import type {
   Claim,
   ClaimOptions,
@@ -202,6 +203,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
   }
 
   async claim(options: ClaimOptions): Promise<Claim> {
+    checkClaimOptions(options, undefined, this.name)
     const now = this.db.now()
     const token = crypto.randomUUID()
     const records: ClaimedRecord[] = []
@@ -289,6 +291,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
   }
 
   async purge(options: PurgeOptions): Promise<number> {
+    checkPurgeOptions(options, this.name)
     const horizon = this.db.now() - options.olderThanMs
     const limit = options.limit ?? 10_000
     let removed = 0
@@ -361,6 +364,7 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
   }
 
   async purge(options: { olderThanMs: number; consumer?: string; limit?: number }): Promise<number> {
+    checkPurgeOptions(options, this.name)
     const horizon = this.db.now() - options.olderThanMs
     let removed = 0
     for (const [key, row] of this.db.inbox) {
