@@ -102,7 +102,8 @@ export class Outbox<Tx> {
       if (seen.has(record.id)) {
         throw new OutboxKitError(
           ErrorCode.InvalidMessage,
-          `Invalid message id: ${record.id} appears twice in one add().`,
+          `Invalid message id: ${record.id} appears twice in one add(). Give each message its own id, or leave id out to get a fresh UUIDv7.`,
+          { details: { field: 'id', id: record.id } },
         )
       }
       seen.add(record.id)

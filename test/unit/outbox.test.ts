@@ -22,6 +22,26 @@ describe('Outbox', () => {
     expect(store.rows[0]!.record.headers['traceparent']).toBe('00-abc-def-01')
   })
 
+  test('the same id twice in one add is refused with details.field naming the id, and nothing is written', async () => {
+    const store = new MemoryOutboxStore(new MemoryDatabase())
+    const outbox = new Outbox({ store })
+    const id = '018f3a2e-7b1c-7d2e-8f00-000000000001'
+    let error: unknown
+    await store
+      .transaction((tx) =>
+        outbox.add(tx, [
+          { id, topic: 't', key: 'k', type: 'A', payload: 1 },
+          { id, topic: 't', key: 'k', type: 'B', payload: 2 },
+        ]),
+      )
+      .catch((e) => {
+        error = e
+      })
+    expect(isOutboxKitError(error, ErrorCode.InvalidMessage)).toBe(true)
+    expect((error as { details: Record<string, unknown> }).details).toEqual({ field: 'id', id })
+    expect(store.rows).toEqual([])
+  })
+
   test('one invalid message in a batch writes nothing and names its position', async () => {
     const store = new MemoryOutboxStore(new MemoryDatabase())
     const outbox = new Outbox({ store })
