@@ -16,13 +16,20 @@ export interface RelayEvents {
   failed: { readonly ids: readonly string[]; readonly error: string; readonly retryInMs: number }
   /** Records were given up on (dead). */
   deadLettered: { readonly ids: readonly string[]; readonly error: string }
+  /**
+   * The dead-letter topic did not take these dead records' letters (refused, or the publish threw).
+   * The rows are marked dead all the same and stay in the table with `last_error`, so they can be
+   * requeued; the letters are not tried again. An `error` event reports it too.
+   */
+  deadLetterFailed: { readonly ids: readonly string[]; readonly error: string }
   /** Records this relay published but could not mark: its lease had expired and another relay took them. */
   leaseLost: { readonly ids: readonly string[] }
   /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
   lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
   /**
    * The loop hit an error (store or transport unreachable) and backs off `retryInMs` before trying
-   * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced).
+   * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced), and 0
+   * when nothing is retried (a dead letter was not accepted, see `deadLetterFailed`).
    */
   error: { readonly error: unknown; readonly retryInMs: number }
 }
@@ -76,6 +83,8 @@ export interface DeadLetterOptions {
 
 export const DEAD_REASON_HEADER = 'outboxkit-dead-reason'
 export const ORIGINAL_TOPIC_HEADER = 'outboxkit-original-topic'
+/** The dead reason header is cut to this many characters. */
+export const DEAD_REASON_MAX_LENGTH = 1000
 
 /**
  * Moves records from the outbox table to the transport: claim → publish → mark.
@@ -312,16 +321,35 @@ export class Relay<Tx> {
         this.#events.emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
     }
     if (dead.length > 0) {
-      if (this.#deadLetter) await this.#publishDeadLetters(records, dead)
+      // Letters first, then the mark: whatever the dead-letter topic does, each dead row is settled
+      // once, so a refused letter cannot keep its row (and its key) pending, nor re-send the others.
+      const undelivered = this.#deadLetter ? await this.#publishDeadLetters(records, dead) : []
       const result = await this.#store.markDead(token, dead)
       lost.push(...result.lost)
       for (const d of dead) this.#events.emit('deadLettered', { ids: [d.id], error: d.error })
+      for (const failure of undelivered) {
+        this.#events.emit('deadLetterFailed', failure)
+        this.#events.emit('error', {
+          error: new OutboxKitError(
+            ErrorCode.TransportFailed,
+            `Could not publish ${failure.ids.length} dead record(s) to the dead-letter topic ${this.#deadLetter!.topic}: ${failure.error}. The rows are marked dead in the outbox table (with last_error) and can be requeued from there.`,
+            { retriable: false },
+          ),
+          retryInMs: 0,
+        })
+      }
     }
     if (lost.length > 0) this.#events.emit('leaseLost', { ids: lost })
   }
 
-  /** Publishes dead records to the dead-letter topic; throws (leaving them claimed) if it cannot. */
-  async #publishDeadLetters(records: readonly ClaimedRecord[], dead: readonly DeadRecord[]): Promise<void> {
+  /**
+   * Publishes dead records to the dead-letter topic, once. Returns the letters it did not take,
+   * grouped by error; never throws, so the caller marks the rows dead whatever happened.
+   */
+  async #publishDeadLetters(
+    records: readonly ClaimedRecord[],
+    dead: readonly DeadRecord[],
+  ): Promise<RelayEvents['deadLetterFailed'][]> {
     const { topic, transport } = this.#deadLetter!
     const reasons = new Map(dead.map((d) => [d.id, d.error]))
     const letters = records
@@ -331,20 +359,25 @@ export class Relay<Tx> {
         topic,
         headers: {
           ...r.headers,
-          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, 1000),
+          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, DEAD_REASON_MAX_LENGTH),
           [ORIGINAL_TOPIC_HEADER]: r.topic,
         },
       }))
-    const outcomes = await transport.publish(letters)
-    const failure = outcomes.find((o) => o.status === 'failed')
-    if (failure && failure.status === 'failed') {
-      throw new OutboxKitError(
-        ErrorCode.TransportFailed,
-        `Could not publish to the dead-letter topic ${topic}: ${failure.error}`,
-        {
-          retriable: failure.retriable,
-        },
-      )
+    let outcomes: Awaited<ReturnType<Transport['publish']>>
+    try {
+      outcomes = await transport.publish(letters)
+    } catch (error) {
+      return [
+        { ids: letters.map((l) => l.id), error: error instanceof Error ? error.message : String(error) },
+      ]
     }
+    const byError = new Map<string, string[]>()
+    letters.forEach((letter, i) => {
+      const outcome = outcomes[i]
+      if (outcome?.status === 'published') return
+      const error = outcome ? outcome.error : `Transport ${transport.name} returned no outcome for it`
+      byError.set(error, [...(byError.get(error) ?? []), letter.id])
+    })
+    return [...byError].map(([error, ids]) => ({ ids, error }))
   }
 }

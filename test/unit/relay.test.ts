@@ -125,6 +125,58 @@ describe('Relay', () => {
     )
   })
 
+  for (const mode of ['refuses', 'throws'] as const) {
+    test(`a dead-letter transport that ${mode} still settles every dead row once, reports it, and re-sends nothing`, async () => {
+      const letters = new MemoryTransport()
+      const { store, transport, relay, add } = setup({
+        deadLetter: { topic: 'orders.dlq', transport: letters },
+      })
+      transport.failWith = (r) =>
+        r.type.startsWith('bad') ? { status: 'failed', error: 'INVALID_RECORD', retriable: false } : undefined
+      if (mode === 'refuses') {
+        letters.failWith = (r) =>
+          r.type === 'bad-a' ? { status: 'failed', error: 'MESSAGE_TOO_LARGE', retriable: false } : undefined
+      } else {
+        letters.throwWith = () => new Error('dead-letter broker unreachable')
+      }
+      const failedLetters: RelayEvents['deadLetterFailed'][] = []
+      const errors: RelayEvents['error'][] = []
+      relay.on('deadLetterFailed', (e) => failedLetters.push(e))
+      relay.on('error', (e) => errors.push(e))
+      await add('a', 'bad-a')
+      await add('a', 'a2')
+      await add('b', 'bad-b')
+      await add('c', 'c1')
+      expect(await relay.runOnce()).toBe(4)
+      expect(store.rows.map((r) => r.status)).toEqual(['dead', 'pending', 'dead', 'published'])
+      const idA = store.rows[0]!.record.id
+      const idB = store.rows[2]!.record.id
+      if (mode === 'refuses') {
+        expect(failedLetters).toEqual([{ ids: [idA], error: 'MESSAGE_TOO_LARGE' }])
+        // The other key's letter went out despite the refusal.
+        expect(letters.delivered.map((l) => l.id)).toEqual([idB])
+      } else {
+        expect(failedLetters).toEqual([{ ids: [idA, idB], error: 'dead-letter broker unreachable' }])
+        expect(letters.delivered).toEqual([])
+      }
+      expect(errors).toHaveLength(1)
+      expect(isOutboxKitError(errors[0]!.error, ErrorCode.TransportFailed)).toBe(true)
+      // Later cycles publish the dead key's follower and send no letter again.
+      letters.failWith = undefined
+      letters.throwWith = undefined
+      expect(await relay.runOnce()).toBe(1)
+      expect(await relay.runOnce()).toBe(0)
+      expect(store.rows.map((r) => [r.status, r.attempts])).toEqual([
+        ['dead', 1],
+        ['published', 1],
+        ['dead', 1],
+        ['published', 1],
+      ])
+      expect(letters.delivered.map((l) => l.id)).toEqual(mode === 'refuses' ? [idB] : [])
+      expect(failedLetters).toHaveLength(1)
+    })
+  }
+
   test('an AbortSignal stops the relay', async () => {
     const controller = new AbortController()
     const { relay } = setup({ signal: controller.signal })
