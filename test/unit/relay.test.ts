@@ -1,10 +1,18 @@
 import { describe, expect, test } from 'bun:test'
+import { RECORD_OVERHEAD_BYTES } from '../../src/adapters/kafka/kafka-transport.js'
 import { MemoryDatabase, MemoryOutboxStore, MemoryTransport } from '../../src/adapters/memory/index.js'
+import { DEAD_REASON_MAX_LENGTH } from '../../src/core/relay.js'
 import {
   backoffDelay,
   DEAD_REASON_HEADER,
+  DEFAULT_MAX_HEADER_BYTES,
+  DEFAULT_MAX_PAYLOAD_BYTES,
   ErrorCode,
+  Headers,
   isOutboxKitError,
+  MAX_KEY_LENGTH,
+  MAX_TOPIC_LENGTH,
+  MAX_TYPE_LENGTH,
   ORIGINAL_TOPIC_HEADER,
   Outbox,
   Relay,
@@ -34,6 +42,60 @@ async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void>
     await new Promise((r) => setTimeout(r, 2))
   }
 }
+
+/** The Kafka transport's default `maxRecordBytes`. */
+const KAFKA_DEFAULT_MAX_RECORD_BYTES = 1_000_000
+/** Most UTF-8 bytes one UTF-16 code unit (what `.length` counts) can take. */
+const UTF8_PER_UNIT = 3
+
+describe('default limits', () => {
+  test('the largest record add accepts by default, and its dead letter, fit the Kafka transport default', () => {
+    const header = (name: string, maxValueBytes: number) => name.length + maxValueBytes
+    const worstCase =
+      DEFAULT_MAX_PAYLOAD_BYTES +
+      DEFAULT_MAX_HEADER_BYTES +
+      MAX_KEY_LENGTH * UTF8_PER_UNIT +
+      header(Headers.contentType, 255) +
+      header(Headers.messageId, 36) +
+      header(Headers.messageType, MAX_TYPE_LENGTH * UTF8_PER_UNIT) +
+      header(DEAD_REASON_HEADER, DEAD_REASON_MAX_LENGTH * UTF8_PER_UNIT) +
+      header(ORIGINAL_TOPIC_HEADER, MAX_TOPIC_LENGTH) +
+      RECORD_OVERHEAD_BYTES
+    expect(worstCase).toBe(992_417)
+    expect(worstCase).toBeLessThanOrEqual(KAFKA_DEFAULT_MAX_RECORD_BYTES)
+  })
+
+  test('a record built by add at every default limit, with its dead-letter headers, is within that budget', async () => {
+    const store = new MemoryOutboxStore(new MemoryDatabase())
+    const outbox = new Outbox({ store })
+    const bytes = (text: string) => new TextEncoder().encode(text).byteLength
+    // Header bytes are counted as name length + UTF-8 value bytes: fill them to the limit.
+    const name = 'x-fill'
+    const headers = { [name]: '€'.repeat(Math.floor((DEFAULT_MAX_HEADER_BYTES - name.length) / 3)) }
+    await store.transaction((tx) =>
+      outbox.add(tx, {
+        topic: 't'.repeat(MAX_TOPIC_LENGTH),
+        key: '€'.repeat(MAX_KEY_LENGTH),
+        type: '€'.repeat(MAX_TYPE_LENGTH),
+        payload: new Uint8Array(DEFAULT_MAX_PAYLOAD_BYTES),
+        contentType: `application/${'x'.repeat(255 - 'application/'.length)}`,
+        headers,
+      }),
+    )
+    const record = store.rows[0]!.record
+    const letterHeaders = {
+      ...record.headers,
+      [Headers.messageId]: record.id,
+      [Headers.messageType]: record.type,
+      [DEAD_REASON_HEADER]: '€'.repeat(DEAD_REASON_MAX_LENGTH),
+      [ORIGINAL_TOPIC_HEADER]: record.topic,
+    }
+    // Counted as the Kafka transport counts a record.
+    let size = RECORD_OVERHEAD_BYTES + bytes(record.key) + record.payload.byteLength
+    for (const [n, v] of Object.entries(letterHeaders)) size += bytes(n) + bytes(v)
+    expect(size).toBeLessThanOrEqual(KAFKA_DEFAULT_MAX_RECORD_BYTES)
+  })
+})
 
 describe('Relay', () => {
   test('runOnce publishes a batch in order and marks it published', async () => {
