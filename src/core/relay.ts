@@ -115,6 +115,7 @@ export class Relay<Tx> {
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<RelayEvents>()
 
+  readonly #signal: AbortSignal | undefined
   #running: Promise<void> | undefined
   #stopping: AbortController | undefined
   #lastLagSample = 0
@@ -145,8 +146,8 @@ export class Relay<Tx> {
       topic: options.deadLetter.topic,
       transport: options.deadLetter.transport ?? options.transport,
     }
+    this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
-    if (options.signal?.aborted) this.#stopping = new AbortController()
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -161,11 +162,21 @@ export class Relay<Tx> {
 
   /**
    * Starts the loop in the background and returns at once. Errors inside the loop are reported
-   * through the `error` event and retried with backoff; the loop ends only with `stop()`.
+   * through the `error` event and retried with backoff; the loop ends only with `stop()` (or the
+   * `signal` option).
+   *
+   * @throws {@link OutboxKitError} `ALREADY_STARTED` if it is running; `CLOSED` if it was stopped,
+   * or if its `signal` was already aborted (the loop does not start).
    */
   async start(): Promise<void> {
     if (this.#running)
       throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This relay is already running; call stop() first.')
+    if (this.#signal?.aborted) {
+      throw new OutboxKitError(
+        ErrorCode.Closed,
+        'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
+      )
+    }
     if (this.#stopping?.signal.aborted) throw new OutboxKitError(ErrorCode.Closed, 'This relay was stopped.')
     this.#stopping = new AbortController()
     this.#running = this.#loop(this.#stopping.signal).finally(() => {
@@ -195,7 +206,12 @@ export class Relay<Tx> {
       count: claim.records.length,
       keys: new Set(claim.records.map((r) => r.key)).size,
     })
-    await this.#publishClaim(claim.token, claim.records)
+    const lease = new LeaseKeeper(this.#store, claim.token, this.#leaseMs)
+    try {
+      await this.#publishClaim(lease, claim.records)
+    } finally {
+      await lease.stop()
+    }
     return claim.records.length
   }
 
@@ -248,15 +264,7 @@ export class Relay<Tx> {
     this.#events.emit('lag', sample)
   }
 
-  async #publishClaim(token: string, records: readonly ClaimedRecord[]): Promise<void> {
-    // Keep the lease alive while the transport works, so a slow broker does not hand the rows to
-    // another relay mid-publish.
-    const renew = setInterval(
-      () => {
-        this.#store.extendLease(token, this.#leaseMs).catch(() => {})
-      },
-      Math.max(1_000, Math.floor(this.#leaseMs / 3)),
-    )
+  async #publishClaim(lease: LeaseKeeper<Tx>, records: readonly ClaimedRecord[]): Promise<void> {
     const started = Date.now()
     let outcomes: Awaited<ReturnType<Transport['publish']>>
     try {
@@ -264,16 +272,14 @@ export class Relay<Tx> {
         ? await this.#instrumentation.tracePublish(records, () => this.#transport.publish(records))
         : await this.#transport.publish(records)
     } catch (error) {
-      clearInterval(renew)
       // The outcome of the whole call is unknown or the broker is unreachable: nothing is marked,
       // no attempt is counted, and the loop backs off.
-      await this.#store.release(token).catch(() => {})
+      await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw error
     }
-    clearInterval(renew)
     const durationMs = Date.now() - started
     if (outcomes.length !== records.length) {
-      await this.#store.release(token).catch(() => {})
+      await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw new OutboxKitError(
         ErrorCode.TransportFailed,
         `Transport ${this.#transport.name} returned ${outcomes.length} outcomes for ${records.length} records.`,
@@ -309,13 +315,13 @@ export class Relay<Tx> {
 
     const lost: string[] = []
     if (published.length > 0) {
-      const result = await this.#store.markPublished(token, published)
+      const result = await lease.settle((store, token) => store.markPublished(token, published))
       lost.push(...result.lost)
       this.#events.emit('published', { count: result.settled, durationMs })
     }
-    if (released.length > 0) await this.#store.release(token, released)
+    if (released.length > 0) await lease.settle((store, token) => store.release(token, released))
     if (failed.length > 0) {
-      const result = await this.#store.markFailed(token, failed)
+      const result = await lease.settle((store, token) => store.markFailed(token, failed))
       lost.push(...result.lost)
       for (const f of failed)
         this.#events.emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
@@ -324,7 +330,7 @@ export class Relay<Tx> {
       // Letters first, then the mark: whatever the dead-letter topic does, each dead row is settled
       // once, so a refused letter cannot keep its row (and its key) pending, nor re-send the others.
       const undelivered = this.#deadLetter ? await this.#publishDeadLetters(records, dead) : []
-      const result = await this.#store.markDead(token, dead)
+      const result = await lease.settle((store, token) => store.markDead(token, dead))
       lost.push(...result.lost)
       for (const d of dead) this.#events.emit('deadLettered', { ids: [d.id], error: d.error })
       for (const failure of undelivered) {
@@ -379,5 +385,48 @@ export class Relay<Tx> {
       byError.set(error, [...(byError.get(error) ?? []), letter.id])
     })
     return [...byError].map(([error, ids]) => ({ ids, error }))
+  }
+}
+
+/**
+ * Keeps a claim's lease alive from the claim to the last settle, renewing every `leaseMs / 3`, so a
+ * slow publish, dead-letter publish or mark does not hand the rows to another relay. Renewals and
+ * settles of one claim run one at a time: two concurrent updates of the same rows could deadlock.
+ */
+class LeaseKeeper<Tx> {
+  readonly #store: OutboxStore<Tx>
+  readonly #token: string
+  readonly #timer: ReturnType<typeof setInterval>
+  #busy: Promise<unknown> = Promise.resolve()
+  #renewing = false
+
+  constructor(store: OutboxStore<Tx>, token: string, leaseMs: number) {
+    this.#store = store
+    this.#token = token
+    this.#timer = setInterval(() => this.#renew(leaseMs), Math.max(1, Math.floor(leaseMs / 3)))
+  }
+
+  /** Runs a store call on this claim, after any renewal in flight. */
+  settle<T>(op: (store: OutboxStore<Tx>, token: string) => Promise<T>): Promise<T> {
+    const result = this.#busy.then(() => op(this.#store, this.#token))
+    this.#busy = result.catch(() => {})
+    return result
+  }
+
+  /** Ends the renewals; resolves when none is left in flight. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer)
+    await this.#busy
+  }
+
+  #renew(leaseMs: number): void {
+    // A renewal still waiting for the database is enough; do not queue another behind it.
+    if (this.#renewing) return
+    this.#renewing = true
+    this.settle((store, token) => store.extendLease(token, leaseMs))
+      .catch(() => {})
+      .finally(() => {
+        this.#renewing = false
+      })
   }
 }

@@ -239,6 +239,73 @@ describe('Relay', () => {
     })
   }
 
+  test('a signal already aborted when the relay is created keeps start() from running it: CLOSED', async () => {
+    const { relay, transport, add } = setup({ signal: AbortSignal.abort() })
+    await add('a', 'a1')
+    const error = await relay.start().catch((e) => e)
+    expect(isOutboxKitError(error, ErrorCode.Closed)).toBe(true)
+    expect((error as Error).message).toContain('signal was already aborted')
+    expect(relay.running).toBe(false)
+    await new Promise((r) => setTimeout(r, 30))
+    expect(transport.delivered).toEqual([])
+  })
+
+  /** A claimer standing for another relay, taking whatever it can while `during` runs. */
+  async function otherRelayClaims(store: MemoryOutboxStore, during: Promise<unknown>): Promise<string[]> {
+    const taken: string[] = []
+    let done = false
+    void during.finally(() => {
+      done = true
+    })
+    while (!done) {
+      const claim = await store.claim({ limit: 100, leaseMs: 60_000 })
+      taken.push(...claim.records.map((r) => r.id))
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    return taken
+  }
+
+  test('with a lease under a second, a slow publish keeps its lease (renewed every leaseMs / 3)', async () => {
+    const { store, transport, relay, add } = setup({ leaseMs: 300 })
+    const publish = transport.publish.bind(transport)
+    transport.publish = async (records) => {
+      await new Promise((r) => setTimeout(r, 1_200))
+      return publish(records)
+    }
+    const lost: RelayEvents['leaseLost'][] = []
+    relay.on('leaseLost', (e) => lost.push(e))
+    await add('a', 'a1')
+    await add('b', 'b1')
+    const cycle = relay.runOnce()
+    expect(await otherRelayClaims(store, cycle)).toEqual([])
+    expect(await cycle).toBe(2)
+    expect(lost).toEqual([])
+    expect(store.rows.map((r) => r.status)).toEqual(['published', 'published'])
+  })
+
+  test('the lease is renewed during a slow dead-letter publish too', async () => {
+    const letters = new MemoryTransport()
+    const { store, transport, relay, add } = setup({
+      leaseMs: 300,
+      deadLetter: { topic: 'orders.dlq', transport: letters },
+    })
+    transport.failWith = () => ({ status: 'failed', error: 'INVALID_RECORD', retriable: false })
+    const publishLetters = letters.publish.bind(letters)
+    letters.publish = async (records) => {
+      await new Promise((r) => setTimeout(r, 1_200))
+      return publishLetters(records)
+    }
+    const lost: RelayEvents['leaseLost'][] = []
+    relay.on('leaseLost', (e) => lost.push(e))
+    await add('a', 'bad')
+    const cycle = relay.runOnce()
+    expect(await otherRelayClaims(store, cycle)).toEqual([])
+    await cycle
+    expect(lost).toEqual([])
+    expect(store.rows.map((r) => r.status)).toEqual(['dead'])
+    expect(letters.delivered).toHaveLength(1)
+  })
+
   test('an AbortSignal stops the relay', async () => {
     const controller = new AbortController()
     const { relay } = setup({ signal: controller.signal })
