@@ -68,13 +68,32 @@ export const RESERVED_HEADERS: ReadonlySet<string> = new Set(Object.values(Heade
 
 /** Limits applied to every message before anything is written. */
 export interface MessageLimits {
-  /** Largest payload in bytes. Default {@link DEFAULT_MAX_PAYLOAD_BYTES} (1 MiB). */
+  /** Largest payload in bytes. Default {@link DEFAULT_MAX_PAYLOAD_BYTES} (900 KiB). */
   maxPayloadBytes: number
   /** Largest total size of header names and values in bytes. Default 64 KiB. */
   maxHeaderBytes: number
 }
 
-export const DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+/**
+ * Default largest payload: 900 KiB, so that the largest record `add` accepts by default, and its
+ * dead-letter copy, fit the Kafka transport's default `maxRecordBytes` (1 000 000, itself below the
+ * broker's default `max.message.bytes` of 1 048 588). Worst case, in bytes as the transport counts
+ * them (UTF-8; a UTF-16 code unit is at most 3 bytes):
+ *
+ *     payload                                             921 600
+ *   + headers counted by maxHeaderBytes (user + trace)     65 536
+ *   + key, 255 units × 3                                      765
+ *   + content-type header, 12 + 255                           267
+ *   + outboxkit-id header, 12 + 36                             48
+ *   + outboxkit-type header, 14 + 255 × 3                     779
+ *   + outboxkit-dead-reason header, 21 + 1 000 × 3          3 021
+ *   + outboxkit-original-topic header, 24 + 249               273
+ *   + the transport's per-record overhead estimate            128
+ *   = 992 417 ≤ 1 000 000
+ *
+ * test/unit/relay.test.ts recomputes this from the constants.
+ */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 900 * 1024
 export const DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 export const MAX_TOPIC_LENGTH = 249
 export const MAX_KEY_LENGTH = 255

@@ -24,7 +24,7 @@ export interface TraceContextCapture {
 export interface OutboxOptions<Tx> {
   /** Where rows are written, e.g. `createKyselyOutboxStore(...)` from `outboxkit/kysely`. */
   store: OutboxStore<Tx>
-  /** Largest payload in bytes. Default 1 MiB. Keep it below the broker's `max.message.bytes`. */
+  /** Largest payload in bytes. Default 900 KiB ({@link DEFAULT_MAX_PAYLOAD_BYTES}). Keep it below the broker's `max.message.bytes`. */
   maxPayloadBytes?: number
   /** Largest total size of a message's headers in bytes. Default 64 KiB. */
   maxHeaderBytes?: number

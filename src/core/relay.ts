@@ -22,13 +22,20 @@ export interface RelayEvents {
   failed: { readonly ids: readonly string[]; readonly error: string; readonly retryInMs: number }
   /** Records were given up on (dead). */
   deadLettered: { readonly ids: readonly string[]; readonly error: string }
+  /**
+   * The dead-letter topic did not take these dead records' letters (refused, or the publish threw).
+   * The rows are marked dead all the same and stay in the table with `last_error`, so they can be
+   * requeued; the letters are not tried again. An `error` event reports it too.
+   */
+  deadLetterFailed: { readonly ids: readonly string[]; readonly error: string }
   /** Records this relay published but could not mark: its lease had expired and another relay took them. */
   leaseLost: { readonly ids: readonly string[] }
   /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
   lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
   /**
    * The loop hit an error (store or transport unreachable) and backs off `retryInMs` before trying
-   * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced).
+   * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced), and 0
+   * when nothing is retried (a dead letter was not accepted, see `deadLetterFailed`).
    */
   error: { readonly error: unknown; readonly retryInMs: number }
 }
@@ -82,6 +89,8 @@ export interface DeadLetterOptions {
 
 export const DEAD_REASON_HEADER = 'outboxkit-dead-reason'
 export const ORIGINAL_TOPIC_HEADER = 'outboxkit-original-topic'
+/** The dead reason header is cut to this many characters. */
+export const DEAD_REASON_MAX_LENGTH = 1000
 
 /**
  * Moves records from the outbox table to the transport: claim → publish → mark.
@@ -112,6 +121,7 @@ export class Relay<Tx> {
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<RelayEvents>()
 
+  readonly #signal: AbortSignal | undefined
   #running: Promise<void> | undefined
   #stopping: AbortController | undefined
   #lastLagSample = 0
@@ -142,8 +152,8 @@ export class Relay<Tx> {
       topic: nonEmptyString('deadLetter.topic', options.deadLetter.topic),
       transport: options.deadLetter.transport ?? options.transport,
     }
+    this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
-    if (options.signal?.aborted) this.#stopping = new AbortController()
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -158,11 +168,21 @@ export class Relay<Tx> {
 
   /**
    * Starts the loop in the background and returns at once. Errors inside the loop are reported
-   * through the `error` event and retried with backoff; the loop ends only with `stop()`.
+   * through the `error` event and retried with backoff; the loop ends only with `stop()` (or the
+   * `signal` option).
+   *
+   * @throws {@link OutboxKitError} `ALREADY_STARTED` if it is running; `CLOSED` if it was stopped,
+   * or if its `signal` was already aborted (the loop does not start).
    */
   async start(): Promise<void> {
     if (this.#running)
       throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This relay is already running; call stop() first.')
+    if (this.#signal?.aborted) {
+      throw new OutboxKitError(
+        ErrorCode.Closed,
+        'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
+      )
+    }
     if (this.#stopping?.signal.aborted) throw new OutboxKitError(ErrorCode.Closed, 'This relay was stopped.')
     this.#stopping = new AbortController()
     this.#running = this.#loop(this.#stopping.signal).finally(() => {
@@ -192,7 +212,12 @@ export class Relay<Tx> {
       count: claim.records.length,
       keys: new Set(claim.records.map((r) => r.key)).size,
     })
-    await this.#publishClaim(claim.token, claim.records)
+    const lease = new LeaseKeeper(this.#store, claim.token, this.#leaseMs)
+    try {
+      await this.#publishClaim(lease, claim.records)
+    } finally {
+      await lease.stop()
+    }
     return claim.records.length
   }
 
@@ -245,15 +270,7 @@ export class Relay<Tx> {
     this.#events.emit('lag', sample)
   }
 
-  async #publishClaim(token: string, records: readonly ClaimedRecord[]): Promise<void> {
-    // Keep the lease alive while the transport works, so a slow broker does not hand the rows to
-    // another relay mid-publish.
-    const renew = setInterval(
-      () => {
-        this.#store.extendLease(token, this.#leaseMs).catch(() => {})
-      },
-      Math.max(1_000, Math.floor(this.#leaseMs / 3)),
-    )
+  async #publishClaim(lease: LeaseKeeper<Tx>, records: readonly ClaimedRecord[]): Promise<void> {
     const started = Date.now()
     let outcomes: Awaited<ReturnType<Transport['publish']>>
     try {
@@ -261,16 +278,14 @@ export class Relay<Tx> {
         ? await this.#instrumentation.tracePublish(records, () => this.#transport.publish(records))
         : await this.#transport.publish(records)
     } catch (error) {
-      clearInterval(renew)
       // The outcome of the whole call is unknown or the broker is unreachable: nothing is marked,
       // no attempt is counted, and the loop backs off.
-      await this.#store.release(token).catch(() => {})
+      await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw error
     }
-    clearInterval(renew)
     const durationMs = Date.now() - started
     if (outcomes.length !== records.length) {
-      await this.#store.release(token).catch(() => {})
+      await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw new OutboxKitError(
         ErrorCode.TransportFailed,
         `Transport ${this.#transport.name} returned ${outcomes.length} outcomes for ${records.length} records.`,
@@ -306,28 +321,47 @@ export class Relay<Tx> {
 
     const lost: string[] = []
     if (published.length > 0) {
-      const result = await this.#store.markPublished(token, published)
+      const result = await lease.settle((store, token) => store.markPublished(token, published))
       lost.push(...result.lost)
       this.#events.emit('published', { count: result.settled, durationMs })
     }
-    if (released.length > 0) await this.#store.release(token, released)
+    if (released.length > 0) await lease.settle((store, token) => store.release(token, released))
     if (failed.length > 0) {
-      const result = await this.#store.markFailed(token, failed)
+      const result = await lease.settle((store, token) => store.markFailed(token, failed))
       lost.push(...result.lost)
       for (const f of failed)
         this.#events.emit('failed', { ids: [f.id], error: f.error, retryInMs: f.retryInMs })
     }
     if (dead.length > 0) {
-      if (this.#deadLetter) await this.#publishDeadLetters(records, dead)
-      const result = await this.#store.markDead(token, dead)
+      // Letters first, then the mark: whatever the dead-letter topic does, each dead row is settled
+      // once, so a refused letter cannot keep its row (and its key) pending, nor re-send the others.
+      const undelivered = this.#deadLetter ? await this.#publishDeadLetters(records, dead) : []
+      const result = await lease.settle((store, token) => store.markDead(token, dead))
       lost.push(...result.lost)
       for (const d of dead) this.#events.emit('deadLettered', { ids: [d.id], error: d.error })
+      for (const failure of undelivered) {
+        this.#events.emit('deadLetterFailed', failure)
+        this.#events.emit('error', {
+          error: new OutboxKitError(
+            ErrorCode.TransportFailed,
+            `Could not publish ${failure.ids.length} dead record(s) to the dead-letter topic ${this.#deadLetter!.topic}: ${failure.error}. The rows are marked dead in the outbox table (with last_error) and can be requeued from there.`,
+            { retriable: false },
+          ),
+          retryInMs: 0,
+        })
+      }
     }
     if (lost.length > 0) this.#events.emit('leaseLost', { ids: lost })
   }
 
-  /** Publishes dead records to the dead-letter topic; throws (leaving them claimed) if it cannot. */
-  async #publishDeadLetters(records: readonly ClaimedRecord[], dead: readonly DeadRecord[]): Promise<void> {
+  /**
+   * Publishes dead records to the dead-letter topic, once. Returns the letters it did not take,
+   * grouped by error; never throws, so the caller marks the rows dead whatever happened.
+   */
+  async #publishDeadLetters(
+    records: readonly ClaimedRecord[],
+    dead: readonly DeadRecord[],
+  ): Promise<RelayEvents['deadLetterFailed'][]> {
     const { topic, transport } = this.#deadLetter!
     const reasons = new Map(dead.map((d) => [d.id, d.error]))
     const letters = records
@@ -337,20 +371,68 @@ export class Relay<Tx> {
         topic,
         headers: {
           ...r.headers,
-          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, 1000),
+          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, DEAD_REASON_MAX_LENGTH),
           [ORIGINAL_TOPIC_HEADER]: r.topic,
         },
       }))
-    const outcomes = await transport.publish(letters)
-    const failure = outcomes.find((o) => o.status === 'failed')
-    if (failure && failure.status === 'failed') {
-      throw new OutboxKitError(
-        ErrorCode.TransportFailed,
-        `Could not publish to the dead-letter topic ${topic}: ${failure.error}`,
-        {
-          retriable: failure.retriable,
-        },
-      )
+    let outcomes: Awaited<ReturnType<Transport['publish']>>
+    try {
+      outcomes = await transport.publish(letters)
+    } catch (error) {
+      return [
+        { ids: letters.map((l) => l.id), error: error instanceof Error ? error.message : String(error) },
+      ]
     }
+    const byError = new Map<string, string[]>()
+    letters.forEach((letter, i) => {
+      const outcome = outcomes[i]
+      if (outcome?.status === 'published') return
+      const error = outcome ? outcome.error : `Transport ${transport.name} returned no outcome for it`
+      byError.set(error, [...(byError.get(error) ?? []), letter.id])
+    })
+    return [...byError].map(([error, ids]) => ({ ids, error }))
+  }
+}
+
+/**
+ * Keeps a claim's lease alive from the claim to the last settle, renewing every `leaseMs / 3`, so a
+ * slow publish, dead-letter publish or mark does not hand the rows to another relay. Renewals and
+ * settles of one claim run one at a time: two concurrent updates of the same rows could deadlock.
+ */
+class LeaseKeeper<Tx> {
+  readonly #store: OutboxStore<Tx>
+  readonly #token: string
+  readonly #timer: ReturnType<typeof setInterval>
+  #busy: Promise<unknown> = Promise.resolve()
+  #renewing = false
+
+  constructor(store: OutboxStore<Tx>, token: string, leaseMs: number) {
+    this.#store = store
+    this.#token = token
+    this.#timer = setInterval(() => this.#renew(leaseMs), Math.max(1, Math.floor(leaseMs / 3)))
+  }
+
+  /** Runs a store call on this claim, after any renewal in flight. */
+  settle<T>(op: (store: OutboxStore<Tx>, token: string) => Promise<T>): Promise<T> {
+    const result = this.#busy.then(() => op(this.#store, this.#token))
+    this.#busy = result.catch(() => {})
+    return result
+  }
+
+  /** Ends the renewals; resolves when none is left in flight. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer)
+    await this.#busy
+  }
+
+  #renew(leaseMs: number): void {
+    // A renewal still waiting for the database is enough; do not queue another behind it.
+    if (this.#renewing) return
+    this.#renewing = true
+    this.settle((store, token) => store.extendLease(token, leaseMs))
+      .catch(() => {})
+      .finally(() => {
+        this.#renewing = false
+      })
   }
 }

@@ -13,6 +13,7 @@ import {
   messageId,
   openRelayWorld,
   orderByKey,
+  stalled,
   waitFor,
   writeOrderByKey,
 } from '../support/relay-world.js'
@@ -86,6 +87,55 @@ for (const backend of BACKENDS) {
         await world.close()
       }
     }, 240_000)
+
+    test('a relay stalled mid-publish past its lease: another takes over, the late marks are fenced, no key is reordered', async () => {
+      const world = await openRelayWorld(backend, { partitions: 2 })
+      try {
+        const first = await world.write(events(world.topic, 24, 4, 'first'))
+        // Relay A claims everything, then freezes in its publish, lease renewals included.
+        const transport = stalled(world.transport(), ['publish'])
+        const store = stalled(world.store, ['extendLease'])
+        const relayA = new Relay({ store: store.view, transport: transport.view, leaseMs: 1_000 })
+        const lostByA: RelayEvents['leaseLost'][] = []
+        relayA.on('leaseLost', (e) => lostByA.push(e))
+        const cycleA = relayA.runOnce()
+        await transport.entered
+
+        // Relay B, on its own connection, waits out A's lease and publishes A's rows and newer ones.
+        const { createKyselyOutboxStore } = await import('../../src/adapters/kysely/index.js')
+        const peer = await world.database.openPeer()
+        const relayB = new Relay({
+          store: createKyselyOutboxStore({ db: peer, schema: world.database.schema }),
+          transport: world.transport(),
+          pollIntervalMs: 20,
+        })
+        let claimedByB = 0
+        relayB.on('claimed', (e) => {
+          claimedByB += e.count
+        })
+        await relayB.start()
+        const later = await world.write(events(world.topic, 8, 4, 'later'))
+        const all = [...first, ...later]
+        await waitFor('B published everything', async () => (await world.counts()).published === all.length)
+        await relayB.stop()
+        expect(claimedByB).toBe(all.length)
+
+        // A wakes up: it publishes its stale batch (duplicates) and every mark it makes is fenced.
+        transport.release()
+        store.release()
+        expect(await cycleA).toBe(first.length)
+        expect(lostByA.flatMap((e) => e.ids).sort()).toEqual([...first].sort())
+        expect(await world.counts()).toMatchObject({ published: all.length, pending: 0, claimed: 0 })
+
+        const consumed = await consumeAll(world.brokers, world.topic)
+        expect(new Set(consumed.map(messageId))).toEqual(new Set(all))
+        // Duplicates only as same-id copies of the same record: A's whole batch once more.
+        expect(expectDuplicatesIdentical(consumed)).toBe(first.length)
+        expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+      } finally {
+        await world.close()
+      }
+    }, 120_000)
 
     test('transactional mode: read_committed never sees an aborted batch, and each record commits once', async () => {
       const world = await openRelayWorld(backend, {

@@ -3,7 +3,7 @@
  * per-key order (G3), with duplicates only as same-id copies (G4).
  */
 import { afterAll, describe, expect, test } from 'bun:test'
-import { Relay, type RelayEvents } from '../../src/index.js'
+import { DEFAULT_MAX_PAYLOAD_BYTES, Relay, type RelayEvents } from '../../src/index.js'
 import { mysqlBackend, postgresJsBackend } from '../support/databases.js'
 import { consumeMessages, createTopic, headerValues, uniqueTopic } from '../support/kafka.js'
 import {
@@ -172,6 +172,31 @@ for (const backend of BACKENDS) {
           `SELECT last_error FROM ${world.database.dialect === 'mysql' ? `\`${world.database.schema}\`.outbox` : `"${world.database.schema}".outbox`} WHERE status = 2`,
         )
         expect(rows[0]!.last_error).toContain('MESSAGE_TOO_LARGE')
+      } finally {
+        await world.close()
+      }
+    }, 120_000)
+
+    test('a payload of the default maximum size passes add and is published with the default limits', async () => {
+      const world = await openRelayWorld(backend, { partitions: 1 })
+      try {
+        const relay = new Relay({ store: world.store, transport: world.transport(), pollIntervalMs: 10 })
+        const dead: RelayEvents['deadLettered'][] = []
+        relay.on('deadLettered', (e) => dead.push(e))
+        const payload = new Uint8Array(DEFAULT_MAX_PAYLOAD_BYTES).fill(7)
+        const [id] = await world.write([{ topic: world.topic, key: 'k'.repeat(255), type: 'Max', payload }])
+        running.push(relay as Relay<unknown>)
+        await relay.start()
+        await waitFor('settled', async () => {
+          const c = await world.counts()
+          return c.published + c.dead === 1
+        })
+        await relay.stop()
+        expect(dead).toEqual([])
+        expect(await world.counts()).toMatchObject({ published: 1, dead: 0 })
+        const [message] = await consumeMessages(world.brokers, { topic: world.topic, count: 1 })
+        expect(messageId(message!)).toBe(id!)
+        expect(message!.value?.byteLength).toBe(DEFAULT_MAX_PAYLOAD_BYTES)
       } finally {
         await world.close()
       }

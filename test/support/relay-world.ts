@@ -164,3 +164,33 @@ export function events(topic: string, count: number, keys: number, tag: string):
     payload: { tag, i },
   }))
 }
+
+/**
+ * A view of `target` whose `methods` wait until `release()` before they run, as if the process
+ * calling them were frozen; `entered` resolves at the first such call.
+ */
+export function stalled<T extends object>(
+  target: T,
+  methods: readonly (keyof T & string)[],
+): { view: T; entered: Promise<void>; release(): void } {
+  let release!: () => void
+  const gate = new Promise<void>((r) => (release = r))
+  let enter!: () => void
+  const entered = new Promise<void>((r) => (enter = r))
+  const held = new Set<string>(methods)
+  const view = new Proxy(target, {
+    get(t, name, receiver) {
+      const value = Reflect.get(t, name, receiver)
+      if (typeof value !== 'function') return value
+      if (typeof name === 'string' && held.has(name)) {
+        return async (...args: unknown[]) => {
+          enter()
+          await gate
+          return value.apply(t, args)
+        }
+      }
+      return value.bind(t)
+    },
+  })
+  return { view, entered, release }
+}

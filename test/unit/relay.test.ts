@@ -1,10 +1,18 @@
 import { describe, expect, test } from 'bun:test'
+import { RECORD_OVERHEAD_BYTES } from '../../src/adapters/kafka/kafka-transport.js'
 import { MemoryDatabase, MemoryOutboxStore, MemoryTransport } from '../../src/adapters/memory/index.js'
+import { DEAD_REASON_MAX_LENGTH } from '../../src/core/relay.js'
 import {
   backoffDelay,
   DEAD_REASON_HEADER,
+  DEFAULT_MAX_HEADER_BYTES,
+  DEFAULT_MAX_PAYLOAD_BYTES,
   ErrorCode,
+  Headers,
   isOutboxKitError,
+  MAX_KEY_LENGTH,
+  MAX_TOPIC_LENGTH,
+  MAX_TYPE_LENGTH,
   ORIGINAL_TOPIC_HEADER,
   Outbox,
   Relay,
@@ -34,6 +42,60 @@ async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void>
     await new Promise((r) => setTimeout(r, 2))
   }
 }
+
+/** The Kafka transport's default `maxRecordBytes`. */
+const KAFKA_DEFAULT_MAX_RECORD_BYTES = 1_000_000
+/** Most UTF-8 bytes one UTF-16 code unit (what `.length` counts) can take. */
+const UTF8_PER_UNIT = 3
+
+describe('default limits', () => {
+  test('the largest record add accepts by default, and its dead letter, fit the Kafka transport default', () => {
+    const header = (name: string, maxValueBytes: number) => name.length + maxValueBytes
+    const worstCase =
+      DEFAULT_MAX_PAYLOAD_BYTES +
+      DEFAULT_MAX_HEADER_BYTES +
+      MAX_KEY_LENGTH * UTF8_PER_UNIT +
+      header(Headers.contentType, 255) +
+      header(Headers.messageId, 36) +
+      header(Headers.messageType, MAX_TYPE_LENGTH * UTF8_PER_UNIT) +
+      header(DEAD_REASON_HEADER, DEAD_REASON_MAX_LENGTH * UTF8_PER_UNIT) +
+      header(ORIGINAL_TOPIC_HEADER, MAX_TOPIC_LENGTH) +
+      RECORD_OVERHEAD_BYTES
+    expect(worstCase).toBe(992_417)
+    expect(worstCase).toBeLessThanOrEqual(KAFKA_DEFAULT_MAX_RECORD_BYTES)
+  })
+
+  test('a record built by add at every default limit, with its dead-letter headers, is within that budget', async () => {
+    const store = new MemoryOutboxStore(new MemoryDatabase())
+    const outbox = new Outbox({ store })
+    const bytes = (text: string) => new TextEncoder().encode(text).byteLength
+    // Header bytes are counted as name length + UTF-8 value bytes: fill them to the limit.
+    const name = 'x-fill'
+    const headers = { [name]: '€'.repeat(Math.floor((DEFAULT_MAX_HEADER_BYTES - name.length) / 3)) }
+    await store.transaction((tx) =>
+      outbox.add(tx, {
+        topic: 't'.repeat(MAX_TOPIC_LENGTH),
+        key: '€'.repeat(MAX_KEY_LENGTH),
+        type: '€'.repeat(MAX_TYPE_LENGTH),
+        payload: new Uint8Array(DEFAULT_MAX_PAYLOAD_BYTES),
+        contentType: `application/${'x'.repeat(255 - 'application/'.length)}`,
+        headers,
+      }),
+    )
+    const record = store.rows[0]!.record
+    const letterHeaders = {
+      ...record.headers,
+      [Headers.messageId]: record.id,
+      [Headers.messageType]: record.type,
+      [DEAD_REASON_HEADER]: '€'.repeat(DEAD_REASON_MAX_LENGTH),
+      [ORIGINAL_TOPIC_HEADER]: record.topic,
+    }
+    // Counted as the Kafka transport counts a record.
+    let size = RECORD_OVERHEAD_BYTES + bytes(record.key) + record.payload.byteLength
+    for (const [n, v] of Object.entries(letterHeaders)) size += bytes(n) + bytes(v)
+    expect(size).toBeLessThanOrEqual(KAFKA_DEFAULT_MAX_RECORD_BYTES)
+  })
+})
 
 describe('Relay', () => {
   test('runOnce publishes a batch in order and marks it published', async () => {
@@ -123,6 +185,125 @@ describe('Relay', () => {
     expect([letter.topic, letter.headers[DEAD_REASON_HEADER], letter.headers[ORIGINAL_TOPIC_HEADER]]).toEqual(
       ['orders.dlq', 'INVALID_RECORD', 'orders'],
     )
+  })
+
+  for (const mode of ['refuses', 'throws'] as const) {
+    test(`a dead-letter transport that ${mode} still settles every dead row once, reports it, and re-sends nothing`, async () => {
+      const letters = new MemoryTransport()
+      const { store, transport, relay, add } = setup({
+        deadLetter: { topic: 'orders.dlq', transport: letters },
+      })
+      transport.failWith = (r) =>
+        r.type.startsWith('bad') ? { status: 'failed', error: 'INVALID_RECORD', retriable: false } : undefined
+      if (mode === 'refuses') {
+        letters.failWith = (r) =>
+          r.type === 'bad-a' ? { status: 'failed', error: 'MESSAGE_TOO_LARGE', retriable: false } : undefined
+      } else {
+        letters.throwWith = () => new Error('dead-letter broker unreachable')
+      }
+      const failedLetters: RelayEvents['deadLetterFailed'][] = []
+      const errors: RelayEvents['error'][] = []
+      relay.on('deadLetterFailed', (e) => failedLetters.push(e))
+      relay.on('error', (e) => errors.push(e))
+      await add('a', 'bad-a')
+      await add('a', 'a2')
+      await add('b', 'bad-b')
+      await add('c', 'c1')
+      expect(await relay.runOnce()).toBe(4)
+      expect(store.rows.map((r) => r.status)).toEqual(['dead', 'pending', 'dead', 'published'])
+      const idA = store.rows[0]!.record.id
+      const idB = store.rows[2]!.record.id
+      if (mode === 'refuses') {
+        expect(failedLetters).toEqual([{ ids: [idA], error: 'MESSAGE_TOO_LARGE' }])
+        // The other key's letter went out despite the refusal.
+        expect(letters.delivered.map((l) => l.id)).toEqual([idB])
+      } else {
+        expect(failedLetters).toEqual([{ ids: [idA, idB], error: 'dead-letter broker unreachable' }])
+        expect(letters.delivered).toEqual([])
+      }
+      expect(errors).toHaveLength(1)
+      expect(isOutboxKitError(errors[0]!.error, ErrorCode.TransportFailed)).toBe(true)
+      // Later cycles publish the dead key's follower and send no letter again.
+      letters.failWith = undefined
+      letters.throwWith = undefined
+      expect(await relay.runOnce()).toBe(1)
+      expect(await relay.runOnce()).toBe(0)
+      expect(store.rows.map((r) => [r.status, r.attempts])).toEqual([
+        ['dead', 1],
+        ['published', 1],
+        ['dead', 1],
+        ['published', 1],
+      ])
+      expect(letters.delivered.map((l) => l.id)).toEqual(mode === 'refuses' ? [idB] : [])
+      expect(failedLetters).toHaveLength(1)
+    })
+  }
+
+  test('a signal already aborted when the relay is created keeps start() from running it: CLOSED', async () => {
+    const { relay, transport, add } = setup({ signal: AbortSignal.abort() })
+    await add('a', 'a1')
+    const error = await relay.start().catch((e) => e)
+    expect(isOutboxKitError(error, ErrorCode.Closed)).toBe(true)
+    expect((error as Error).message).toContain('signal was already aborted')
+    expect(relay.running).toBe(false)
+    await new Promise((r) => setTimeout(r, 30))
+    expect(transport.delivered).toEqual([])
+  })
+
+  /** A claimer standing for another relay, taking whatever it can while `during` runs. */
+  async function otherRelayClaims(store: MemoryOutboxStore, during: Promise<unknown>): Promise<string[]> {
+    const taken: string[] = []
+    let done = false
+    void during.finally(() => {
+      done = true
+    })
+    while (!done) {
+      const claim = await store.claim({ limit: 100, leaseMs: 60_000 })
+      taken.push(...claim.records.map((r) => r.id))
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    return taken
+  }
+
+  test('with a lease under a second, a slow publish keeps its lease (renewed every leaseMs / 3)', async () => {
+    const { store, transport, relay, add } = setup({ leaseMs: 300 })
+    const publish = transport.publish.bind(transport)
+    transport.publish = async (records) => {
+      await new Promise((r) => setTimeout(r, 1_200))
+      return publish(records)
+    }
+    const lost: RelayEvents['leaseLost'][] = []
+    relay.on('leaseLost', (e) => lost.push(e))
+    await add('a', 'a1')
+    await add('b', 'b1')
+    const cycle = relay.runOnce()
+    expect(await otherRelayClaims(store, cycle)).toEqual([])
+    expect(await cycle).toBe(2)
+    expect(lost).toEqual([])
+    expect(store.rows.map((r) => r.status)).toEqual(['published', 'published'])
+  })
+
+  test('the lease is renewed during a slow dead-letter publish too', async () => {
+    const letters = new MemoryTransport()
+    const { store, transport, relay, add } = setup({
+      leaseMs: 300,
+      deadLetter: { topic: 'orders.dlq', transport: letters },
+    })
+    transport.failWith = () => ({ status: 'failed', error: 'INVALID_RECORD', retriable: false })
+    const publishLetters = letters.publish.bind(letters)
+    letters.publish = async (records) => {
+      await new Promise((r) => setTimeout(r, 1_200))
+      return publishLetters(records)
+    }
+    const lost: RelayEvents['leaseLost'][] = []
+    relay.on('leaseLost', (e) => lost.push(e))
+    await add('a', 'bad')
+    const cycle = relay.runOnce()
+    expect(await otherRelayClaims(store, cycle)).toEqual([])
+    await cycle
+    expect(lost).toEqual([])
+    expect(store.rows.map((r) => r.status)).toEqual(['dead'])
+    expect(letters.delivered).toHaveLength(1)
   })
 
   test('an AbortSignal stops the relay', async () => {

@@ -43,7 +43,7 @@ export interface KafkaTransportOptions {
   producer?: Omit<ProducerConfig, 'idempotent' | 'maxInFlightRequests' | 'transactionalId'>
 }
 
-const RECORD_OVERHEAD_BYTES = 128
+export const RECORD_OVERHEAD_BYTES = 128
 
 interface SendItem {
   readonly index: number
