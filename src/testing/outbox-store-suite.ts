@@ -329,6 +329,48 @@ export function outboxStoreSuite<Tx>(
       ])
     })
 
+    // 5 000 rows: five times the largest share of the table a Kysely claim of 500 reads first.
+    const backlog = 5_000
+    const blockedBacklog = async (outbox: Outbox<Tx>, h: OutboxStoreHarness<Tx>) => {
+      for (let start = 0; start < backlog; start += 1_000) {
+        await h.store.transaction((tx) =>
+          outbox.add(
+            tx,
+            Array.from({ length: 1_000 }, (_, i) => message('busy', `busy-${start + i}`)),
+          ),
+        )
+      }
+      await h.store.transaction((tx) =>
+        outbox.add(
+          tx,
+          Array.from({ length: 20 }, (_, i) => message(`other-${i}`, `other-${i}`)),
+        ),
+      )
+      const head = await h.store.claim({ limit: 1, leaseMs: 60_000 })
+      expect(head.records.map((r) => r.type)).toEqual(['busy-0'])
+      return head
+    }
+
+    test("a key whose head waits for a long retry does not hold back other keys' ready rows, whatever its backlog", async (h, outbox) => {
+      const head = await blockedBacklog(outbox, h)
+      await h.store.markFailed(head.token, [
+        { id: head.records[0]!.id, error: 'no leader', retryInMs: 60_000 },
+      ])
+      const next = await h.store.claim({ limit: 500, leaseMs: 30_000 })
+      expect(next.records.map((r) => r.type)).toEqual(Array.from({ length: 20 }, (_, i) => `other-${i}`))
+    })
+
+    test("a key whose head is held by a claim that never settles does not hold back other keys' ready rows", async (h, outbox) => {
+      await blockedBacklog(outbox, h)
+      const next = await h.store.claim({ limit: 500, leaseMs: 30_000 })
+      expect(next.records.map((r) => r.type)).toEqual(Array.from({ length: 20 }, (_, i) => `other-${i}`))
+      // And a small claim finds them too, a few at a time, oldest first.
+      const released = await h.store.release(next.token)
+      expect(released.settled).toBe(20)
+      const small = await h.store.claim({ limit: 3, leaseMs: 30_000 })
+      expect(small.records.map((r) => r.type)).toEqual(['other-0', 'other-1', 'other-2'])
+    })
+
     test('a dead record is kept with its reason and no longer holds back its key', async (h, outbox) => {
       await h.store.transaction((tx) => outbox.add(tx, [message('a', 'a1'), message('a', 'a2')]))
       const claim = await h.store.claim({ limit: 1, leaseMs: 30_000 })

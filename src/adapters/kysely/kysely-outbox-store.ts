@@ -188,18 +188,24 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     //    row). Reading a bounded window keeps a claim's cost independent of the backlog.
     const pending = await sql<ClaimCandidate>`
       SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-        CASE WHEN o.${sql.raw(c.availableAt)} <= ${now}
-          AND (o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now}) THEN 1 ELSE 0 END AS ready
+        ${this.#readyColumn('o')} AS ready
       FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
       WHERE o.${sql.raw(c.status)} = ${Status.pending}
       ORDER BY o.${sql.raw(c.seq)}
       LIMIT ${window}`.execute(trx)
-    const heads: unknown[] = []
-    const seenKeys = new Set<string>()
-    for (const row of pending.rows) {
-      if (seenKeys.has(row.key)) continue
-      seenKeys.add(row.key)
-      if (toNumber(row.ready) === 1) heads.push(row.seq)
+    let candidates = pending.rows
+    const heads = readyHeads(candidates)
+    const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+    if (candidates.length === window && fromWindow < limit) {
+      // 1b. The window is full yet cannot fill the claim: keys that cannot progress (a head
+      //     waiting for its retry or leased) crowd it. Find the ready heads of the keys that
+      //     start beyond it by hopping over keys through the pending (key, seq) index, so the
+      //     cost depends on how many keys are pending, never on how many rows one key holds.
+      const beyond = await this.#headsBeyond(trx, candidates[candidates.length - 1]!.seq, limit - fromWindow)
+      if (beyond.length > 0) {
+        heads.push(...beyond.map((h) => h.seq))
+        candidates = [...candidates, ...(await this.#runsOf(trx, beyond, limit - fromWindow))]
+      }
     }
     if (heads.length === 0) return []
     // Heads come in seq order and each contributes at least its own row, so heads past the first
@@ -220,25 +226,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     if (lockedHeads.size === 0) return []
 
     // 3. Runs: oldest first across keys, each held key contributing the ready rows that follow its
-    //    head in the window, up to the first row that is not ready (waiting for a retry).
-    const chosen: unknown[] = []
-    const open = new Set<string>()
-    const closed = new Set<string>()
-    for (const row of pending.rows) {
-      if (chosen.length >= limit) break
-      if (closed.has(row.key)) continue
-      if (!open.has(row.key)) {
-        if (!lockedHeads.has(String(row.seq))) {
-          closed.add(row.key)
-          continue
-        }
-        open.add(row.key)
-      } else if (toNumber(row.ready) !== 1) {
-        closed.add(row.key)
-        continue
-      }
-      chosen.push(row.seq)
-    }
+    //    head, up to the first row that is not ready (waiting for a retry).
+    const chosen = runs(candidates, lockedHeads, limit)
 
     // 4. Lease them, counting the attempt, and read them back (Postgres in the same statement).
     const lease = sql`
@@ -275,6 +264,67 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
       attempts: toNumber(row['attempts']),
       createdAt: toDate(row['created_at']),
     }))
+  }
+
+  /** Whether a row may be claimed now, as a 1/0 column. */
+  #readyColumn(alias: string): RawBuilder<unknown> {
+    const c = this.tables.columns
+    const now = this.#sql.now
+    return sql`CASE WHEN ${sql.raw(alias)}.${sql.raw(c.availableAt)} <= ${now}
+      AND (${sql.raw(alias)}.${sql.raw(c.leaseUntil)} IS NULL OR ${sql.raw(alias)}.${sql.raw(c.leaseUntil)} <= ${now})
+      THEN 1 ELSE 0 END`
+  }
+
+  /**
+   * The ready heads of keys whose head lies after `afterSeq`, oldest first, at most `limit`.
+   * A loose index scan: each step jumps to the next pending key through the pending (key, seq)
+   * index and reads that key's head, so a key with a large backlog costs one step.
+   */
+  async #headsBeyond(
+    trx: Transaction<DB>,
+    afterSeq: unknown,
+    limit: number,
+  ): Promise<{ seq: unknown; key: string }[]> {
+    const { outbox, columns: c } = this.tables
+    const now = this.#sql.now
+    const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
+    // Postgres types MIN(varchar) as varchar without length: both terms must agree.
+    const asKey = (value: RawBuilder<unknown>) => (this.#mysql ? value : sql`CAST(${value} AS text)`)
+    const result = await sql<{ seq: unknown; key: string }>`
+      WITH RECURSIVE pending_keys (k) AS (
+        SELECT ${asKey(sql`MIN(${sql.raw(c.key)})`)} FROM ${sql.raw(outbox)} WHERE ${pending}
+        UNION ALL
+        SELECT ${asKey(sql`(SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
+          WHERE n.${pending} AND n.${sql.raw(c.key)} > p.k)`)}
+        FROM pending_keys p WHERE p.k IS NOT NULL
+      )
+      SELECT h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}
+      FROM pending_keys p JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = (
+        SELECT MIN(m.${sql.raw(c.seq)}) FROM ${sql.raw(outbox)} m WHERE m.${pending} AND m.${sql.raw(c.key)} = p.k)
+      WHERE p.k IS NOT NULL AND h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
+        AND h.${sql.raw(c.availableAt)} <= ${now}
+        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})
+      ORDER BY h.${sql.raw(c.seq)}
+      LIMIT ${limit}`.execute(trx)
+    return result.rows
+  }
+
+  /** The oldest `limit` pending rows of each of `heads`' keys, through the per-key index. */
+  async #runsOf(
+    trx: Transaction<DB>,
+    heads: readonly { key: string }[],
+    limit: number,
+  ): Promise<ClaimCandidate[]> {
+    const { outbox, columns: c } = this.tables
+    const perKey = heads.map(
+      (h) => sql`(SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+        ${this.#readyColumn('o')} AS ready
+        FROM ${sql.raw(outbox)} o
+        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} = ${h.key}
+        ORDER BY o.${sql.raw(c.seq)} LIMIT ${limit})`,
+    )
+    const result = await sql<ClaimCandidate>`${sql.join(perKey, sql` UNION ALL `)}`.execute(trx)
+    return result.rows.sort((a, b) => toNumber(a.seq) - toNumber(b.seq))
   }
 
   /**
@@ -457,6 +507,44 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
   #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
     return runStoreOperation(this.name, this.tables.outboxName, operation, fn)
   }
+}
+
+/** The seq of each key's first row in `rows` (seq order) when that row is ready. */
+function readyHeads(rows: readonly ClaimCandidate[]): unknown[] {
+  const heads: unknown[] = []
+  const seen = new Set<string>()
+  for (const row of rows) {
+    if (seen.has(row.key)) continue
+    seen.add(row.key)
+    if (toNumber(row.ready) === 1) heads.push(row.seq)
+  }
+  return heads
+}
+
+/**
+ * Oldest first across keys, at most `limit` rows: each key whose first row in `rows` is one of
+ * `heads` contributes the ready rows from it up to its first row that is not ready.
+ */
+function runs(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit: number): unknown[] {
+  const chosen: unknown[] = []
+  const open = new Set<string>()
+  const closed = new Set<string>()
+  for (const row of rows) {
+    if (chosen.length >= limit) break
+    if (closed.has(row.key)) continue
+    if (!open.has(row.key)) {
+      if (!heads.has(String(row.seq))) {
+        closed.add(row.key)
+        continue
+      }
+      open.add(row.key)
+    } else if (toNumber(row.ready) !== 1) {
+      closed.add(row.key)
+      continue
+    }
+    chosen.push(row.seq)
+  }
+  return chosen
 }
 
 const MAX_ERROR_TEXT = 4000
