@@ -55,6 +55,7 @@ export type {
   OutboxStats,
   OutboxStore,
   PurgeOptions,
+  RequeueResult,
   SettleResult,
   StoreCapabilities,
   TransactionRunner,

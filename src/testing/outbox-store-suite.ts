@@ -383,6 +383,38 @@ export function outboxStoreSuite<Tx>(
       expect([stats.pending, stats.dead]).toEqual([1, 1])
     })
 
+    test('a requeued dead record goes after the rows its key had pending, never while another claim holds the key', async (h, outbox) => {
+      await h.store.transaction((tx) =>
+        outbox.add(tx, [message('a', 'a1'), message('a', 'a2'), message('a', 'a3'), message('b', 'b1')]),
+      )
+      const first = await h.store.claim({ limit: 1, leaseMs: 30_000 })
+      const a1 = first.records[0]!
+      expect(a1.type).toBe('a1')
+      expect((await h.store.markDead(first.token, [{ id: a1.id, error: 'MESSAGE_TOO_LARGE' }])).settled).toBe(
+        1,
+      )
+      const held = await h.store.claim({ limit: 1, leaseMs: 30_000 })
+      const a2 = held.records[0]!
+      expect(a2.type).toBe('a2')
+
+      const result = await h.store.requeue([a1.id, a2.id])
+      expect([result.requeued, result.skipped]).toEqual([[a1.id], [a2.id]])
+      expect((await h.store.stats()).dead).toBe(0)
+      // Key a is held by the other claim: the requeued row must not become a second head.
+      const meanwhile = await h.store.claim({ limit: 10, leaseMs: 30_000 })
+      expect(meanwhile.records.map((r) => r.type)).toEqual(['b1'])
+
+      expect((await h.store.markPublished(held.token, [a2.id])).settled).toBe(1)
+      const next = await h.store.claim({ limit: 10, leaseMs: 30_000 })
+      expect(next.records.map((r) => [r.type, r.id, r.attempts])).toEqual([
+        ['a3', next.records[0]!.id, 1],
+        ['a1', a1.id, 1],
+      ])
+      // Requeueing a row that is not dead changes nothing.
+      expect(await h.store.requeue([a2.id])).toEqual({ requeued: [], skipped: [a2.id] })
+      expect((await h.readRows()).find((r) => r.id === a2.id)!.status).toBe('published')
+    })
+
     test('a released claim does not count as an attempt and is claimable at once', async (h, outbox) => {
       await h.store.transaction((tx) => outbox.add(tx, [message('a', 'a1'), message('b', 'b1')]))
       const claim = await h.store.claim({ limit: 10, leaseMs: 30_000 })

@@ -9,6 +9,7 @@ import type {
   OutboxStats,
   OutboxStore,
   PurgeOptions,
+  RequeueResult,
   SettleResult,
   StoreCapabilities,
 } from '../../core/store.js'
@@ -468,6 +469,52 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     return toNumber(result.numAffectedRows)
   }
 
+  async requeue(ids: readonly string[]): Promise<RequeueResult> {
+    const { outbox, columns: c } = this.tables
+    const unique = [...new Set(ids)]
+    // Postgres ids are uuids: anything else cannot name a row.
+    const candidates = this.#mysql ? unique : unique.filter((id) => UUID.test(id))
+    if (candidates.length === 0) return { requeued: [], skipped: unique }
+    const requeued = await this.#run('requeue', () =>
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          const dead = await sql<{ seq: unknown; id: unknown }>`
+            SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)} ${this.#byIdIndex}
+            WHERE ${sql.raw(c.id)} IN (${sql.join(candidates)}) AND ${sql.raw(c.status)} = ${Status.dead}
+            ORDER BY ${sql.raw(c.seq)} FOR UPDATE`.execute(trx)
+          const reset = sql`${sql.raw(c.status)} = ${Status.pending}, ${sql.raw(c.attempts)} = 0,
+            ${sql.raw(c.availableAt)} = ${this.#sql.now}, ${sql.raw(c.leaseUntil)} = NULL,
+            ${sql.raw(c.claimToken)} = NULL`
+          // One at a time, oldest first, so requeued rows of one key keep their order. A new seq
+          // puts each behind every row of its key that is pending now.
+          for (const row of dead.rows) {
+            if (!this.#mysql) {
+              await sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.seq)} = DEFAULT, ${reset}
+                WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+              continue
+            }
+            // MySQL cannot give an existing row a new AUTO_INCREMENT value: copy it, then delete
+            // the old row (the copy takes a temporary id, as ids are unique).
+            const columns = [c.topic, c.key, c.type, c.payload, c.headers, c.createdAt, c.lastError]
+            const temporary = crypto.randomUUID()
+            await sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw([c.id, ...columns].join(', '))})
+              SELECT ${temporary}, ${sql.raw(columns.join(', '))} FROM ${sql.raw(outbox)}
+              WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+            await sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+            await sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.id)} = ${String(row.id)}, ${reset}
+              WHERE ${sql.raw(c.id)} = ${temporary}`.execute(trx)
+          }
+          return new Set(dead.rows.map((r) => String(r.id)))
+        }),
+    )
+    return {
+      requeued: unique.filter((id) => requeued.has(id)),
+      skipped: unique.filter((id) => !requeued.has(id)),
+    }
+  }
+
   async purge(options: PurgeOptions): Promise<number> {
     const { outbox, columns: c } = this.tables
     const statuses = options.includeDead ? [Status.published, Status.dead] : [Status.published]
@@ -546,6 +593,8 @@ function runs(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit
   }
   return chosen
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 const MAX_ERROR_TEXT = 4000
 
