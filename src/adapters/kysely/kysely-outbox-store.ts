@@ -278,8 +278,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
 
   /**
    * The ready heads of keys whose head lies after `afterSeq`, oldest first, at most `limit`.
-   * A loose index scan: each step jumps to the next pending key through the pending (key, seq)
-   * index and reads that key's head, so a key with a large backlog costs one step.
+   * A loose index scan: one index dive per pending key, so a key with a large backlog costs as
+   * much as a key with one row.
    */
   async #headsBeyond(
     trx: Transaction<DB>,
@@ -289,22 +289,36 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     const { outbox, columns: c } = this.tables
     const now = this.#sql.now
     const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
-    // Postgres types MIN(varchar) as varchar without length: both terms must agree.
-    const asKey = (value: RawBuilder<unknown>) => (this.#mysql ? value : sql`CAST(${value} AS text)`)
+    const ready = sql`h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
+        AND h.${sql.raw(c.availableAt)} <= ${now}
+        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})`
+    const columns = sql`h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}`
+    if (this.#mysql) {
+      // InnoDB reads MIN(seq) per (status, key) group as a loose index scan of the
+      // (status, key, seq) index ("Using index for group-by"): one index dive per key.
+      const result = await sql<{ seq: unknown; key: string }>`
+        SELECT ${columns} FROM (
+          SELECT MIN(${sql.raw(c.seq)}) AS head FROM ${sql.raw(outbox)} WHERE ${pending}
+          GROUP BY ${sql.raw(c.status)}, ${sql.raw(c.key)}) g
+        JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = g.head
+        WHERE g.head > ${afterSeq} AND ${ready}
+        ORDER BY h.${sql.raw(c.seq)} LIMIT ${limit}`.execute(trx)
+      return result.rows
+    }
+    // Postgres has no loose index scan: a recursive CTE hops from key to key on the partial
+    // (key, seq) index. MIN(varchar) is typed varchar without length: both terms are cast alike.
     const result = await sql<{ seq: unknown; key: string }>`
       WITH RECURSIVE pending_keys (k) AS (
-        SELECT ${asKey(sql`MIN(${sql.raw(c.key)})`)} FROM ${sql.raw(outbox)} WHERE ${pending}
+        SELECT CAST(MIN(${sql.raw(c.key)}) AS text) FROM ${sql.raw(outbox)} WHERE ${pending}
         UNION ALL
-        SELECT ${asKey(sql`(SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
-          WHERE n.${pending} AND n.${sql.raw(c.key)} > p.k)`)}
+        SELECT CAST((SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
+          WHERE n.${pending} AND n.${sql.raw(c.key)} > p.k) AS text)
         FROM pending_keys p WHERE p.k IS NOT NULL
       )
-      SELECT h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}
+      SELECT ${columns}
       FROM pending_keys p JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = (
         SELECT MIN(m.${sql.raw(c.seq)}) FROM ${sql.raw(outbox)} m WHERE m.${pending} AND m.${sql.raw(c.key)} = p.k)
-      WHERE p.k IS NOT NULL AND h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
-        AND h.${sql.raw(c.availableAt)} <= ${now}
-        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})
+      WHERE p.k IS NOT NULL AND ${ready}
       ORDER BY h.${sql.raw(c.seq)}
       LIMIT ${limit}`.execute(trx)
     return result.rows
