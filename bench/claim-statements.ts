@@ -8,7 +8,8 @@
  *
  * With `--blocked [--backend postgres.js|mariadb]`: the time of a whole `claim({ limit: 500 })`
  * when one key's head waits for a long retry, with 2 100 and with 50 000 rows of that key queued
- * in front of 200 ready rows of 200 other keys, to show the claim does not grow with the backlog.
+ * in front of 200 ready rows of 200 other keys, to show the claim does not grow with the backlog
+ * (and, for comparison, the same 200 rows with no blocked key).
  */
 import { type RawBuilder, sql } from 'kysely'
 import { createKyselyOutboxStore } from '../src/adapters/kysely/index.js'
@@ -38,7 +39,7 @@ async function blockedBacklog(backend: BackendName): Promise<void> {
   try {
     const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
     const outbox = new Outbox({ store })
-    for (const backlog of [2_100, 50_000]) {
+    for (const backlog of [0, 2_100, 50_000]) {
       await database.resetOutbox()
       for (let start = 0; start < backlog; start += 1000) {
         const n = Math.min(1000, backlog - start)
@@ -56,8 +57,10 @@ async function blockedBacklog(backend: BackendName): Promise<void> {
         ),
       )
       await database.analyze('outbox')
-      const head = await store.claim({ limit: 1, leaseMs: 60_000 })
-      await store.markFailed(head.token, [{ id: head.records[0]!.id, error: 'x', retryInMs: 3_600_000 }])
+      if (backlog > 0) {
+        const head = await store.claim({ limit: 1, leaseMs: 60_000 })
+        await store.markFailed(head.token, [{ id: head.records[0]!.id, error: 'x', retryInMs: 3_600_000 }])
+      }
       const times: number[] = []
       let claimed = 0
       for (let round = -3; round < repetitions; round++) {

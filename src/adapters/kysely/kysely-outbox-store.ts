@@ -331,14 +331,20 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Kysely<DB>> {
     limit: number,
   ): Promise<ClaimCandidate[]> {
     const { outbox, columns: c } = this.tables
-    const perKey = heads.map(
-      (h) => sql`(SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-        ${this.#readyColumn('o')} AS ready
+    const run = (match: RawBuilder<unknown>) => sql`SELECT o.${sql.raw(c.seq)} AS seq,
+        o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}, ${this.#readyColumn('o')} AS ready
         FROM ${sql.raw(outbox)} o
-        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} = ${h.key}
-        ORDER BY o.${sql.raw(c.seq)} LIMIT ${limit})`,
-    )
-    const result = await sql<ClaimCandidate>`${sql.join(perKey, sql` UNION ALL `)}`.execute(trx)
+        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} = ${match}
+        ORDER BY o.${sql.raw(c.seq)} LIMIT ${limit}`
+    // Postgres plans one lateral subquery for all keys; MariaDB has no LATERAL.
+    const result = await (this.#mysql
+      ? sql<ClaimCandidate>`${sql.join(
+          heads.map((h) => sql`(${run(sql`${h.key}`)})`),
+          sql` UNION ALL `,
+        )}`
+      : sql<ClaimCandidate>`SELECT r.* FROM unnest(ARRAY[${sql.join(heads.map((h) => h.key))}]::text[]) AS u(k)
+          CROSS JOIN LATERAL (${run(sql`u.k`)}) r`
+    ).execute(trx)
     return result.rows.sort((a, b) => toNumber(a.seq) - toNumber(b.seq))
   }
 
