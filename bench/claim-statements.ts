@@ -5,9 +5,16 @@
  * transaction that is rolled back so every run sees the same rows.
  *
  *   bun bench/claim-statements.ts [--repetitions 15]
+ *
+ * With `--blocked [--backend postgres.js|mariadb]`: the time of a whole `claim({ limit: 500 })`
+ * when one key's head waits for a long retry, with 2 100 and with 50 000 rows of that key queued
+ * in front of 200 ready rows of 200 other keys, to show the claim does not grow with the backlog
+ * (and, for comparison, the same 200 rows with no blocked key).
  */
 import { type RawBuilder, sql } from 'kysely'
-import { openDatabase } from './lib/db.js'
+import { createKyselyOutboxStore } from '../src/adapters/kysely/index.js'
+import { Outbox } from '../src/index.js'
+import { type BackendName, openDatabase } from './lib/db.js'
 import { silenceNegativeTimeoutWarnings } from './lib/kafka.js'
 import { fillOutbox } from './lib/relay.js'
 import { median, now } from './lib/stats.js'
@@ -20,6 +27,58 @@ const BATCH = 1000
 const KEYS = 10_000
 
 class Rollback extends Error {}
+
+if (process.argv.includes('--blocked')) {
+  const b = process.argv.indexOf('--backend')
+  await blockedBacklog(b > 0 ? (process.argv[b + 1] as BackendName) : 'postgres.js')
+  process.exit(0)
+}
+
+async function blockedBacklog(backend: BackendName): Promise<void> {
+  const database = await openDatabase(backend)
+  try {
+    const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
+    const outbox = new Outbox({ store })
+    for (const backlog of [0, 2_100, 50_000]) {
+      await database.resetOutbox()
+      for (let start = 0; start < backlog; start += 1000) {
+        const n = Math.min(1000, backlog - start)
+        await store.transaction((trx) =>
+          outbox.add(
+            trx,
+            Array.from({ length: n }, () => ({ topic: 't', key: 'busy', type: 'e', payload: {} })),
+          ),
+        )
+      }
+      await store.transaction((trx) =>
+        outbox.add(
+          trx,
+          Array.from({ length: 200 }, (_, k) => ({ topic: 't', key: `k${k}`, type: 'e', payload: {} })),
+        ),
+      )
+      await database.analyze('outbox')
+      if (backlog > 0) {
+        const head = await store.claim({ limit: 1, leaseMs: 60_000 })
+        await store.markFailed(head.token, [{ id: head.records[0]!.id, error: 'x', retryInMs: 3_600_000 }])
+      }
+      const times: number[] = []
+      let claimed = 0
+      for (let round = -3; round < repetitions; round++) {
+        const started = now()
+        const claim = await store.claim({ limit: 500, leaseMs: 30_000 })
+        const elapsed = now() - started
+        claimed = claim.records.length
+        await store.release(claim.token)
+        if (round >= 0) times.push(elapsed)
+      }
+      console.log(
+        `${backend}, blocked key with ${backlog} rows: claim(500) ${median(times).toFixed(2)} ms, ${claimed} records`,
+      )
+    }
+  } finally {
+    await database.close()
+  }
+}
 
 const database = await openDatabase('postgres.js')
 try {

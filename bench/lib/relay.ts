@@ -19,6 +19,7 @@ import {
   type PublishOutcome,
   type PurgeOptions,
   Relay,
+  type RequeueResult,
   type SettleResult,
   type Transport,
 } from '../../src/index.js'
@@ -235,6 +236,10 @@ export class ProfiledStore implements OutboxStore<Tx> {
 
   extendLease(token: string, leaseMs: number): Promise<number> {
     return this.#inner.extendLease(token, leaseMs)
+  }
+
+  requeue(ids: readonly string[]): Promise<RequeueResult> {
+    return this.#inner.requeue(ids)
   }
 
   purge(options: PurgeOptions): Promise<number> {

@@ -58,6 +58,7 @@ export type {
   OutboxStats,
   OutboxStore,
   PurgeOptions,
+  RequeueResult,
   SettleResult,
   StoreCapabilities,
   TransactionRunner,

@@ -77,6 +77,14 @@ export interface PurgeOptions {
   readonly limit?: number
 }
 
+/** The outcome of {@link OutboxStore.requeue}. */
+export interface RequeueResult {
+  /** Ids that were dead and are pending again, at the end of their key. */
+  readonly requeued: readonly string[]
+  /** Ids left untouched: not dead (pending, published) or unknown. */
+  readonly skipped: readonly string[]
+}
+
 /** Runs a function in a new transaction of the backend, committing if it resolves. */
 export interface TransactionRunner<Tx> {
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>
@@ -114,6 +122,14 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
   release(token: string, ids?: readonly string[]): Promise<SettleResult>
   /** Extends the lease of every record the claim still holds. Returns how many it holds. */
   extendLease(token: string, leaseMs: number): Promise<number>
+
+  /**
+   * Gives dead records another chance: each goes to the END of its key (after every record of the
+   * key that is pending now, as if written now), with attempts reset and ready at once. The
+   * message id is kept, so consumers still deduplicate it. Never makes an old record its key's
+   * head again while later records of the key are claimed. Ids that are not dead are skipped.
+   */
+  requeue(ids: readonly string[]): Promise<RequeueResult>
 
   /**
    * Deletes old settled rows; returns how many. Throws `INVALID_OPTIONS` for options outside

@@ -331,6 +331,48 @@ export function outboxStoreSuite<Tx>(
       ])
     })
 
+    // 5 000 rows: five times the largest share of the table a Kysely claim of 500 reads first.
+    const backlog = 5_000
+    const blockedBacklog = async (outbox: Outbox<Tx>, h: OutboxStoreHarness<Tx>) => {
+      for (let start = 0; start < backlog; start += 1_000) {
+        await h.store.transaction((tx) =>
+          outbox.add(
+            tx,
+            Array.from({ length: 1_000 }, (_, i) => message('busy', `busy-${start + i}`)),
+          ),
+        )
+      }
+      await h.store.transaction((tx) =>
+        outbox.add(
+          tx,
+          Array.from({ length: 20 }, (_, i) => message(`other-${i}`, `other-${i}`)),
+        ),
+      )
+      const head = await h.store.claim({ limit: 1, leaseMs: 60_000 })
+      expect(head.records.map((r) => r.type)).toEqual(['busy-0'])
+      return head
+    }
+
+    test("a key whose head waits for a long retry does not hold back other keys' ready rows, whatever its backlog", async (h, outbox) => {
+      const head = await blockedBacklog(outbox, h)
+      await h.store.markFailed(head.token, [
+        { id: head.records[0]!.id, error: 'no leader', retryInMs: 60_000 },
+      ])
+      const next = await h.store.claim({ limit: 500, leaseMs: 30_000 })
+      expect(next.records.map((r) => r.type)).toEqual(Array.from({ length: 20 }, (_, i) => `other-${i}`))
+    })
+
+    test("a key whose head is held by a claim that never settles does not hold back other keys' ready rows", async (h, outbox) => {
+      await blockedBacklog(outbox, h)
+      const next = await h.store.claim({ limit: 500, leaseMs: 30_000 })
+      expect(next.records.map((r) => r.type)).toEqual(Array.from({ length: 20 }, (_, i) => `other-${i}`))
+      // And a small claim finds them too, a few at a time, oldest first.
+      const released = await h.store.release(next.token)
+      expect(released.settled).toBe(20)
+      const small = await h.store.claim({ limit: 3, leaseMs: 30_000 })
+      expect(small.records.map((r) => r.type)).toEqual(['other-0', 'other-1', 'other-2'])
+    })
+
     test('a dead record is kept with its reason and no longer holds back its key', async (h, outbox) => {
       await h.store.transaction((tx) => outbox.add(tx, [message('a', 'a1'), message('a', 'a2')]))
       const claim = await h.store.claim({ limit: 1, leaseMs: 30_000 })
@@ -341,6 +383,38 @@ export function outboxStoreSuite<Tx>(
       expect([rows[0]!.status, rows[0]!.lastError]).toEqual(['dead', 'MESSAGE_TOO_LARGE'])
       const stats = await h.store.stats()
       expect([stats.pending, stats.dead]).toEqual([1, 1])
+    })
+
+    test('a requeued dead record goes after the rows its key had pending, never while another claim holds the key', async (h, outbox) => {
+      await h.store.transaction((tx) =>
+        outbox.add(tx, [message('a', 'a1'), message('a', 'a2'), message('a', 'a3'), message('b', 'b1')]),
+      )
+      const first = await h.store.claim({ limit: 1, leaseMs: 30_000 })
+      const a1 = first.records[0]!
+      expect(a1.type).toBe('a1')
+      expect((await h.store.markDead(first.token, [{ id: a1.id, error: 'MESSAGE_TOO_LARGE' }])).settled).toBe(
+        1,
+      )
+      const held = await h.store.claim({ limit: 1, leaseMs: 30_000 })
+      const a2 = held.records[0]!
+      expect(a2.type).toBe('a2')
+
+      const result = await h.store.requeue([a1.id, a2.id])
+      expect([result.requeued, result.skipped]).toEqual([[a1.id], [a2.id]])
+      expect((await h.store.stats()).dead).toBe(0)
+      // Key a is held by the other claim: the requeued row must not become a second head.
+      const meanwhile = await h.store.claim({ limit: 10, leaseMs: 30_000 })
+      expect(meanwhile.records.map((r) => r.type)).toEqual(['b1'])
+
+      expect((await h.store.markPublished(held.token, [a2.id])).settled).toBe(1)
+      const next = await h.store.claim({ limit: 10, leaseMs: 30_000 })
+      expect(next.records.map((r) => [r.type, r.id, r.attempts])).toEqual([
+        ['a3', next.records[0]!.id, 1],
+        ['a1', a1.id, 1],
+      ])
+      // Requeueing a row that is not dead changes nothing.
+      expect(await h.store.requeue([a2.id])).toEqual({ requeued: [], skipped: [a2.id] })
+      expect((await h.readRows()).find((r) => r.id === a2.id)!.status).toBe('published')
     })
 
     test('a released claim does not count as an attempt and is claimable at once', async (h, outbox) => {

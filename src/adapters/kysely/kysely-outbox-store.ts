@@ -10,6 +10,7 @@ import type {
   OutboxStats,
   OutboxStore,
   PurgeOptions,
+  RequeueResult,
   SettleResult,
   StoreCapabilities,
 } from '../../core/store.js'
@@ -223,18 +224,24 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     //    row). Reading a bounded window keeps a claim's cost independent of the backlog.
     const pending = await sql<ClaimCandidate>`
       SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-        CASE WHEN o.${sql.raw(c.availableAt)} <= ${now}
-          AND (o.${sql.raw(c.leaseUntil)} IS NULL OR o.${sql.raw(c.leaseUntil)} <= ${now}) THEN 1 ELSE 0 END AS ready
+        ${this.#readyColumn('o')} AS ready
       FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
       WHERE o.${sql.raw(c.status)} = ${Status.pending}
       ORDER BY o.${sql.raw(c.seq)}
       LIMIT ${window}`.execute(trx)
-    const heads: unknown[] = []
-    const seenKeys = new Set<string>()
-    for (const row of pending.rows) {
-      if (seenKeys.has(row.key)) continue
-      seenKeys.add(row.key)
-      if (toNumber(row.ready) === 1) heads.push(row.seq)
+    let candidates = pending.rows
+    const heads = readyHeads(candidates)
+    const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+    if (candidates.length === window && fromWindow < limit) {
+      // 1b. The window is full yet cannot fill the claim: keys that cannot progress (a head
+      //     waiting for its retry or leased) crowd it. Find the ready heads of the keys that
+      //     start beyond it by hopping over keys through the pending (key, seq) index, so the
+      //     cost depends on how many keys are pending, never on how many rows one key holds.
+      const beyond = await this.#headsBeyond(trx, candidates[candidates.length - 1]!.seq, limit - fromWindow)
+      if (beyond.length > 0) {
+        heads.push(...beyond.map((h) => h.seq))
+        candidates = [...candidates, ...(await this.#runsOf(trx, beyond, limit - fromWindow))]
+      }
     }
     if (heads.length === 0) return []
     // Heads come in seq order and each contributes at least its own row, so heads past the first
@@ -255,25 +262,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     if (lockedHeads.size === 0) return []
 
     // 3. Runs: oldest first across keys, each held key contributing the ready rows that follow its
-    //    head in the window, up to the first row that is not ready (waiting for a retry).
-    const chosen: unknown[] = []
-    const open = new Set<string>()
-    const closed = new Set<string>()
-    for (const row of pending.rows) {
-      if (chosen.length >= limit) break
-      if (closed.has(row.key)) continue
-      if (!open.has(row.key)) {
-        if (!lockedHeads.has(String(row.seq))) {
-          closed.add(row.key)
-          continue
-        }
-        open.add(row.key)
-      } else if (toNumber(row.ready) !== 1) {
-        closed.add(row.key)
-        continue
-      }
-      chosen.push(row.seq)
-    }
+    //    head, up to the first row that is not ready (waiting for a retry).
+    const chosen = runs(candidates, lockedHeads, limit)
 
     // 4. Lease them, counting the attempt, and read them back (Postgres in the same statement).
     const lease = sql`
@@ -310,6 +300,87 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       attempts: toNumber(row['attempts']),
       createdAt: toDate(row['created_at']),
     }))
+  }
+
+  /** Whether a row may be claimed now, as a 1/0 column. */
+  #readyColumn(alias: string): RawBuilder<unknown> {
+    const c = this.tables.columns
+    const now = this.#sql.now
+    return sql`CASE WHEN ${sql.raw(alias)}.${sql.raw(c.availableAt)} <= ${now}
+      AND (${sql.raw(alias)}.${sql.raw(c.leaseUntil)} IS NULL OR ${sql.raw(alias)}.${sql.raw(c.leaseUntil)} <= ${now})
+      THEN 1 ELSE 0 END`
+  }
+
+  /**
+   * The ready heads of keys whose head lies after `afterSeq`, oldest first, at most `limit`.
+   * A loose index scan: one index dive per pending key, so a key with a large backlog costs as
+   * much as a key with one row.
+   */
+  async #headsBeyond(
+    trx: Transaction<DB>,
+    afterSeq: unknown,
+    limit: number,
+  ): Promise<{ seq: unknown; key: string }[]> {
+    const { outbox, columns: c } = this.tables
+    const now = this.#sql.now
+    const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
+    const ready = sql`h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
+        AND h.${sql.raw(c.availableAt)} <= ${now}
+        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})`
+    const columns = sql`h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}`
+    if (this.#mysql) {
+      // InnoDB reads MIN(seq) per (status, key) group as a loose index scan of the
+      // (status, key, seq) index ("Using index for group-by"): one index dive per key.
+      const result = await sql<{ seq: unknown; key: string }>`
+        SELECT ${columns} FROM (
+          SELECT MIN(${sql.raw(c.seq)}) AS head FROM ${sql.raw(outbox)} WHERE ${pending}
+          GROUP BY ${sql.raw(c.status)}, ${sql.raw(c.key)}) g
+        JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = g.head
+        WHERE g.head > ${afterSeq} AND ${ready}
+        ORDER BY h.${sql.raw(c.seq)} LIMIT ${limit}`.execute(trx)
+      return result.rows
+    }
+    // Postgres has no loose index scan: a recursive CTE hops from key to key on the partial
+    // (key, seq) index. MIN(varchar) is typed varchar without length: both terms are cast alike.
+    const result = await sql<{ seq: unknown; key: string }>`
+      WITH RECURSIVE pending_keys (k) AS (
+        SELECT CAST(MIN(${sql.raw(c.key)}) AS text) FROM ${sql.raw(outbox)} WHERE ${pending}
+        UNION ALL
+        SELECT CAST((SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
+          WHERE n.${pending} AND n.${sql.raw(c.key)} > p.k) AS text)
+        FROM pending_keys p WHERE p.k IS NOT NULL
+      )
+      SELECT ${columns}
+      FROM pending_keys p JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = (
+        SELECT MIN(m.${sql.raw(c.seq)}) FROM ${sql.raw(outbox)} m WHERE m.${pending} AND m.${sql.raw(c.key)} = p.k)
+      WHERE p.k IS NOT NULL AND ${ready}
+      ORDER BY h.${sql.raw(c.seq)}
+      LIMIT ${limit}`.execute(trx)
+    return result.rows
+  }
+
+  /** The oldest `limit` pending rows of each of `heads`' keys, through the per-key index. */
+  async #runsOf(
+    trx: Transaction<DB>,
+    heads: readonly { key: string }[],
+    limit: number,
+  ): Promise<ClaimCandidate[]> {
+    const { outbox, columns: c } = this.tables
+    const run = (match: RawBuilder<unknown>) => sql`SELECT o.${sql.raw(c.seq)} AS seq,
+        o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}, ${this.#readyColumn('o')} AS ready
+        FROM ${sql.raw(outbox)} o
+        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND o.${sql.raw(c.key)} = ${match}
+        ORDER BY o.${sql.raw(c.seq)} LIMIT ${limit}`
+    // Postgres plans one lateral subquery for all keys; MariaDB has no LATERAL.
+    const result = await (this.#mysql
+      ? sql<ClaimCandidate>`${sql.join(
+          heads.map((h) => sql`(${run(sql`${h.key}`)})`),
+          sql` UNION ALL `,
+        )}`
+      : sql<ClaimCandidate>`SELECT r.* FROM unnest(ARRAY[${sql.join(heads.map((h) => h.key))}]::text[]) AS u(k)
+          CROSS JOIN LATERAL (${run(sql`u.k`)}) r`
+    ).execute(trx)
+    return result.rows.sort((a, b) => toNumber(a.seq) - toNumber(b.seq))
   }
 
   /**
@@ -458,6 +529,52 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     return toNumber(result.numAffectedRows)
   }
 
+  async requeue(ids: readonly string[]): Promise<RequeueResult> {
+    const { outbox, columns: c } = this.tables
+    const unique = [...new Set(ids)]
+    // Postgres ids are uuids: anything else cannot name a row.
+    const candidates = this.#mysql ? unique : unique.filter((id) => UUID.test(id))
+    if (candidates.length === 0) return { requeued: [], skipped: unique }
+    const requeued = await this.#run('requeue', () =>
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          const dead = await sql<{ seq: unknown; id: unknown }>`
+            SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)} ${this.#byIdIndex}
+            WHERE ${sql.raw(c.id)} IN (${sql.join(candidates)}) AND ${sql.raw(c.status)} = ${Status.dead}
+            ORDER BY ${sql.raw(c.seq)} FOR UPDATE`.execute(trx)
+          const reset = sql`${sql.raw(c.status)} = ${Status.pending}, ${sql.raw(c.attempts)} = 0,
+            ${sql.raw(c.availableAt)} = ${this.#sql.now}, ${sql.raw(c.leaseUntil)} = NULL,
+            ${sql.raw(c.claimToken)} = NULL`
+          // One at a time, oldest first, so requeued rows of one key keep their order. A new seq
+          // puts each behind every row of its key that is pending now.
+          for (const row of dead.rows) {
+            if (!this.#mysql) {
+              await sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.seq)} = DEFAULT, ${reset}
+                WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+              continue
+            }
+            // MySQL cannot give an existing row a new AUTO_INCREMENT value: copy it, then delete
+            // the old row (the copy takes a temporary id, as ids are unique).
+            const columns = [c.topic, c.key, c.type, c.payload, c.headers, c.createdAt, c.lastError]
+            const temporary = crypto.randomUUID()
+            await sql`INSERT INTO ${sql.raw(outbox)} (${sql.raw([c.id, ...columns].join(', '))})
+              SELECT ${temporary}, ${sql.raw(columns.join(', '))} FROM ${sql.raw(outbox)}
+              WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+            await sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.seq)} = ${row.seq}`.execute(trx)
+            await sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.id)} = ${String(row.id)}, ${reset}
+              WHERE ${sql.raw(c.id)} = ${temporary}`.execute(trx)
+          }
+          return new Set(dead.rows.map((r) => String(r.id)))
+        }),
+    )
+    return {
+      requeued: unique.filter((id) => requeued.has(id)),
+      skipped: unique.filter((id) => !requeued.has(id)),
+    }
+  }
+
   /**
    * Deletes settled rows in batches of {@link PURGE_BATCH_SIZE}, each in its own short READ
    * COMMITTED transaction: the batch is found through the index on settled rows (a plain read,
@@ -519,6 +636,46 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     return runStoreOperation(this.name, this.tables.outboxName, operation, fn)
   }
 }
+
+/** The seq of each key's first row in `rows` (seq order) when that row is ready. */
+function readyHeads(rows: readonly ClaimCandidate[]): unknown[] {
+  const heads: unknown[] = []
+  const seen = new Set<string>()
+  for (const row of rows) {
+    if (seen.has(row.key)) continue
+    seen.add(row.key)
+    if (toNumber(row.ready) === 1) heads.push(row.seq)
+  }
+  return heads
+}
+
+/**
+ * Oldest first across keys, at most `limit` rows: each key whose first row in `rows` is one of
+ * `heads` contributes the ready rows from it up to its first row that is not ready.
+ */
+function runs(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit: number): unknown[] {
+  const chosen: unknown[] = []
+  const open = new Set<string>()
+  const closed = new Set<string>()
+  for (const row of rows) {
+    if (chosen.length >= limit) break
+    if (closed.has(row.key)) continue
+    if (!open.has(row.key)) {
+      if (!heads.has(String(row.seq))) {
+        closed.add(row.key)
+        continue
+      }
+      open.add(row.key)
+    } else if (toNumber(row.ready) !== 1) {
+      closed.add(row.key)
+      continue
+    }
+    chosen.push(row.seq)
+  }
+  return chosen
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 const MAX_ERROR_TEXT = 4000
 

@@ -49,6 +49,11 @@ export function outboxMigrations(options: TableOptions): Record<string, Migratio
         for (const statement of downgrade) await sql.raw(statement).execute(db)
       },
     },
+    [`outboxkit_0003_${tables.outboxName}_pending_keys`]: {
+      up: (db: Kysely<unknown>) => addPendingKeyIndex(db, options),
+      // The index goes with the table in 0001's down.
+      async down() {},
+    },
   }
 }
 
@@ -61,6 +66,7 @@ export async function ensureOutboxSchema<DB>(db: Kysely<DB>, options: TableOptio
   if (await hasPadSpaceColumns(db, options)) {
     for (const statement of outboxUpgradeSql(options)) await sql.raw(statement).execute(db)
   }
+  await addPendingKeyIndex(db as Kysely<unknown>, options)
 }
 
 /** MariaDB: whether the key, consumer or message id column still has a PAD SPACE collation. */
@@ -79,4 +85,21 @@ async function hasPadSpaceColumns<DB>(db: Kysely<DB>, options: TableOptions): Pr
       (c.table_name = ${t.inboxName} AND c.column_name IN ('consumer', 'message_id')))
       AND c.collation_name NOT LIKE '%nopad%'`.execute(db)
   return Number(rows.rows[0]?.n ?? 0) > 0
+}
+
+/**
+ * MySQL tables created before the claim hopped over blocked keys lack the (status, key, seq)
+ * index it walks; Postgres already has the partial (key, seq) index. Adds it when missing
+ * (MySQL has no CREATE INDEX IF NOT EXISTS).
+ */
+async function addPendingKeyIndex(db: Kysely<unknown>, options: TableOptions): Promise<void> {
+  const t = resolveTables(options)
+  if (t.dialect !== 'mysql') return
+  const index = `${t.outboxName}_status_key_seq`
+  const schema = options.schema === undefined ? sql`DATABASE()` : sql`${options.schema}`
+  const found = await sql<{ n: unknown }>`SELECT COUNT(*) AS n FROM information_schema.statistics
+    WHERE table_schema = ${schema} AND table_name = ${t.outboxName} AND index_name = ${index}`.execute(db)
+  if (Number(found.rows[0]?.n ?? 0) > 0) return
+  const c = t.columns
+  await sql.raw(`CREATE INDEX \`${index}\` ON ${t.outbox} (${c.status}, ${c.key}, ${c.seq})`).execute(db)
 }

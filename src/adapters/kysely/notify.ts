@@ -1,28 +1,47 @@
 /**
  * Postgres LISTEN/NOTIFY wake-ups for relays. A writer's transaction sends a notification that
  * Postgres delivers at commit; an idle relay listening on the channel claims at once instead of
- * waiting for its next poll. Polling stays on as the safety net: a lost connection or a missed
- * notification only delays a batch until the next poll.
+ * waiting for its next poll. A listener whose connection is lost listens again (with backoff) and
+ * then wakes the waiting relays, since a notification may have been sent while it was down.
+ * Polling stays on as the safety net while it is down.
  *
  * The listeners are written against the few methods each driver needs, so this module imports
  * no driver.
  */
 
-/** Subscribes to a Postgres notification channel. Returns a function that unsubscribes. */
+/**
+ * Subscribes to a Postgres notification channel. Returns a function that unsubscribes. Calls
+ * `onReconnect` each time it listens again after losing its connection.
+ */
 export interface PostgresListener {
-  listen(channel: string, onNotification: () => void): Promise<() => Promise<void>>
+  listen(channel: string, onNotification: () => void, onReconnect?: () => void): Promise<() => Promise<void>>
 }
 
 /** The part of postgres.js's `Sql` used for LISTEN. */
 export interface PostgresJsLike {
-  listen(channel: string, onNotify: (payload: string) => void): Promise<{ unlisten(): Promise<void> }>
+  listen(
+    channel: string,
+    onNotify: (payload: string) => void,
+    onListen?: () => void,
+  ): Promise<{ unlisten(): Promise<void> }>
 }
 
-/** LISTEN through postgres.js (it keeps one dedicated connection and re-listens after reconnects). */
+/**
+ * LISTEN through postgres.js. It keeps one dedicated connection and listens again when that
+ * connection closes; `onListen` tells us when, so waiters are woken after a reconnect.
+ */
 export function postgresJsListener(sql: PostgresJsLike): PostgresListener {
   return {
-    async listen(channel, onNotification) {
-      const subscription = await sql.listen(channel, () => onNotification())
+    async listen(channel, onNotification, onReconnect) {
+      let listening = false
+      const subscription = await sql.listen(
+        channel,
+        () => onNotification(),
+        () => {
+          if (listening) onReconnect?.()
+          listening = true
+        },
+      )
       return () => subscription.unlisten()
     },
   }
@@ -36,23 +55,82 @@ export interface PgClientLike {
   query(text: string): Promise<unknown>
   on(event: 'notification', listener: (message: { channel: string }) => void): unknown
   on(event: 'error', listener: (error: Error) => void): unknown
+  on(event: 'end', listener: () => void): unknown
   release(destroy?: boolean): void
 }
 
-/** LISTEN through `pg`: holds one pooled client for the subscription. */
+/** Delays between attempts to listen again after the connection was lost. */
+const RECONNECT_INITIAL_MS = 100
+const RECONNECT_MAX_MS = 10_000
+
+/**
+ * LISTEN through `pg`: holds one pooled client for the subscription. When that client's
+ * connection fails, it is discarded and another one listens, retrying with backoff.
+ */
 export function pgListener(pool: PgPoolLike): PostgresListener {
   return {
-    async listen(channel, onNotification) {
-      const client = await pool.connect()
-      client.on('notification', (message) => {
-        if (message.channel === channel) onNotification()
-      })
-      // A broken listening connection must not crash the process; polling covers the gap.
-      client.on('error', () => {})
-      await client.query(`LISTEN "${channel}"`)
+    async listen(channel, onNotification, onReconnect) {
+      let current: { client: PgClientLike; discard(): void } | undefined
+      let stopped = false
+      let timer: ReturnType<typeof setTimeout> | undefined
+      let delay = RECONNECT_INITIAL_MS
+
+      const subscribe = async (): Promise<void> => {
+        const client = await pool.connect()
+        let released = false
+        const discard = () => {
+          if (released) return
+          released = true
+          if (current?.client === client) current = undefined
+          client.release(true)
+        }
+        const lost = () => {
+          if (released) return
+          discard()
+          retry()
+        }
+        client.on('notification', (message) => {
+          if (message.channel === channel) onNotification()
+        })
+        // A broken listening connection must not crash the process: it is replaced.
+        client.on('error', lost)
+        client.on('end', lost)
+        try {
+          await client.query(`LISTEN "${channel}"`)
+        } catch (error) {
+          discard()
+          throw error
+        }
+        if (stopped) return discard()
+        current = { client, discard }
+      }
+
+      const retry = () => {
+        if (stopped || timer !== undefined) return
+        timer = setTimeout(() => {
+          timer = undefined
+          subscribe().then(
+            () => {
+              delay = RECONNECT_INITIAL_MS
+              if (!stopped) onReconnect?.()
+            },
+            () => {
+              delay = Math.min(delay * 2, RECONNECT_MAX_MS)
+              retry()
+            },
+          )
+        }, delay)
+      }
+
+      await subscribe()
       return async () => {
-        await client.query(`UNLISTEN "${channel}"`).catch(() => {})
-        client.release(true)
+        stopped = true
+        if (timer !== undefined) clearTimeout(timer)
+        const held = current
+        if (held) {
+          await held.client.query(`UNLISTEN "${channel}"`).catch(() => {})
+          held.discard()
+        }
       }
     },
   }
@@ -91,7 +169,12 @@ export class ChangeSignal {
 
   async wait(signal: AbortSignal): Promise<void> {
     this.#subscription ??= this.#listener
-      .listen(this.#channel, () => this.#notify())
+      // After a reconnect, wake waiters as for a notification: one may have been missed.
+      .listen(
+        this.#channel,
+        () => this.#notify(),
+        () => this.#notify(),
+      )
       .catch((error) => {
         this.#subscription = undefined
         throw error

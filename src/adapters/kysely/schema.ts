@@ -240,6 +240,7 @@ export function outboxSchemaSql(options: TableOptions): string[] {
   UNIQUE KEY ${name('id_key')} (${c.id}),
   KEY ${name('status_seq')} (${c.status}, ${c.seq}),
   KEY ${name('key_status_seq')} (${c.key}, ${c.status}, ${c.seq}),
+  KEY ${name('status_key_seq')} (${c.status}, ${c.key}, ${c.seq}),
   KEY ${name('claim')} (${c.claimToken}),
   KEY ${name('status_created')} (${c.status}, ${c.createdAt})
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,

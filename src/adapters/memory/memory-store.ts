@@ -18,6 +18,7 @@ import type {
   OutboxStats,
   OutboxStore,
   PurgeOptions,
+  RequeueResult,
   SettleResult,
   StoreCapabilities,
 } from '../../core/store.js'
@@ -106,6 +107,21 @@ export class MemoryDatabase {
       }
       finish()
     }
+  }
+
+  /** Moves a dead row to the end of the table, as a new pending row with the same record. */
+  requeueRow(row: MemoryOutboxRow): void {
+    this.rows.splice(this.rows.indexOf(row), 1)
+    this.rows.push({
+      ...row,
+      seq: ++this.#seq,
+      status: 'pending',
+      attempts: 0,
+      availableAt: this.now(),
+      leaseUntil: null,
+      claimToken: null,
+    })
+    this.wake()
   }
 
   #commit(tx: MemoryTransaction): void {
@@ -288,6 +304,21 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       }
     }
     return held
+  }
+
+  async requeue(ids: readonly string[]): Promise<RequeueResult> {
+    const requeued: string[] = []
+    const skipped: string[] = []
+    for (const id of new Set(ids)) {
+      const row = this.db.rows.find((r) => r.record.id === id)
+      if (row?.status === 'dead') {
+        this.db.requeueRow(row)
+        requeued.push(id)
+      } else {
+        skipped.push(id)
+      }
+    }
+    return { requeued, skipped }
   }
 
   async purge(options: PurgeOptions): Promise<number> {
