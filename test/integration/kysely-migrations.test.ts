@@ -59,7 +59,11 @@ for (const backend of BACKENDS) {
         const first = firstVersionSql(dialect, schema)
         const current = outboxMigrations({ dialect, schema })
         const name0001 = 'outboxkit_0001_outbox'
-        expect(Object.keys(current)).toEqual([name0001, 'outboxkit_0002_outbox_nopad'])
+        expect(Object.keys(current)).toEqual([
+          name0001,
+          'outboxkit_0002_outbox_nopad',
+          'outboxkit_0003_outbox_pending_keys',
+        ])
         // An application that ran the first version's 0001.
         expect(
           await migrate(
@@ -86,7 +90,10 @@ for (const backend of BACKENDS) {
           expect(await store.isProcessed('billing', 'abc ')).toBe(true)
         }
 
-        expect(await migrate(db, current, schema)).toEqual(['outboxkit_0002_outbox_nopad:Success'])
+        expect(await migrate(db, current, schema)).toEqual([
+          'outboxkit_0002_outbox_nopad:Success',
+          'outboxkit_0003_outbox_pending_keys:Success',
+        ])
         if (dialect === 'mysql') {
           expect(await collations(db, schema)).toEqual([
             'consumer:utf8mb4_nopad_bin',
