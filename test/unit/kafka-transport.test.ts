@@ -10,20 +10,38 @@ import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../..
 
 type SendBehaviour = (batch: ProducerBatch) => RecordMetadata[] | Error
 
-/** A kafkajs stand-in whose sends answer as `behaviour` says. Topics have `partitions` partitions. */
-function scriptedKafka(behaviour: SendBehaviour, partitions = 4) {
+/** A broker error as kafkajs raises it for a metadata response (a KafkaJSProtocolError). */
+function protocolError(type: string, retriable: boolean): Error {
+  return Object.assign(new Error(`broker says ${type}`), { name: 'KafkaJSProtocolError', type, retriable })
+}
+
+/**
+ * A kafkajs stand-in whose sends answer as `behaviour` says. Topics have `partitions` partitions,
+ * unless `metadataError` names a broker error for a topic.
+ */
+function scriptedKafka(
+  behaviour: SendBehaviour,
+  partitions = 4,
+  metadataError: (topic: string) => Error | undefined = () => undefined,
+) {
   const sent: ProducerBatch[] = []
   let producers = 0
   const kafka = {
     admin: () => ({
       connect: async () => {},
       disconnect: async () => {},
-      fetchTopicMetadata: async ({ topics }: { topics: string[] }) => ({
-        topics: topics.map((name) => ({
-          name,
-          partitions: Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0 })),
-        })),
-      }),
+      fetchTopicMetadata: async ({ topics }: { topics: string[] }) => {
+        for (const topic of topics) {
+          const error = metadataError(topic)
+          if (error) throw error
+        }
+        return {
+          topics: topics.map((name) => ({
+            name,
+            partitions: Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0 })),
+          })),
+        }
+      },
     }),
     producer: () => {
       producers++
@@ -57,10 +75,10 @@ function ackAll(
     .map(([topicName, partition]) => ({ topicName: topicName!, partition: Number(partition), errorCode: 0 }))
 }
 
-function records(count: number, keys: number): ClaimedRecord[] {
+function records(count: number, keys: number, topic = 'orders'): ClaimedRecord[] {
   return Array.from({ length: count }, (_, i) => ({
     ...toRecord(
-      { topic: 'orders', key: `key-${i % keys}`, type: 'E', payload: { i } },
+      { topic, key: `key-${i % keys}`, type: 'E', payload: { i } },
       { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 },
     ),
     attempts: 1,
@@ -158,6 +176,35 @@ describe('KafkaTransport', () => {
     expect(
       failure.status === 'failed' && !failure.retriable && failure.error.includes('MESSAGE_TOO_LARGE'),
     ).toBe(true)
+  })
+
+  test('a forbidden or invalid topic dead-letters its records at once; a missing or leaderless one is retried', async () => {
+    const faults: Record<string, Error> = {
+      forbidden: protocolError('TOPIC_AUTHORIZATION_FAILED', false),
+      invalid: protocolError('INVALID_TOPIC_EXCEPTION', false),
+      missing: protocolError('UNKNOWN_TOPIC_OR_PARTITION', true),
+      leaderless: protocolError('LEADER_NOT_AVAILABLE', true),
+    }
+    const { kafka, sent } = scriptedKafka(
+      (b) => ackAll(b),
+      4,
+      (topic) => faults[topic],
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = ['forbidden', 'invalid', 'missing', 'leaderless', 'orders'].flatMap((topic) =>
+      records(1, 1, topic).map((r) => ({ ...r, key: topic })),
+    )
+    const outcomes = await transport.publish(batch)
+    expect(outcomes.map((o) => (o.status === 'failed' ? (o.retriable ? 'retry' : 'dead') : 'ok'))).toEqual([
+      'dead',
+      'dead',
+      'retry',
+      'retry',
+      'ok',
+    ])
+    expect(outcomes[0]!.status === 'failed' && outcomes[0]!.error).toContain('TOPIC_AUTHORIZATION_FAILED')
+    expect(outcomes[1]!.status === 'failed' && outcomes[1]!.error).toContain('INVALID_TOPIC_EXCEPTION')
+    expect(sent.flatMap((b) => b.topicMessages!.map((t) => t.topic))).toEqual(['orders'])
   })
 
   test('options are checked: no client, an empty transactional id', () => {

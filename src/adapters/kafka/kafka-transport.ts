@@ -67,11 +67,25 @@ const RECORD_FAULTS = new Set([
 /** Metadata errors that are about one topic: its records fail, others still go out. */
 const TOPIC_FAULTS = new Set([
   'UNKNOWN_TOPIC_OR_PARTITION',
+  'LEADER_NOT_AVAILABLE',
   'INVALID_TOPIC_EXCEPTION',
   'TOPIC_AUTHORIZATION_FAILED',
 ])
 
+/**
+ * Topic faults that no retry can mend (the name is illegal, or this client may not write to it):
+ * the relay dead-letters the records at once. A missing topic or a leaderless partition may
+ * recover, so those stay retriable.
+ */
+const PERMANENT_TOPIC_FAULTS = new Set(['INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHORIZATION_FAILED'])
+
 const METADATA_TTL_MS = 60_000
+
+/** Why a topic's records cannot be routed, and whether a later attempt may succeed. */
+interface TopicFault {
+  readonly error: string
+  readonly retriable: boolean
+}
 
 /** Errors that mean another producer with our transactional id took over. */
 const FENCING = new Set([
@@ -185,8 +199,8 @@ export class KafkaTransport implements Transport {
         failedKeys.add(item.record.key)
         outcomes[item.index] = {
           status: 'failed',
-          error: count ?? 'no metadata for the topic',
-          retriable: true,
+          error: count?.error ?? 'no metadata for the topic',
+          retriable: count?.retriable ?? true,
         }
       } else {
         item.message.partition = partitionFor(item.record.topic, item.message, count)
@@ -291,8 +305,8 @@ export class KafkaTransport implements Transport {
   }
 
   /** Partition counts per topic (cached for a minute), or why a topic has none. */
-  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | string>> {
-    const result = new Map<string, number | string>()
+  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | TopicFault>> {
+    const result = new Map<string, number | TopicFault>()
     const now = Date.now()
     for (const topic of topics) {
       const cached = this.#metadata.get(topic)
@@ -308,13 +322,19 @@ export class KafkaTransport implements Transport {
           this.#metadata.set(topic, { partitions, at: now })
           result.set(topic, partitions)
         } else {
-          result.set(topic, `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`)
+          result.set(topic, {
+            error: `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`,
+            retriable: true,
+          })
         }
       } catch (error) {
         const type = protocolErrorType(error)
         // A topic that does not exist (and is not auto-created) fails its records, not the batch.
         if (type !== undefined && TOPIC_FAULTS.has(type))
-          result.set(topic, `${type}: ${describeError(error)}`)
+          result.set(topic, {
+            error: `${type}: ${describeError(error)}`,
+            retriable: !PERMANENT_TOPIC_FAULTS.has(type),
+          })
         else throw await this.#failure(error)
       }
     }
