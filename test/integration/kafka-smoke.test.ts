@@ -3,7 +3,9 @@
  * the guarantees the relay relies on hold with kafkajs on this broker.
  */
 import { describe, expect, test } from 'bun:test'
-import { type IHeaders, Partitioners } from 'kafkajs'
+import { type IHeaders, type Kafka, Partitioners, type Producer, type Transaction } from 'kafkajs'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
+import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../../src/index.js'
 import {
   consumeMessages,
   createTopic,
@@ -130,4 +132,102 @@ describe('kafka broker', () => {
       'end',
     ])
   }, 60_000)
+
+  test('a transaction that outlives transactionTimeout is aborted by the coordinator; the transport recovers and the next publish succeeds', async () => {
+    const topic = uniqueTopic('smoke-tx-timeout')
+    await createTopic(brokers, topic, { partitions: 1 })
+    const kafka = testKafka(brokers)
+    // The first commit waits until the coordinator has aborted the transaction: the abort marker
+    // it writes moves the partition's end offset past the records sent.
+    let held = false
+    const holdFirstCommit = async (sent: number) => {
+      if (held) return
+      held = true
+      const admin = kafka.admin()
+      await admin.connect()
+      try {
+        for (;;) {
+          const [partition] = await admin.fetchTopicOffsets(topic)
+          if (Number(partition?.high ?? 0) > sent) return
+          await new Promise((r) => setTimeout(r, 250))
+        }
+      } finally {
+        await admin.disconnect()
+      }
+    }
+    const transport = createKafkaTransport({
+      kafka: withCommitHook(kafka, () => holdFirstCommit(3)),
+      transactionalId: uniqueName('smoke-tx-timeout'),
+      producer: { transactionTimeout: 1_000 },
+    })
+    try {
+      const error = await transport.publish(claimed(topic, ['late-1', 'late-2', 'late-3'])).catch((e) => e)
+      expect(isOutboxKitError(error, ErrorCode.TransportFailed)).toBe(true)
+      expect(error.retriable).toBe(true)
+      expect(error.message).toContain('transactionTimeout')
+      const outcomes = await transport.publish(claimed(topic, ['again-1', 'again-2']))
+      expect(outcomes.map((o) => o.status)).toEqual(['published', 'published'])
+    } finally {
+      await transport.close()
+    }
+    const committed = await consumeMessages(brokers, { topic, count: 2 })
+    expect(committed.map((m) => m.value?.toString())).toEqual(['"again-1"', '"again-2"'])
+  }, 90_000)
+
+  test('a second transport with the same transactionalId fences the first, which reports FENCED', async () => {
+    const topic = uniqueTopic('smoke-tx-fenced')
+    await createTopic(brokers, topic, { partitions: 1 })
+    const transactionalId = uniqueName('smoke-tx-fenced')
+    const first = createKafkaTransport({ kafka: testKafka(brokers), transactionalId })
+    const second = createKafkaTransport({ kafka: testKafka(brokers), transactionalId })
+    try {
+      expect((await first.publish(claimed(topic, ['a']))).map((o) => o.status)).toEqual(['published'])
+      expect((await second.publish(claimed(topic, ['b']))).map((o) => o.status)).toEqual(['published'])
+      const error = await first.publish(claimed(topic, ['c'])).catch((e) => e)
+      expect(isOutboxKitError(error, ErrorCode.Fenced)).toBe(true)
+      // Fenced for good: it does not try again.
+      expect(
+        isOutboxKitError(await first.publish(claimed(topic, ['d'])).catch((e) => e), ErrorCode.Fenced),
+      ).toBe(true)
+      expect((await second.publish(claimed(topic, ['e']))).map((o) => o.status)).toEqual(['published'])
+    } finally {
+      await first.close()
+      await second.close()
+    }
+    const committed = await consumeMessages(brokers, { topic, count: 3 })
+    expect(committed.map((m) => m.value?.toString())).toEqual(['"a"', '"b"', '"e"'])
+  }, 90_000)
 })
+
+/** Records as a relay claims them, one per value, all of key `k`. */
+function claimed(topic: string, values: readonly string[]): ClaimedRecord[] {
+  return values.map((value) => ({
+    ...toRecord(
+      { topic, key: 'k', type: 'E', payload: value },
+      { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 },
+    ),
+    attempts: 1,
+    createdAt: new Date(),
+  }))
+}
+
+/** The real client, with `beforeCommit` awaited before each transaction's commit. */
+function withCommitHook(kafka: Kafka, beforeCommit: () => Promise<void>): Kafka {
+  const producer = (config?: Parameters<Kafka['producer']>[0]): Producer => {
+    const real = kafka.producer(config)
+    return {
+      ...real,
+      transaction: async (): Promise<Transaction> => {
+        const transaction = await real.transaction()
+        return {
+          ...transaction,
+          commit: async () => {
+            await beforeCommit()
+            await transaction.commit()
+          },
+        }
+      },
+    }
+  }
+  return { admin: () => kafka.admin(), producer } as unknown as Kafka
+}

@@ -87,12 +87,22 @@ interface TopicFault {
   readonly retriable: boolean
 }
 
-/** Errors that mean another producer with our transactional id took over. */
+/**
+ * Errors that mean our producer epoch is no longer current. Either another producer with our
+ * transactional id initialised after us (fencing), or the coordinator aborted our transaction
+ * because it outlived `transactionTimeout` and bumped the epoch itself (expiry).
+ */
 const FENCING = new Set([
   'INVALID_PRODUCER_EPOCH',
   'PRODUCER_FENCED',
   'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
 ])
+
+/** The errors a timed-out transaction produces, depending on the broker version and request. */
+const EPOCH_ERRORS = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED', 'INVALID_TXN_STATE'])
+
+/** kafkajs' default `transactionTimeout`. */
+const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
 
 /**
  * A {@link Transport} on kafkajs with the idempotent producer (acks = all, one request in flight)
@@ -262,6 +272,7 @@ export class KafkaTransport implements Transport {
     const producer = await this.#getProducer()
     if (this.capabilities.transactions) {
       // One transaction for the whole batch: all of it becomes visible, or none.
+      const began = Date.now()
       const transaction = await this.#guard(() => producer.transaction())
       try {
         for (const request of requests) {
@@ -271,7 +282,7 @@ export class KafkaTransport implements Transport {
         await transaction.commit()
       } catch (error) {
         await transaction.abort().catch(() => {})
-        throw await this.#failure(error)
+        throw await this.#failure(error, Date.now() - began)
       }
       for (const request of requests)
         for (const item of request) outcomes[item.index] = { status: 'published' }
@@ -388,13 +399,36 @@ export class KafkaTransport implements Transport {
     return this.#producer
   }
 
-  /** Discards the producer after a failure, and returns the error to throw. */
-  async #failure(error: unknown): Promise<OutboxKitError> {
+  /**
+   * Discards the producer after a failure, and returns the error to throw. `transactionAgeMs` is
+   * how long the failed transaction had been open, when there was one.
+   *
+   * An epoch error in a transaction that has been open for at least `transactionTimeout` is taken
+   * as expiry: the coordinator aborted it and bumped the epoch, no other producer is involved, so
+   * the next batch starts on a new producer (its `initTransactions` takes the new epoch) and this
+   * batch is retried. An epoch error in a younger transaction can only come from another producer
+   * that initialised the same transactional id after us: that is fencing, and the transport stops
+   * for good.
+   */
+  async #failure(error: unknown, transactionAgeMs?: number): Promise<OutboxKitError> {
     const producer = this.#producer
     this.#producer = undefined
     this.producerRebuilds++
     producer?.then((p) => p.disconnect()).catch(() => {})
     const type = protocolErrorType(error)
+    const timeoutMs = this.#options.producer?.transactionTimeout ?? DEFAULT_TRANSACTION_TIMEOUT_MS
+    if (
+      type !== undefined &&
+      EPOCH_ERRORS.has(type) &&
+      transactionAgeMs !== undefined &&
+      transactionAgeMs >= timeoutMs
+    ) {
+      return new OutboxKitError(
+        ErrorCode.TransportFailed,
+        `The Kafka transaction was open for ${transactionAgeMs} ms, longer than transactionTimeout (${timeoutMs} ms), so the coordinator aborted it (${type}); the batch will be published again on a new producer. If batches often take this long, raise producer.transactionTimeout or lower batchSize.`,
+        { source: 'kafka', cause: error, retriable: true, details: { brokerError: type } },
+      )
+    }
     if (type !== undefined && FENCING.has(type)) {
       this.#fenced = true
       return this.#fencedError(error)
