@@ -2,7 +2,7 @@
  * Smoke tests against a real Kafka broker (`scripts/kafka start`, or KAFKA_BROKERS):
  * the guarantees the relay relies on hold with kafkajs on this broker.
  */
-import { describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { type IHeaders, type Kafka, Partitioners, type Producer, type Transaction } from 'kafkajs'
 import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
 import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../../src/index.js'
@@ -15,6 +15,7 @@ import {
   uniqueName,
   uniqueTopic,
 } from '../support/kafka'
+import { kafkaScript } from '../support/processes.js'
 
 const brokers = kafkaBrokers()
 
@@ -197,6 +198,80 @@ describe('kafka broker', () => {
     const committed = await consumeMessages(brokers, { topic, count: 3 })
     expect(committed.map((m) => m.value?.toString())).toEqual(['"a"', '"b"', '"e"'])
   }, 90_000)
+})
+
+describe('topics that do not exist yet', () => {
+  test('a broker with auto.create.topics.enable creates the topic on first publish', async () => {
+    const topic = uniqueTopic('smoke-auto-create')
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    try {
+      const outcomes = await transport.publish(claimed(topic, ['first', 'second']))
+      expect(outcomes.map((o) => (o.status === 'failed' ? o.error : o.status))).toEqual([
+        'published',
+        'published',
+      ])
+    } finally {
+      await transport.close()
+    }
+    const received = await consumeMessages(brokers, { topic, count: 2 })
+    expect(received.map((m) => m.value?.toString())).toEqual(['"first"', '"second"'])
+  }, 60_000)
+
+  test('a topic name the broker refuses dead-letters its records at once', async () => {
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    try {
+      // Message validation refuses such names; a record from elsewhere (another store) may not be checked.
+      const [record] = claimed('x', ['v'])
+      const outcomes = await transport.publish([{ ...record!, topic: 'no spaces allowed' }])
+      const outcome = outcomes[0]!
+      expect(outcome.status).toBe('failed')
+      expect(outcome.status === 'failed' && outcome.retriable).toBe(false)
+      expect(outcome.status === 'failed' && outcome.error).toContain('INVALID_TOPIC_EXCEPTION')
+    } finally {
+      await transport.close()
+    }
+  }, 60_000)
+})
+
+/** A broker of its own, started with auto.create.topics.enable=false, on a port no other test uses. */
+const NO_AUTO_CREATE = { KAFKA_PORT: '9210', KAFKA_AUTO_CREATE_TOPICS: 'false' }
+const noAutoCreateBrokers = ['127.0.0.1:9210']
+
+describe('a broker that does not create topics on use', () => {
+  beforeAll(() => {
+    kafkaScript(['start'], NO_AUTO_CREATE)
+  }, 180_000)
+  afterAll(() => {
+    kafkaScript(['stop'], NO_AUTO_CREATE)
+  }, 120_000)
+
+  test('a missing topic fails its records retriably, saying how to create it; once created they publish', async () => {
+    const topic = uniqueTopic('smoke-no-auto-create')
+    const transport = createKafkaTransport({ kafka: testKafka(noAutoCreateBrokers) })
+    try {
+      const [missing] = await transport.publish(claimed(topic, ['early']))
+      expect(missing?.status).toBe('failed')
+      expect(missing?.status === 'failed' && missing.retriable).toBe(true)
+      const error = missing?.status === 'failed' ? missing.error : ''
+      expect(error).toContain(`topic "${topic}" does not exist`)
+      expect(error).toContain('kafka-topics.sh')
+      const admin = testKafka(noAutoCreateBrokers).admin()
+      await admin.connect()
+      try {
+        expect(await admin.listTopics()).not.toContain(topic)
+      } finally {
+        await admin.disconnect()
+      }
+
+      await createTopic(noAutoCreateBrokers, topic, { partitions: 2 })
+      const outcomes = await transport.publish(claimed(topic, ['early', 'later']))
+      expect(outcomes.map((o) => o.status)).toEqual(['published', 'published'])
+    } finally {
+      await transport.close()
+    }
+    const received = await consumeMessages(noAutoCreateBrokers, { topic, count: 2 })
+    expect(received.map((m) => m.value?.toString())).toEqual(['"early"', '"later"'])
+  }, 60_000)
 })
 
 /** Records as a relay claims them, one per value, all of key `k`. */

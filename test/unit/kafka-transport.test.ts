@@ -30,6 +30,10 @@ function scriptedKafka(
     admin: () => ({
       connect: async () => {},
       disconnect: async () => {},
+      describeCluster: async () => ({ brokers: [{ nodeId: 0, host: 'scripted', port: 9092 }] }),
+      describeConfigs: async () => ({
+        resources: [{ configEntries: [{ configName: 'auto.create.topics.enable', configValue: 'false' }] }],
+      }),
       fetchTopicMetadata: async ({ topics }: { topics: string[] }) => {
         for (const topic of topics) {
           const error = metadataError(topic)
@@ -48,6 +52,13 @@ function scriptedKafka(
       return {
         connect: async () => {},
         disconnect: async () => {},
+        // A metadata request as a producer makes it (the transport's check for auto-creation).
+        send: async ({ topic, messages }: { topic: string; messages: unknown[] }) => {
+          if (messages.length > 0) throw new Error('the scripted kafkajs only answers metadata sends')
+          const error = metadataError(topic)
+          if (error) throw error
+          return []
+        },
         sendBatch: async (batch: ProducerBatch) => {
           sent.push(batch)
           const answer = behaviour(batch)
@@ -204,6 +215,9 @@ describe('KafkaTransport', () => {
     ])
     expect(outcomes[0]!.status === 'failed' && outcomes[0]!.error).toContain('TOPIC_AUTHORIZATION_FAILED')
     expect(outcomes[1]!.status === 'failed' && outcomes[1]!.error).toContain('INVALID_TOPIC_EXCEPTION')
+    const missing = outcomes[2]!.status === 'failed' ? outcomes[2]!.error : ''
+    expect(missing).toContain('auto.create.topics.enable=false')
+    expect(missing).toContain('admin.createTopics')
     expect(sent.flatMap((b) => b.topicMessages!.map((t) => t.topic))).toEqual(['orders'])
   })
 

@@ -1,6 +1,7 @@
 import {
   type Admin,
   type CompressionTypes,
+  ConfigResourceTypes,
   Kafka,
   type Message,
   Partitioners,
@@ -81,8 +82,13 @@ const PERMANENT_TOPIC_FAULTS = new Set(['INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHOR
 
 const METADATA_TTL_MS = 60_000
 
+/** How long a topic created on first use may take to show up in the admin client's metadata. */
+const AUTO_CREATE_WAIT_MS = 10_000
+
 /** Why a topic's records cannot be routed, and whether a later attempt may succeed. */
 interface TopicFault {
+  /** The broker error type, e.g. `UNKNOWN_TOPIC_OR_PARTITION`. */
+  readonly type: string
   readonly error: string
   readonly retriable: boolean
 }
@@ -133,6 +139,8 @@ export class KafkaTransport implements Transport {
   #producer: Promise<Producer> | undefined
   #admin: Promise<Admin> | undefined
   readonly #metadata = new Map<string, { partitions: number; at: number }>()
+  /** The broker's `auto.create.topics.enable`, once read (undefined when it cannot be read). */
+  #autoCreates: Promise<boolean | undefined> | undefined
   /** Publishes run one at a time: one producer, and Kafka transactions cannot overlap. */
   #queue: Promise<unknown> = Promise.resolve()
   #closed = false
@@ -315,7 +323,12 @@ export class KafkaTransport implements Transport {
     }
   }
 
-  /** Partition counts per topic (cached for a minute), or why a topic has none. */
+  /**
+   * Partition counts per topic (cached for a minute), or why a topic has none. A topic that does
+   * not exist is asked for as a producer asks for it, so a broker with
+   * `auto.create.topics.enable=true` creates it on first publish, as it would for a plain kafkajs
+   * producer (the admin client's own lookups never create topics).
+   */
   async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | TopicFault>> {
     const result = new Map<string, number | TopicFault>()
     const now = Date.now()
@@ -326,30 +339,74 @@ export class KafkaTransport implements Transport {
         continue
       }
       const admin = await this.#getAdmin()
-      try {
-        const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
-        const partitions = found[0]?.partitions.length ?? 0
-        if (partitions > 0) {
-          this.#metadata.set(topic, { partitions, at: now })
-          result.set(topic, partitions)
+      let found = await this.#lookUp(admin, topic)
+      if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
+        if (await this.#createOnFirstUse(admin, topic)) {
+          // The broker creates the topic in the background; the admin client sees it a moment later.
+          const deadline = Date.now() + AUTO_CREATE_WAIT_MS
+          while (typeof found !== 'number' && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 100))
+            found = await this.#lookUp(admin, topic)
+          }
         } else {
-          result.set(topic, {
-            error: `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`,
-            retriable: true,
-          })
+          found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
         }
-      } catch (error) {
-        const type = protocolErrorType(error)
-        // A topic that does not exist (and is not auto-created) fails its records, not the batch.
-        if (type !== undefined && TOPIC_FAULTS.has(type))
-          result.set(topic, {
-            error: `${type}: ${describeError(error)}`,
-            retriable: !PERMANENT_TOPIC_FAULTS.has(type),
-          })
-        else throw await this.#failure(error)
       }
+      if (typeof found === 'number') this.#metadata.set(topic, { partitions: found, at: now })
+      result.set(topic, found)
     }
     return result
+  }
+
+  /** The topic's partition count from the admin client, or the topic-level fault it reports. */
+  async #lookUp(admin: Admin, topic: string): Promise<number | TopicFault> {
+    try {
+      const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
+      const partitions = found[0]?.partitions.length ?? 0
+      if (partitions > 0) return partitions
+      return {
+        type: 'UNKNOWN_TOPIC_OR_PARTITION',
+        error: `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`,
+        retriable: true,
+      }
+    } catch (error) {
+      const type = protocolErrorType(error)
+      // A topic fault fails that topic's records, not the batch.
+      if (type !== undefined && TOPIC_FAULTS.has(type))
+        return {
+          type,
+          error: `${type}: ${describeError(error)}`,
+          retriable: !PERMANENT_TOPIC_FAULTS.has(type),
+        }
+      throw await this.#failure(error)
+    }
+  }
+
+  /**
+   * Requests the topic's metadata with auto-creation allowed, through a short-lived plain producer
+   * sending no records, as a kafkajs producer does before its first send. True if the broker
+   * creates topics on use (the topic then appears shortly), false if it does not. A KRaft broker
+   * answers that first request with UNKNOWN_TOPIC_OR_PARTITION in both cases, so its
+   * `auto.create.topics.enable` decides; when that setting cannot be read (no DescribeConfigs
+   * permission), the topic is assumed to be on its way.
+   */
+  async #createOnFirstUse(admin: Admin, topic: string): Promise<boolean> {
+    const producer = this.#kafka.producer({
+      allowAutoTopicCreation: true,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      retry: { retries: 0 },
+    })
+    try {
+      await producer.connect()
+      await producer.send({ topic, acks: -1, messages: [] })
+      return true
+    } catch (error) {
+      if (protocolErrorType(error) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw await this.#failure(error)
+    } finally {
+      await producer.disconnect().catch(() => {})
+    }
+    this.#autoCreates ??= brokerCreatesTopics(admin).catch(() => undefined)
+    return (await this.#autoCreates) !== false
   }
 
   async #getAdmin(): Promise<Admin> {
@@ -519,6 +576,36 @@ function unacknowledgedError(missing: ReadonlySet<string>): OutboxKitError {
       source: 'kafka',
       retriable: true,
     },
+  )
+}
+
+/** Reads `auto.create.topics.enable` from one broker of the cluster. */
+async function brokerCreatesTopics(admin: Admin): Promise<boolean | undefined> {
+  const { brokers } = await admin.describeCluster()
+  const broker = brokers[0]
+  if (!broker) return undefined
+  const { resources } = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: [
+      {
+        type: ConfigResourceTypes.BROKER,
+        name: String(broker.nodeId),
+        configNames: ['auto.create.topics.enable'],
+      },
+    ],
+  })
+  const value = resources[0]?.configEntries.find(
+    (e) => e.configName === 'auto.create.topics.enable',
+  )?.configValue
+  return value === undefined ? undefined : value === 'true'
+}
+
+function missingTopic(topic: string): string {
+  return (
+    `UNKNOWN_TOPIC_OR_PARTITION: topic "${topic}" does not exist and the broker does not create topics ` +
+    `on first use (auto.create.topics.enable=false). Create it, e.g. \`kafka-topics.sh --bootstrap-server <broker> ` +
+    `--create --topic ${topic} --partitions <n> --replication-factor <r>\` or kafkajs ` +
+    `\`admin.createTopics({ topics: [{ topic: '${topic}', numPartitions: <n> }] })\`; its records are retried with backoff until then.`
   )
 }
 
