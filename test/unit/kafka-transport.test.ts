@@ -23,6 +23,7 @@ function scriptedKafka(
   behaviour: SendBehaviour,
   partitions = 4,
   metadataError: (topic: string) => Error | undefined = () => undefined,
+  leaderOf: (partition: number) => number = () => 0,
 ) {
   const sent: ProducerBatch[] = []
   let producers = 0
@@ -42,7 +43,10 @@ function scriptedKafka(
         return {
           topics: topics.map((name) => ({
             name,
-            partitions: Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0 })),
+            partitions: Array.from({ length: partitions }, (_, partitionId) => ({
+              partitionId,
+              leader: leaderOf(partitionId),
+            })),
           })),
         }
       },
@@ -150,6 +154,37 @@ describe('KafkaTransport', () => {
     expect(error.retriable).toBe(true)
     expect((await transport.publish(records(3, 1))).every((o) => o.status === 'published')).toBe(true)
     expect(producers()).toBe(2)
+  })
+
+  test('when one partition leader fails, the records of the partitions other brokers acknowledged are published, once', async () => {
+    // Partitions 0 and 2 are led by broker 0, 1 and 3 by broker 1, which is down.
+    const leaderOf = (partition: number) => partition % 2
+    const down = Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:19094'), {
+      name: 'KafkaJSNumberOfRetriesExceeded',
+    })
+    const { kafka, sent } = scriptedKafka(
+      (b) =>
+        b.topicMessages!.some((t) => t.messages.some((m) => leaderOf(m.partition!) === 1)) ? down : ackAll(b),
+      4,
+      () => undefined,
+      leaderOf,
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = records(40, 10)
+    const outcomes = await transport.publish(batch)
+    const partitionOf = new Map(
+      sent.flatMap((b) =>
+        b.topicMessages![0]!.messages.map((m) => [m.headers?.['outboxkit-id'], m.partition!]),
+      ),
+    )
+    batch.forEach((record, i) => {
+      const outcome = outcomes[i]!
+      if (leaderOf(partitionOf.get(record.id)!) === 0) expect(outcome.status).toBe('published')
+      else expect(outcome.status === 'failed' && outcome.retriable).toBe(true)
+    })
+    expect(new Set(partitionOf.values())).toEqual(new Set([0, 1, 2, 3]))
+    // Each record went out in exactly one send.
+    expect(sent.flatMap((b) => b.topicMessages![0]!.messages)).toHaveLength(batch.length)
   })
 
   test('a record over maxRecordBytes fails at once, not retriable, and holds back only its key', async () => {

@@ -139,6 +139,10 @@ export class KafkaTransport implements Transport {
   #producer: Promise<Producer> | undefined
   #admin: Promise<Admin> | undefined
   readonly #metadata = new Map<string, { partitions: number; at: number }>()
+  /** Leader broker of each partition, per topic, as last seen (only to group sends). */
+  readonly #leaders = new Map<string, readonly number[]>()
+  /** Producers discarded during the current publish: disconnected once its sends have settled. */
+  #retired: Promise<Producer>[] = []
   /** The broker's `auto.create.topics.enable`, once read (undefined when it cannot be read). */
   #autoCreates: Promise<boolean | undefined> | undefined
   /** Publishes run one at a time: one producer, and Kafka transactions cannot overlap. */
@@ -226,41 +230,48 @@ export class KafkaTransport implements Transport {
       }
     }
 
-    // Split into requests of bounded size; records keep their order.
-    const requests: SendItem[][] = []
-    let current: SendItem[] = []
-    let bytes = 0
-    for (const item of routable) {
-      if (current.length > 0 && bytes + item.size > this.#maxRequestBytes) {
-        requests.push(current)
-        current = []
-        bytes = 0
-      }
-      current.push(item)
-      bytes += item.size
-    }
-    if (current.length > 0) requests.push(current)
-
-    try {
-      await this.#send(requests, outcomes)
-    } catch (error) {
-      // The broker refused a record for what it is (too large for the topic, invalid, forbidden),
-      // and the request does not say which. Send one record at a time to find it, so the others
-      // still go out and only the culprit is dead-lettered.
-      if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed || error.retriable)
-        throw error
-      if (routable.length === 1) {
-        outcomes[routable[0]!.index] = { status: 'failed', error: error.message, retriable: false }
-      } else {
-        for (const item of routable) {
-          if (failedKeys.has(item.record.key)) {
-            outcomes[item.index] = notSent()
-            continue
+    // In idempotent mode each partition leader gets its own send, and each send's outcome is
+    // collected on its own: kafkajs runs one send over several brokers as a unit, and when one
+    // broker fails it throws away the acknowledgements of the others, which would then be sent
+    // again. (A transaction is all-or-nothing anyway: one send for the batch.)
+    const groups = this.capabilities.transactions ? [routable] : this.#byLeader(routable)
+    const refused: { group: SendItem[]; error: OutboxKitError }[] = []
+    const errors: OutboxKitError[] = []
+    await this.#retiring(async () => {
+      await Promise.all(
+        groups.map(async (group) => {
+          try {
+            await this.#send(splitRequests(group, this.#maxRequestBytes), outcomes)
+          } catch (error) {
+            if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed) throw error
+            // The broker refused a record for what it is; the request does not say which.
+            if (!error.retriable) refused.push({ group, error })
+            else {
+              errors.push(error)
+              for (const item of group) outcomes[item.index] = notSent(error.message)
+            }
           }
-          const [outcome] = await this.#publish([item.record])
-          outcomes[item.index] = outcome
-          if (outcome?.status === 'failed') failedKeys.add(item.record.key)
+        }),
+      )
+    })
+    // Nothing got through: the outcome of the whole call is in doubt (an outage), so throw and
+    // let the relay release the batch without counting attempts.
+    if (errors.length > 0 && errors.length === groups.length) throw errors[0]
+    for (const { group, error } of refused) {
+      // Send one record at a time to find the culprit, so the others still go out and only it
+      // is dead-lettered.
+      if (group.length === 1) {
+        outcomes[group[0]!.index] = { status: 'failed', error: error.message, retriable: false }
+        continue
+      }
+      for (const item of group) {
+        if (failedKeys.has(item.record.key)) {
+          outcomes[item.index] = notSent()
+          continue
         }
+        const [outcome] = await this.#publish([item.record])
+        outcomes[item.index] = outcome
+        if (outcome?.status === 'failed') failedKeys.add(item.record.key)
       }
     }
     return outcomes.map((o) => o ?? notSent())
@@ -353,6 +364,9 @@ export class KafkaTransport implements Transport {
         }
       }
       if (typeof found === 'number') this.#metadata.set(topic, { partitions: found, at: now })
+      // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
+      // count known before still routes the other partitions' records.
+      else if (found.type === 'LEADER_NOT_AVAILABLE' && cached) found = cached.partitions
       result.set(topic, found)
     }
     return result
@@ -363,7 +377,12 @@ export class KafkaTransport implements Transport {
     try {
       const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
       const partitions = found[0]?.partitions.length ?? 0
-      if (partitions > 0) return partitions
+      if (partitions > 0) {
+        const leaders: number[] = []
+        for (const p of found[0]!.partitions) leaders[p.partitionId] = p.leader
+        this.#leaders.set(topic, leaders)
+        return partitions
+      }
       return {
         type: 'UNKNOWN_TOPIC_OR_PARTITION',
         error: `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`,
@@ -407,6 +426,29 @@ export class KafkaTransport implements Transport {
     }
     this.#autoCreates ??= brokerCreatesTopics(admin).catch(() => undefined)
     return (await this.#autoCreates) !== false
+  }
+
+  /** Groups records by the broker leading their partition, keeping their order. */
+  #byLeader(items: readonly SendItem[]): SendItem[][] {
+    const groups = new Map<number, SendItem[]>()
+    for (const item of items) {
+      const leader = this.#leaders.get(item.record.topic)?.[item.message.partition!] ?? -1
+      const group = groups.get(leader) ?? []
+      group.push(item)
+      groups.set(leader, group)
+    }
+    return [...groups.values()]
+  }
+
+  /** Runs `fn`, then disconnects the producers discarded meanwhile (other sends may have used them). */
+  async #retiring(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn()
+    } finally {
+      const retired = this.#retired
+      this.#retired = []
+      for (const producer of retired) producer.then((p) => p.disconnect()).catch(() => {})
+    }
   }
 
   async #getAdmin(): Promise<Admin> {
@@ -470,8 +512,12 @@ export class KafkaTransport implements Transport {
   async #failure(error: unknown, transactionAgeMs?: number): Promise<OutboxKitError> {
     const producer = this.#producer
     this.#producer = undefined
-    this.producerRebuilds++
-    producer?.then((p) => p.disconnect()).catch(() => {})
+    if (producer) {
+      this.producerRebuilds++
+      this.#retired.push(producer)
+    }
+    // Leaders may have moved: look them up again before the next batch is grouped.
+    for (const entry of this.#metadata.values()) entry.at = 0
     const type = protocolErrorType(error)
     const timeoutMs = this.#options.producer?.transactionTimeout ?? DEFAULT_TRANSACTION_TIMEOUT_MS
     if (
@@ -548,6 +594,24 @@ function partitionFor(topic: string, message: Message, partitions: number): numb
     syntheticMetadata.set(partitions, metadata)
   }
   return partitioner({ topic, partitionMetadata: metadata, message })
+}
+
+/** Splits records into requests of at most `maxBytes` (one record may exceed it), keeping their order. */
+function splitRequests(items: readonly SendItem[], maxBytes: number): SendItem[][] {
+  const requests: SendItem[][] = []
+  let current: SendItem[] = []
+  let bytes = 0
+  for (const item of items) {
+    if (current.length > 0 && bytes + item.size > maxBytes) {
+      requests.push(current)
+      current = []
+      bytes = 0
+    }
+    current.push(item)
+    bytes += item.size
+  }
+  if (current.length > 0) requests.push(current)
+  return requests
 }
 
 function partitionKey(item: SendItem): string {
