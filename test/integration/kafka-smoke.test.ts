@@ -2,8 +2,10 @@
  * Smoke tests against a real Kafka broker (`scripts/kafka start`, or KAFKA_BROKERS):
  * the guarantees the relay relies on hold with kafkajs on this broker.
  */
-import { describe, expect, test } from 'bun:test'
-import { type IHeaders, Partitioners } from 'kafkajs'
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { type IHeaders, type Kafka, Partitioners, type Producer, type Transaction } from 'kafkajs'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
+import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../../src/index.js'
 import {
   consumeMessages,
   createTopic,
@@ -13,6 +15,7 @@ import {
   uniqueName,
   uniqueTopic,
 } from '../support/kafka'
+import { kafkaScript } from '../support/processes.js'
 
 const brokers = kafkaBrokers()
 
@@ -130,4 +133,176 @@ describe('kafka broker', () => {
       'end',
     ])
   }, 60_000)
+
+  test('a transaction that outlives transactionTimeout is aborted by the coordinator; the transport recovers and the next publish succeeds', async () => {
+    const topic = uniqueTopic('smoke-tx-timeout')
+    await createTopic(brokers, topic, { partitions: 1 })
+    const kafka = testKafka(brokers)
+    // The first commit waits until the coordinator has aborted the transaction: the abort marker
+    // it writes moves the partition's end offset past the records sent.
+    let held = false
+    const holdFirstCommit = async (sent: number) => {
+      if (held) return
+      held = true
+      const admin = kafka.admin()
+      await admin.connect()
+      try {
+        for (;;) {
+          const [partition] = await admin.fetchTopicOffsets(topic)
+          if (Number(partition?.high ?? 0) > sent) return
+          await new Promise((r) => setTimeout(r, 250))
+        }
+      } finally {
+        await admin.disconnect()
+      }
+    }
+    const transport = createKafkaTransport({
+      kafka: withCommitHook(kafka, () => holdFirstCommit(3)),
+      transactionalId: uniqueName('smoke-tx-timeout'),
+      producer: { transactionTimeout: 1_000 },
+    })
+    try {
+      const error = await transport.publish(claimed(topic, ['late-1', 'late-2', 'late-3'])).catch((e) => e)
+      expect(isOutboxKitError(error, ErrorCode.TransportFailed)).toBe(true)
+      expect(error.retriable).toBe(true)
+      expect(error.message).toContain('transactionTimeout')
+      const outcomes = await transport.publish(claimed(topic, ['again-1', 'again-2']))
+      expect(outcomes.map((o) => o.status)).toEqual(['published', 'published'])
+    } finally {
+      await transport.close()
+    }
+    const committed = await consumeMessages(brokers, { topic, count: 2 })
+    expect(committed.map((m) => m.value?.toString())).toEqual(['"again-1"', '"again-2"'])
+  }, 90_000)
+
+  test('a second transport with the same transactionalId fences the first, which reports FENCED', async () => {
+    const topic = uniqueTopic('smoke-tx-fenced')
+    await createTopic(brokers, topic, { partitions: 1 })
+    const transactionalId = uniqueName('smoke-tx-fenced')
+    const first = createKafkaTransport({ kafka: testKafka(brokers), transactionalId })
+    const second = createKafkaTransport({ kafka: testKafka(brokers), transactionalId })
+    try {
+      expect((await first.publish(claimed(topic, ['a']))).map((o) => o.status)).toEqual(['published'])
+      expect((await second.publish(claimed(topic, ['b']))).map((o) => o.status)).toEqual(['published'])
+      const error = await first.publish(claimed(topic, ['c'])).catch((e) => e)
+      expect(isOutboxKitError(error, ErrorCode.Fenced)).toBe(true)
+      // Fenced for good: it does not try again.
+      expect(
+        isOutboxKitError(await first.publish(claimed(topic, ['d'])).catch((e) => e), ErrorCode.Fenced),
+      ).toBe(true)
+      expect((await second.publish(claimed(topic, ['e']))).map((o) => o.status)).toEqual(['published'])
+    } finally {
+      await first.close()
+      await second.close()
+    }
+    const committed = await consumeMessages(brokers, { topic, count: 3 })
+    expect(committed.map((m) => m.value?.toString())).toEqual(['"a"', '"b"', '"e"'])
+  }, 90_000)
 })
+
+describe('topics that do not exist yet', () => {
+  test('a broker with auto.create.topics.enable creates the topic on first publish', async () => {
+    const topic = uniqueTopic('smoke-auto-create')
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    try {
+      const outcomes = await transport.publish(claimed(topic, ['first', 'second']))
+      expect(outcomes.map((o) => (o.status === 'failed' ? o.error : o.status))).toEqual([
+        'published',
+        'published',
+      ])
+    } finally {
+      await transport.close()
+    }
+    const received = await consumeMessages(brokers, { topic, count: 2 })
+    expect(received.map((m) => m.value?.toString())).toEqual(['"first"', '"second"'])
+  }, 60_000)
+
+  test('a topic name the broker refuses dead-letters its records at once', async () => {
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    try {
+      // Message validation refuses such names; a record from elsewhere (another store) may not be checked.
+      const [record] = claimed('x', ['v'])
+      const outcomes = await transport.publish([{ ...record!, topic: 'no spaces allowed' }])
+      const outcome = outcomes[0]!
+      expect(outcome.status).toBe('failed')
+      expect(outcome.status === 'failed' && outcome.retriable).toBe(false)
+      expect(outcome.status === 'failed' && outcome.error).toContain('INVALID_TOPIC_EXCEPTION')
+    } finally {
+      await transport.close()
+    }
+  }, 60_000)
+})
+
+/** A broker of its own, started with auto.create.topics.enable=false, on a port no other test uses. */
+const NO_AUTO_CREATE = { KAFKA_PORT: '9210', KAFKA_AUTO_CREATE_TOPICS: 'false' }
+const noAutoCreateBrokers = ['127.0.0.1:9210']
+
+describe('a broker that does not create topics on use', () => {
+  beforeAll(() => {
+    kafkaScript(['start'], NO_AUTO_CREATE)
+  }, 180_000)
+  afterAll(() => {
+    kafkaScript(['stop'], NO_AUTO_CREATE)
+  }, 120_000)
+
+  test('a missing topic fails its records retriably, saying how to create it; once created they publish', async () => {
+    const topic = uniqueTopic('smoke-no-auto-create')
+    const transport = createKafkaTransport({ kafka: testKafka(noAutoCreateBrokers) })
+    try {
+      const [missing] = await transport.publish(claimed(topic, ['early']))
+      expect(missing?.status).toBe('failed')
+      expect(missing?.status === 'failed' && missing.retriable).toBe(true)
+      const error = missing?.status === 'failed' ? missing.error : ''
+      expect(error).toContain(`topic "${topic}" does not exist`)
+      expect(error).toContain('kafka-topics.sh')
+      const admin = testKafka(noAutoCreateBrokers).admin()
+      await admin.connect()
+      try {
+        expect(await admin.listTopics()).not.toContain(topic)
+      } finally {
+        await admin.disconnect()
+      }
+
+      await createTopic(noAutoCreateBrokers, topic, { partitions: 2 })
+      const outcomes = await transport.publish(claimed(topic, ['early', 'later']))
+      expect(outcomes.map((o) => o.status)).toEqual(['published', 'published'])
+    } finally {
+      await transport.close()
+    }
+    const received = await consumeMessages(noAutoCreateBrokers, { topic, count: 2 })
+    expect(received.map((m) => m.value?.toString())).toEqual(['"early"', '"later"'])
+  }, 60_000)
+})
+
+/** Records as a relay claims them, one per value, all of key `k`. */
+function claimed(topic: string, values: readonly string[]): ClaimedRecord[] {
+  return values.map((value) => ({
+    ...toRecord(
+      { topic, key: 'k', type: 'E', payload: value },
+      { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 },
+    ),
+    attempts: 1,
+    createdAt: new Date(),
+  }))
+}
+
+/** The real client, with `beforeCommit` awaited before each transaction's commit. */
+function withCommitHook(kafka: Kafka, beforeCommit: () => Promise<void>): Kafka {
+  const producer = (config?: Parameters<Kafka['producer']>[0]): Producer => {
+    const real = kafka.producer(config)
+    return {
+      ...real,
+      transaction: async (): Promise<Transaction> => {
+        const transaction = await real.transaction()
+        return {
+          ...transaction,
+          commit: async () => {
+            await beforeCommit()
+            await transaction.commit()
+          },
+        }
+      },
+    }
+  }
+  return { admin: () => kafka.admin(), producer } as unknown as Kafka
+}

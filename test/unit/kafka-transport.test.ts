@@ -10,26 +10,59 @@ import { type ClaimedRecord, ErrorCode, isOutboxKitError, toRecord } from '../..
 
 type SendBehaviour = (batch: ProducerBatch) => RecordMetadata[] | Error
 
-/** A kafkajs stand-in whose sends answer as `behaviour` says. Topics have `partitions` partitions. */
-function scriptedKafka(behaviour: SendBehaviour, partitions = 4) {
+/** A broker error as kafkajs raises it for a metadata response (a KafkaJSProtocolError). */
+function protocolError(type: string, retriable: boolean): Error {
+  return Object.assign(new Error(`broker says ${type}`), { name: 'KafkaJSProtocolError', type, retriable })
+}
+
+/**
+ * A kafkajs stand-in whose sends answer as `behaviour` says. Topics have `partitions` partitions,
+ * unless `metadataError` names a broker error for a topic.
+ */
+function scriptedKafka(
+  behaviour: SendBehaviour,
+  partitions = 4,
+  metadataError: (topic: string) => Error | undefined = () => undefined,
+  leaderOf: (partition: number) => number = () => 0,
+) {
   const sent: ProducerBatch[] = []
   let producers = 0
   const kafka = {
     admin: () => ({
       connect: async () => {},
       disconnect: async () => {},
-      fetchTopicMetadata: async ({ topics }: { topics: string[] }) => ({
-        topics: topics.map((name) => ({
-          name,
-          partitions: Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0 })),
-        })),
+      describeCluster: async () => ({ brokers: [{ nodeId: 0, host: 'scripted', port: 9092 }] }),
+      describeConfigs: async () => ({
+        resources: [{ configEntries: [{ configName: 'auto.create.topics.enable', configValue: 'false' }] }],
       }),
+      fetchTopicMetadata: async ({ topics }: { topics: string[] }) => {
+        for (const topic of topics) {
+          const error = metadataError(topic)
+          if (error) throw error
+        }
+        return {
+          topics: topics.map((name) => ({
+            name,
+            partitions: Array.from({ length: partitions }, (_, partitionId) => ({
+              partitionId,
+              leader: leaderOf(partitionId),
+            })),
+          })),
+        }
+      },
     }),
     producer: () => {
       producers++
       return {
         connect: async () => {},
         disconnect: async () => {},
+        // A metadata request as a producer makes it (the transport's check for auto-creation).
+        send: async ({ topic, messages }: { topic: string; messages: unknown[] }) => {
+          if (messages.length > 0) throw new Error('the scripted kafkajs only answers metadata sends')
+          const error = metadataError(topic)
+          if (error) throw error
+          return []
+        },
         sendBatch: async (batch: ProducerBatch) => {
           sent.push(batch)
           const answer = behaviour(batch)
@@ -57,10 +90,10 @@ function ackAll(
     .map(([topicName, partition]) => ({ topicName: topicName!, partition: Number(partition), errorCode: 0 }))
 }
 
-function records(count: number, keys: number): ClaimedRecord[] {
+function records(count: number, keys: number, topic = 'orders'): ClaimedRecord[] {
   return Array.from({ length: count }, (_, i) => ({
     ...toRecord(
-      { topic: 'orders', key: `key-${i % keys}`, type: 'E', payload: { i } },
+      { topic, key: `key-${i % keys}`, type: 'E', payload: { i } },
       { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 },
     ),
     attempts: 1,
@@ -123,6 +156,37 @@ describe('KafkaTransport', () => {
     expect(producers()).toBe(2)
   })
 
+  test('when one partition leader fails, the records of the partitions other brokers acknowledged are published, once', async () => {
+    // Partitions 0 and 2 are led by broker 0, 1 and 3 by broker 1, which is down.
+    const leaderOf = (partition: number) => partition % 2
+    const down = Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:19094'), {
+      name: 'KafkaJSNumberOfRetriesExceeded',
+    })
+    const { kafka, sent } = scriptedKafka(
+      (b) =>
+        b.topicMessages!.some((t) => t.messages.some((m) => leaderOf(m.partition!) === 1)) ? down : ackAll(b),
+      4,
+      () => undefined,
+      leaderOf,
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = records(40, 10)
+    const outcomes = await transport.publish(batch)
+    const partitionOf = new Map(
+      sent.flatMap((b) =>
+        b.topicMessages![0]!.messages.map((m) => [m.headers?.['outboxkit-id'], m.partition!]),
+      ),
+    )
+    batch.forEach((record, i) => {
+      const outcome = outcomes[i]!
+      if (leaderOf(partitionOf.get(record.id)!) === 0) expect(outcome.status).toBe('published')
+      else expect(outcome.status === 'failed' && outcome.retriable).toBe(true)
+    })
+    expect(new Set(partitionOf.values())).toEqual(new Set([0, 1, 2, 3]))
+    // Each record went out in exactly one send.
+    expect(sent.flatMap((b) => b.topicMessages![0]!.messages)).toHaveLength(batch.length)
+  })
+
   test('a record over maxRecordBytes fails at once, not retriable, and holds back only its key', async () => {
     const { kafka, sent } = scriptedKafka((b) => ackAll(b))
     const transport = createKafkaTransport({ kafka, maxRecordBytes: 600 })
@@ -158,6 +222,38 @@ describe('KafkaTransport', () => {
     expect(
       failure.status === 'failed' && !failure.retriable && failure.error.includes('MESSAGE_TOO_LARGE'),
     ).toBe(true)
+  })
+
+  test('a forbidden or invalid topic dead-letters its records at once; a missing or leaderless one is retried', async () => {
+    const faults: Record<string, Error> = {
+      forbidden: protocolError('TOPIC_AUTHORIZATION_FAILED', false),
+      invalid: protocolError('INVALID_TOPIC_EXCEPTION', false),
+      missing: protocolError('UNKNOWN_TOPIC_OR_PARTITION', true),
+      leaderless: protocolError('LEADER_NOT_AVAILABLE', true),
+    }
+    const { kafka, sent } = scriptedKafka(
+      (b) => ackAll(b),
+      4,
+      (topic) => faults[topic],
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = ['forbidden', 'invalid', 'missing', 'leaderless', 'orders'].flatMap((topic) =>
+      records(1, 1, topic).map((r) => ({ ...r, key: topic })),
+    )
+    const outcomes = await transport.publish(batch)
+    expect(outcomes.map((o) => (o.status === 'failed' ? (o.retriable ? 'retry' : 'dead') : 'ok'))).toEqual([
+      'dead',
+      'dead',
+      'retry',
+      'retry',
+      'ok',
+    ])
+    expect(outcomes[0]!.status === 'failed' && outcomes[0]!.error).toContain('TOPIC_AUTHORIZATION_FAILED')
+    expect(outcomes[1]!.status === 'failed' && outcomes[1]!.error).toContain('INVALID_TOPIC_EXCEPTION')
+    const missing = outcomes[2]!.status === 'failed' ? outcomes[2]!.error : ''
+    expect(missing).toContain('auto.create.topics.enable=false')
+    expect(missing).toContain('admin.createTopics')
+    expect(sent.flatMap((b) => b.topicMessages!.map((t) => t.topic))).toEqual(['orders'])
   })
 
   test('options are checked: no client, an empty transactional id', () => {

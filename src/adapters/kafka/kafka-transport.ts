@@ -1,6 +1,7 @@
 import {
   type Admin,
   type CompressionTypes,
+  ConfigResourceTypes,
   Kafka,
   type Message,
   Partitioners,
@@ -68,18 +69,47 @@ const RECORD_FAULTS = new Set([
 /** Metadata errors that are about one topic: its records fail, others still go out. */
 const TOPIC_FAULTS = new Set([
   'UNKNOWN_TOPIC_OR_PARTITION',
+  'LEADER_NOT_AVAILABLE',
   'INVALID_TOPIC_EXCEPTION',
   'TOPIC_AUTHORIZATION_FAILED',
 ])
 
+/**
+ * Topic faults that no retry can mend (the name is illegal, or this client may not write to it):
+ * the relay dead-letters the records at once. A missing topic or a leaderless partition may
+ * recover, so those stay retriable.
+ */
+const PERMANENT_TOPIC_FAULTS = new Set(['INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHORIZATION_FAILED'])
+
 const METADATA_TTL_MS = 60_000
 
-/** Errors that mean another producer with our transactional id took over. */
+/** How long a topic created on first use may take to show up in the admin client's metadata. */
+const AUTO_CREATE_WAIT_MS = 10_000
+
+/** Why a topic's records cannot be routed, and whether a later attempt may succeed. */
+interface TopicFault {
+  /** The broker error type, e.g. `UNKNOWN_TOPIC_OR_PARTITION`. */
+  readonly type: string
+  readonly error: string
+  readonly retriable: boolean
+}
+
+/**
+ * Errors that mean our producer epoch is no longer current. Either another producer with our
+ * transactional id initialised after us (fencing), or the coordinator aborted our transaction
+ * because it outlived `transactionTimeout` and bumped the epoch itself (expiry).
+ */
 const FENCING = new Set([
   'INVALID_PRODUCER_EPOCH',
   'PRODUCER_FENCED',
   'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
 ])
+
+/** The errors a timed-out transaction produces, depending on the broker version and request. */
+const EPOCH_ERRORS = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED', 'INVALID_TXN_STATE'])
+
+/** kafkajs' default `transactionTimeout`. */
+const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
 
 /**
  * A {@link Transport} on kafkajs with the idempotent producer (acks = all, one request in flight)
@@ -110,6 +140,12 @@ export class KafkaTransport implements Transport {
   #producer: Promise<Producer> | undefined
   #admin: Promise<Admin> | undefined
   readonly #metadata = new Map<string, { partitions: number; at: number }>()
+  /** Leader broker of each partition, per topic, as last seen (only to group sends). */
+  readonly #leaders = new Map<string, readonly number[]>()
+  /** Producers discarded during the current publish: disconnected once its sends have settled. */
+  #retired: Promise<Producer>[] = []
+  /** The broker's `auto.create.topics.enable`, once read (undefined when it cannot be read). */
+  #autoCreates: Promise<boolean | undefined> | undefined
   /** Publishes run one at a time: one producer, and Kafka transactions cannot overlap. */
   #queue: Promise<unknown> = Promise.resolve()
   #closed = false
@@ -197,8 +233,8 @@ export class KafkaTransport implements Transport {
         failedKeys.add(item.record.key)
         outcomes[item.index] = {
           status: 'failed',
-          error: count ?? 'no metadata for the topic',
-          retriable: true,
+          error: count?.error ?? 'no metadata for the topic',
+          retriable: count?.retriable ?? true,
         }
       } else {
         item.message.partition = partitionFor(item.record.topic, item.message, count)
@@ -206,41 +242,48 @@ export class KafkaTransport implements Transport {
       }
     }
 
-    // Split into requests of bounded size; records keep their order.
-    const requests: SendItem[][] = []
-    let current: SendItem[] = []
-    let bytes = 0
-    for (const item of routable) {
-      if (current.length > 0 && bytes + item.size > this.#maxRequestBytes) {
-        requests.push(current)
-        current = []
-        bytes = 0
-      }
-      current.push(item)
-      bytes += item.size
-    }
-    if (current.length > 0) requests.push(current)
-
-    try {
-      await this.#send(requests, outcomes)
-    } catch (error) {
-      // The broker refused a record for what it is (too large for the topic, invalid, forbidden),
-      // and the request does not say which. Send one record at a time to find it, so the others
-      // still go out and only the culprit is dead-lettered.
-      if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed || error.retriable)
-        throw error
-      if (routable.length === 1) {
-        outcomes[routable[0]!.index] = { status: 'failed', error: error.message, retriable: false }
-      } else {
-        for (const item of routable) {
-          if (failedKeys.has(item.record.key)) {
-            outcomes[item.index] = notSent()
-            continue
+    // In idempotent mode each partition leader gets its own send, and each send's outcome is
+    // collected on its own: kafkajs runs one send over several brokers as a unit, and when one
+    // broker fails it throws away the acknowledgements of the others, which would then be sent
+    // again. (A transaction is all-or-nothing anyway: one send for the batch.)
+    const groups = this.capabilities.transactions ? [routable] : this.#byLeader(routable)
+    const refused: { group: SendItem[]; error: OutboxKitError }[] = []
+    const errors: OutboxKitError[] = []
+    await this.#retiring(async () => {
+      await Promise.all(
+        groups.map(async (group) => {
+          try {
+            await this.#send(splitRequests(group, this.#maxRequestBytes), outcomes)
+          } catch (error) {
+            if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed) throw error
+            // The broker refused a record for what it is; the request does not say which.
+            if (!error.retriable) refused.push({ group, error })
+            else {
+              errors.push(error)
+              for (const item of group) outcomes[item.index] = notSent(error.message)
+            }
           }
-          const [outcome] = await this.#publish([item.record])
-          outcomes[item.index] = outcome
-          if (outcome?.status === 'failed') failedKeys.add(item.record.key)
+        }),
+      )
+    })
+    // Nothing got through: the outcome of the whole call is in doubt (an outage), so throw and
+    // let the relay release the batch without counting attempts.
+    if (errors.length > 0 && errors.length === groups.length) throw errors[0]
+    for (const { group, error } of refused) {
+      // Send one record at a time to find the culprit, so the others still go out and only it
+      // is dead-lettered.
+      if (group.length === 1) {
+        outcomes[group[0]!.index] = { status: 'failed', error: error.message, retriable: false }
+        continue
+      }
+      for (const item of group) {
+        if (failedKeys.has(item.record.key)) {
+          outcomes[item.index] = notSent()
+          continue
         }
+        const [outcome] = await this.#publish([item.record])
+        outcomes[item.index] = outcome
+        if (outcome?.status === 'failed') failedKeys.add(item.record.key)
       }
     }
     return outcomes.map((o) => o ?? notSent())
@@ -260,6 +303,7 @@ export class KafkaTransport implements Transport {
     const producer = await this.#getProducer()
     if (this.capabilities.transactions) {
       // One transaction for the whole batch: all of it becomes visible, or none.
+      const began = Date.now()
       const transaction = await this.#guard(() => producer.transaction())
       try {
         for (const request of requests) {
@@ -269,7 +313,7 @@ export class KafkaTransport implements Transport {
         await transaction.commit()
       } catch (error) {
         await transaction.abort().catch(() => {})
-        throw await this.#failure(error)
+        throw await this.#failure(error, Date.now() - began)
       }
       for (const request of requests)
         for (const item of request) outcomes[item.index] = { status: 'published' }
@@ -302,9 +346,14 @@ export class KafkaTransport implements Transport {
     }
   }
 
-  /** Partition counts per topic (cached for a minute), or why a topic has none. */
-  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | string>> {
-    const result = new Map<string, number | string>()
+  /**
+   * Partition counts per topic (cached for a minute), or why a topic has none. A topic that does
+   * not exist is asked for as a producer asks for it, so a broker with
+   * `auto.create.topics.enable=true` creates it on first publish, as it would for a plain kafkajs
+   * producer (the admin client's own lookups never create topics).
+   */
+  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | TopicFault>> {
+    const result = new Map<string, number | TopicFault>()
     const now = Date.now()
     for (const topic of topics) {
       const cached = this.#metadata.get(topic)
@@ -313,24 +362,105 @@ export class KafkaTransport implements Transport {
         continue
       }
       const admin = await this.#getAdmin()
-      try {
-        const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
-        const partitions = found[0]?.partitions.length ?? 0
-        if (partitions > 0) {
-          this.#metadata.set(topic, { partitions, at: now })
-          result.set(topic, partitions)
+      let found = await this.#lookUp(admin, topic)
+      if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
+        if (await this.#createOnFirstUse(admin, topic)) {
+          // The broker creates the topic in the background; the admin client sees it a moment later.
+          const deadline = Date.now() + AUTO_CREATE_WAIT_MS
+          while (typeof found !== 'number' && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 100))
+            found = await this.#lookUp(admin, topic)
+          }
         } else {
-          result.set(topic, `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`)
+          found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
         }
-      } catch (error) {
-        const type = protocolErrorType(error)
-        // A topic that does not exist (and is not auto-created) fails its records, not the batch.
-        if (type !== undefined && TOPIC_FAULTS.has(type))
-          result.set(topic, `${type}: ${describeError(error)}`)
-        else throw await this.#failure(error)
       }
+      if (typeof found === 'number') this.#metadata.set(topic, { partitions: found, at: now })
+      // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
+      // count known before still routes the other partitions' records.
+      else if (found.type === 'LEADER_NOT_AVAILABLE' && cached) found = cached.partitions
+      result.set(topic, found)
     }
     return result
+  }
+
+  /** The topic's partition count from the admin client, or the topic-level fault it reports. */
+  async #lookUp(admin: Admin, topic: string): Promise<number | TopicFault> {
+    try {
+      const { topics: found } = await admin.fetchTopicMetadata({ topics: [topic] })
+      const partitions = found[0]?.partitions.length ?? 0
+      if (partitions > 0) {
+        const leaders: number[] = []
+        for (const p of found[0]!.partitions) leaders[p.partitionId] = p.leader
+        this.#leaders.set(topic, leaders)
+        return partitions
+      }
+      return {
+        type: 'UNKNOWN_TOPIC_OR_PARTITION',
+        error: `UNKNOWN_TOPIC_OR_PARTITION: topic ${topic} has no partitions`,
+        retriable: true,
+      }
+    } catch (error) {
+      const type = protocolErrorType(error)
+      // A topic fault fails that topic's records, not the batch.
+      if (type !== undefined && TOPIC_FAULTS.has(type))
+        return {
+          type,
+          error: `${type}: ${describeError(error)}`,
+          retriable: !PERMANENT_TOPIC_FAULTS.has(type),
+        }
+      throw await this.#failure(error)
+    }
+  }
+
+  /**
+   * Requests the topic's metadata with auto-creation allowed, through a short-lived plain producer
+   * sending no records, as a kafkajs producer does before its first send. True if the broker
+   * creates topics on use (the topic then appears shortly), false if it does not. A KRaft broker
+   * answers that first request with UNKNOWN_TOPIC_OR_PARTITION in both cases, so its
+   * `auto.create.topics.enable` decides; when that setting cannot be read (no DescribeConfigs
+   * permission), the topic is assumed to be on its way.
+   */
+  async #createOnFirstUse(admin: Admin, topic: string): Promise<boolean> {
+    const producer = this.#kafka.producer({
+      allowAutoTopicCreation: true,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      retry: { retries: 0 },
+    })
+    try {
+      await producer.connect()
+      await producer.send({ topic, acks: -1, messages: [] })
+      return true
+    } catch (error) {
+      if (protocolErrorType(error) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw await this.#failure(error)
+    } finally {
+      await producer.disconnect().catch(() => {})
+    }
+    this.#autoCreates ??= brokerCreatesTopics(admin).catch(() => undefined)
+    return (await this.#autoCreates) !== false
+  }
+
+  /** Groups records by the broker leading their partition, keeping their order. */
+  #byLeader(items: readonly SendItem[]): SendItem[][] {
+    const groups = new Map<number, SendItem[]>()
+    for (const item of items) {
+      const leader = this.#leaders.get(item.record.topic)?.[item.message.partition!] ?? -1
+      const group = groups.get(leader) ?? []
+      group.push(item)
+      groups.set(leader, group)
+    }
+    return [...groups.values()]
+  }
+
+  /** Runs `fn`, then disconnects the producers discarded meanwhile (other sends may have used them). */
+  async #retiring(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn()
+    } finally {
+      const retired = this.#retired
+      this.#retired = []
+      for (const producer of retired) producer.then((p) => p.disconnect()).catch(() => {})
+    }
   }
 
   async #getAdmin(): Promise<Admin> {
@@ -380,13 +510,40 @@ export class KafkaTransport implements Transport {
     return this.#producer
   }
 
-  /** Discards the producer after a failure, and returns the error to throw. */
-  async #failure(error: unknown): Promise<OutboxKitError> {
+  /**
+   * Discards the producer after a failure, and returns the error to throw. `transactionAgeMs` is
+   * how long the failed transaction had been open, when there was one.
+   *
+   * An epoch error in a transaction that has been open for at least `transactionTimeout` is taken
+   * as expiry: the coordinator aborted it and bumped the epoch, no other producer is involved, so
+   * the next batch starts on a new producer (its `initTransactions` takes the new epoch) and this
+   * batch is retried. An epoch error in a younger transaction can only come from another producer
+   * that initialised the same transactional id after us: that is fencing, and the transport stops
+   * for good.
+   */
+  async #failure(error: unknown, transactionAgeMs?: number): Promise<OutboxKitError> {
     const producer = this.#producer
     this.#producer = undefined
-    this.producerRebuilds++
-    producer?.then((p) => p.disconnect()).catch(() => {})
+    if (producer) {
+      this.producerRebuilds++
+      this.#retired.push(producer)
+    }
+    // Leaders may have moved: look them up again before the next batch is grouped.
+    for (const entry of this.#metadata.values()) entry.at = 0
     const type = protocolErrorType(error)
+    const timeoutMs = this.#options.producer?.transactionTimeout ?? DEFAULT_TRANSACTION_TIMEOUT_MS
+    if (
+      type !== undefined &&
+      EPOCH_ERRORS.has(type) &&
+      transactionAgeMs !== undefined &&
+      transactionAgeMs >= timeoutMs
+    ) {
+      return new OutboxKitError(
+        ErrorCode.TransportFailed,
+        `The Kafka transaction was open for ${transactionAgeMs} ms, longer than transactionTimeout (${timeoutMs} ms), so the coordinator aborted it (${type}); the batch will be published again on a new producer. If batches often take this long, raise producer.transactionTimeout or lower batchSize.`,
+        { source: 'kafka', cause: error, retriable: true, details: { brokerError: type } },
+      )
+    }
     if (type !== undefined && FENCING.has(type)) {
       this.#fenced = true
       return this.#fencedError(error)
@@ -451,6 +608,24 @@ function partitionFor(topic: string, message: Message, partitions: number): numb
   return partitioner({ topic, partitionMetadata: metadata, message })
 }
 
+/** Splits records into requests of at most `maxBytes` (one record may exceed it), keeping their order. */
+function splitRequests(items: readonly SendItem[], maxBytes: number): SendItem[][] {
+  const requests: SendItem[][] = []
+  let current: SendItem[] = []
+  let bytes = 0
+  for (const item of items) {
+    if (current.length > 0 && bytes + item.size > maxBytes) {
+      requests.push(current)
+      current = []
+      bytes = 0
+    }
+    current.push(item)
+    bytes += item.size
+  }
+  if (current.length > 0) requests.push(current)
+  return requests
+}
+
 function partitionKey(item: SendItem): string {
   return `${item.record.topic}\u0000${item.message.partition}`
 }
@@ -477,6 +652,36 @@ function unacknowledgedError(missing: ReadonlySet<string>): OutboxKitError {
       source: 'kafka',
       retriable: true,
     },
+  )
+}
+
+/** Reads `auto.create.topics.enable` from one broker of the cluster. */
+async function brokerCreatesTopics(admin: Admin): Promise<boolean | undefined> {
+  const { brokers } = await admin.describeCluster()
+  const broker = brokers[0]
+  if (!broker) return undefined
+  const { resources } = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: [
+      {
+        type: ConfigResourceTypes.BROKER,
+        name: String(broker.nodeId),
+        configNames: ['auto.create.topics.enable'],
+      },
+    ],
+  })
+  const value = resources[0]?.configEntries.find(
+    (e) => e.configName === 'auto.create.topics.enable',
+  )?.configValue
+  return value === undefined ? undefined : value === 'true'
+}
+
+function missingTopic(topic: string): string {
+  return (
+    `UNKNOWN_TOPIC_OR_PARTITION: topic "${topic}" does not exist and the broker does not create topics ` +
+    `on first use (auto.create.topics.enable=false). Create it, e.g. \`kafka-topics.sh --bootstrap-server <broker> ` +
+    `--create --topic ${topic} --partitions <n> --replication-factor <r>\` or kafkajs ` +
+    `\`admin.createTopics({ topics: [{ topic: '${topic}', numPartitions: <n> }] })\`; its records are retried with backoff until then.`
   )
 }
 
