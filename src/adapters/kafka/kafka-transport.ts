@@ -1,7 +1,6 @@
 import {
   type Admin,
   type CompressionTypes,
-  ConfigResourceTypes,
   Kafka,
   type Message,
   Partitioners,
@@ -14,6 +13,12 @@ import { describeError, ErrorCode, OutboxKitError } from '../../core/errors.js'
 import { type ClaimedRecord, Headers, publishedHeaders } from '../../core/message.js'
 import { positiveInteger } from '../../core/options.js'
 import type { PublishOutcome, Transport, TransportCapabilities } from '../../core/transport.js'
+
+/**
+ * kafkajs' `ConfigResourceTypes.BROKER`. Not imported by name: kafkajs is CommonJS, and Node's ESM
+ * loader does not detect that export, so `import { ConfigResourceTypes } from 'kafkajs'` fails there.
+ */
+const BROKER_CONFIG_RESOURCE = 4
 
 export interface KafkaTransportOptions {
   /** Your kafkajs client (brokers, TLS, SASL, logging). Or pass `brokers` instead. */
@@ -664,7 +669,7 @@ async function brokerCreatesTopics(admin: Admin): Promise<boolean | undefined> {
     includeSynonyms: false,
     resources: [
       {
-        type: ConfigResourceTypes.BROKER,
+        type: BROKER_CONFIG_RESOURCE,
         name: String(broker.nodeId),
         configNames: ['auto.create.topics.enable'],
       },
