@@ -52,6 +52,7 @@ export {
 export type {
   Claim,
   ClaimOptions,
+  ClaimOwnedOptions,
   DeadRecord,
   FailedRecord,
   InboxStore,
@@ -60,7 +61,10 @@ export type {
   PurgeOptions,
   RequeueResult,
   SettleResult,
+  ShardLease,
+  ShardState,
   StoreCapabilities,
+  SyncShardsOptions,
   TransactionRunner,
 } from './store.js'
 export type { PublishOutcome, Transport, TransportCapabilities } from './transport.js'

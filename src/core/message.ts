@@ -52,6 +52,8 @@ export interface ClaimedRecord extends OutboxRecord {
   readonly attempts: number
   /** When the row was written, by the database's clock. */
   readonly createdAt: Date
+  /** The record's shard, on records from `OutboxStore.claimOwned`. */
+  readonly shard?: number
 }
 
 /** Header names outboxkit sets itself. Callers cannot set them (compared case-insensitively). */

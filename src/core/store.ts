@@ -14,6 +14,11 @@ export interface StoreCapabilities {
   readonly concurrentClaims: boolean
   /** `waitForChange` is implemented with push notifications (e.g. Postgres LISTEN/NOTIFY). */
   readonly notify: boolean
+  /**
+   * The store implements shard ownership (`syncShards`, `claimOwned`, `leaveShards`): relays
+   * split the outbox's shards among themselves and each reads only its own.
+   */
+  readonly shards?: boolean
 }
 
 /** Options for {@link OutboxStore.claim}. */
@@ -85,6 +90,55 @@ export interface RequeueResult {
   readonly skipped: readonly string[]
 }
 
+/**
+ * Shard ownership. Every record belongs to one of a fixed number of shards, chosen by a hash of its
+ * key, so all records of a key share a shard. A relay that owns a shard is the only one reading
+ * and settling its records: it needs no per-row lease and no head-of-key lock, and relays never
+ * compete for the same rows. Ownership is a lease on the store's clock, renewed by `syncShards`;
+ * each change of owner bumps the shard's `epoch`, and every settle call is fenced by the epoch
+ * the records were claimed under, so a relay that lost a shard (paused past its lease) can no
+ * longer write to its rows.
+ */
+
+/** A shard a relay owns, with the fencing epoch it was taken at. */
+export interface ShardLease {
+  readonly shard: number
+  /** Bumped each time the shard changes owner. */
+  readonly epoch: number
+}
+
+/** Options for {@link OutboxStore.syncShards}. */
+export interface SyncShardsOptions {
+  /** How long the relay's registration and its shard leases hold, by the store's clock: a positive integer. */
+  readonly leaseMs: number
+  /** Owned shards to give up now (the relay has nothing of them in flight). */
+  readonly release?: readonly number[]
+  /** Take free or expired shards up to the fair share. Default true; false while stopping. */
+  readonly acquire?: boolean
+}
+
+/** What {@link OutboxStore.syncShards} found and did. */
+export interface ShardState {
+  /** Shards in the table: fixed when the schema is created. */
+  readonly shardCount: number
+  /** Relays whose registration has not expired, this one included. */
+  readonly liveRelays: number
+  /** `ceil(shardCount / liveRelays)`: the most shards this relay should own. */
+  readonly fairShare: number
+  /** The shards this relay owns after the call, ascending, each with its current epoch. */
+  readonly owned: readonly ShardLease[]
+}
+
+/** Options for {@link OutboxStore.claimOwned}. */
+export interface ClaimOwnedOptions {
+  /** The most records to return: an integer from 1 to `MAX_CLAIM_LIMIT` (10 000). */
+  readonly limit: number
+  /** Keys this relay has in flight (claimed, not yet settled): none of their records is returned. */
+  readonly excludeKeys?: readonly string[]
+  /** Owned shards to return nothing from (the relay is giving them up). */
+  readonly excludeShards?: readonly number[]
+}
+
 /** Runs a function in a new transaction of the backend, committing if it resolves. */
 export interface TransactionRunner<Tx> {
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>
@@ -108,6 +162,28 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
    * see records from transactions that committed out of id order.
    */
   claim(options: ClaimOptions): Promise<Claim>
+
+  /**
+   * Registers relay `relayId` as live for `leaseMs` (a heartbeat), renews the leases of the shards
+   * it still owns, gives up those in `release`, and (unless `acquire` is false) takes free or
+   * expired shards until it owns `fairShare`, bumping each taken shard's epoch. Concurrent calls
+   * of different relays never take the same shard. Only when `capabilities.shards` is true.
+   */
+  syncShards?(relayId: string, options: SyncShardsOptions): Promise<ShardState>
+  /**
+   * Reads ready records of the shards `relayId` owns (lease not expired), writing nothing: for each
+   * key not in `excludeKeys` whose oldest pending record is ready, the run of that key's ready
+   * records from it up to the first one that is not (waiting for a retry), oldest first across
+   * keys, at most `limit`. A key whose oldest pending record is not ready contributes nothing, and
+   * however many records it holds it never hides another key's ready records (the cost stays
+   * independent of the backlog). Each record carries `shard`, and `attempts` is the number of
+   * failed attempts so far plus one. The token fences the settle calls by the shards' epochs at
+   * claim time; `markFailed` and `markDead` on it count the attempt, `release` writes nothing and
+   * `extendLease` renews the shards. Only when `capabilities.shards` is true.
+   */
+  claimOwned?(relayId: string, options: ClaimOwnedOptions): Promise<Claim>
+  /** Gives up every shard `relayId` owns and removes its registration (graceful stop). */
+  leaveShards?(relayId: string): Promise<void>
 
   /** Marks records published. Fenced by `token`. */
   markPublished(token: string, ids: readonly string[]): Promise<SettleResult>
