@@ -37,7 +37,16 @@ export {
   toRecord,
 } from './message.js'
 export { MAX_MESSAGE_ID_LENGTH, messageIdProblem } from './message-id.js'
-export { checkClaimOptions, checkPurgeOptions, MAX_CLAIM_LIMIT, MAX_PURGE_LIMIT } from './options.js'
+export {
+  checkClaimOptions,
+  checkClaimOwnedOptions,
+  checkPurgeOptions,
+  checkRelayId,
+  checkSyncShardsOptions,
+  MAX_CLAIM_LIMIT,
+  MAX_PURGE_LIMIT,
+  MAX_RELAY_ID_LENGTH,
+} from './options.js'
 export { Outbox, type OutboxOptions, type TraceContextCapture } from './outbox.js'
 export {
   DEAD_REASON_HEADER,

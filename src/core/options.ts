@@ -105,3 +105,49 @@ export function checkPurgeOptions(
   if (options.limit !== undefined) positiveInteger('purge limit', options.limit, MAX_PURGE_LIMIT, source)
   if (options.consumer !== undefined) nonEmptyString('purge consumer', options.consumer, source)
 }
+
+/** The longest relay id a store must accept (`syncShards`, `claimOwned`, `leaveShards`). */
+export const MAX_RELAY_ID_LENGTH = 64
+
+/** Checks a relay id: a non-empty string of at most {@link MAX_RELAY_ID_LENGTH} characters. */
+export function checkRelayId(relayId: unknown, source?: string): string {
+  if (typeof relayId !== 'string' || relayId.length === 0 || relayId.length > MAX_RELAY_ID_LENGTH) {
+    throw refuse('relayId', `a string of 1 to ${MAX_RELAY_ID_LENGTH} characters`, relayId, source)
+  }
+  return relayId
+}
+
+/** Checks the options of one `syncShards` call: `leaseMs` a positive integer, `release` shard numbers. */
+export function checkSyncShardsOptions(
+  options: { readonly leaseMs: number; readonly release?: readonly number[] },
+  source?: string,
+): void {
+  if (typeof options !== 'object' || options === null)
+    throw refuse('syncShards options', 'an object', options, source)
+  positiveInteger('syncShards leaseMs', options.leaseMs, undefined, source)
+  if (options.release !== undefined && !Array.isArray(options.release))
+    throw refuse('syncShards release', 'an array of shard numbers', options.release, source)
+  for (const shard of options.release ?? []) nonNegativeInteger('syncShards release', shard, source)
+}
+
+/**
+ * Checks the options of one `claimOwned` call: `limit` an integer from 1 to `maxLimit`,
+ * `excludeKeys` strings, `excludeShards` shard numbers.
+ */
+export function checkClaimOwnedOptions(
+  options: {
+    readonly limit: number
+    readonly excludeKeys?: readonly string[]
+    readonly excludeShards?: readonly number[]
+  },
+  maxLimit: number = MAX_CLAIM_LIMIT,
+  source?: string,
+): void {
+  if (typeof options !== 'object' || options === null)
+    throw refuse('claimOwned options', 'an object', options, source)
+  positiveInteger('claimOwned limit', options.limit, maxLimit, source)
+  if (options.excludeKeys !== undefined && !Array.isArray(options.excludeKeys))
+    throw refuse('claimOwned excludeKeys', 'an array of keys', options.excludeKeys, source)
+  if (options.excludeShards !== undefined && !Array.isArray(options.excludeShards))
+    throw refuse('claimOwned excludeShards', 'an array of shard numbers', options.excludeShards, source)
+}

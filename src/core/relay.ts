@@ -4,13 +4,15 @@ import { Emitter } from './events.js'
 import type { ClaimedRecord } from './message.js'
 import {
   backoffOptions,
+  checkRelayId,
   MAX_CLAIM_LIMIT,
   nonEmptyString,
   nonNegativeInteger,
   positiveInteger,
 } from './options.js'
-import type { DeadRecord, FailedRecord, OutboxStore } from './store.js'
-import type { Transport } from './transport.js'
+import { ShardOwnership } from './shard-ownership.js'
+import type { Claim, DeadRecord, FailedRecord, OutboxStore } from './store.js'
+import type { PublishOutcome, Transport } from './transport.js'
 
 /** What a relay reports while it runs. Subscribe with {@link Relay.on}. */
 export interface RelayEvents {
@@ -28,8 +30,21 @@ export interface RelayEvents {
    * requeued; the letters are not tried again. An `error` event reports it too.
    */
   deadLetterFailed: { readonly ids: readonly string[]; readonly error: string }
-  /** Records this relay published but could not mark: its lease had expired and another relay took them. */
+  /**
+   * Records this relay published but could not mark: its lease (rows) or its shard (shards) had
+   * expired and another relay took them over.
+   */
   leaseLost: { readonly ids: readonly string[] }
+  /**
+   * Ownership `'shards'`: the shards this relay owns changed. `draining` are owned shards it is
+   * giving up to a relay that joined (it claims nothing new from them).
+   */
+  shardsChanged: {
+    readonly owned: readonly number[]
+    readonly draining: readonly number[]
+    readonly liveRelays: number
+    readonly fairShare: number
+  }
   /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
   lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
   /**
@@ -60,8 +75,28 @@ export interface RelayOptions<Tx> {
   batchSize?: number
   /** How often to look for new records when idle, in ms. Default 250. With notifications it is the safety net. */
   pollIntervalMs?: number
-  /** How long a claim holds its records, by the database clock. Default 30 000 ms; extended while publishing. */
+  /**
+   * How long a claim holds its records (ownership `'rows'`), or a relay its shards (`'shards'`), by
+   * the database clock: a relay that stops renewing for this long (crashed, paused, cut off) has its
+   * work taken over. Default 30 000 ms; renewed every `leaseMs / 3` (shards: at least every second).
+   */
   leaseMs?: number
+  /**
+   * How relays sharing one table divide the work.
+   * - `'rows'` (default): each claim leases the rows it takes and holds the head of each key it
+   *   takes, so any number of relays can claim from one table at once.
+   * - `'shards'`: the table's keys are hashed into shards and each live relay owns a fair share of
+   *   them (fenced by an epoch); it reads only its own shards, writes nothing when it claims, and
+   *   claims its next batch while the previous one is published and marked. Faster, and relays
+   *   never contend for rows. Needs a store with `capabilities.shards`; every relay of a table must
+   *   use the same mode.
+   */
+  ownership?: RelayOwnership
+  /**
+   * Ownership `'shards'`: this relay's name in the store's registry of relays, 1 to 64 characters,
+   * unique among the relays running at once. Default `relay-<random uuid>`.
+   */
+  relayId?: string
   /** Attempts before a record that keeps failing is dead-lettered. Default 10. */
   maxAttempts?: number
   /** Backoff between attempts of a failing record, and of the loop after an error. */
@@ -79,6 +114,9 @@ export interface RelayOptions<Tx> {
   /** Spans and metrics around publishing, e.g. `otelRelayInstrumentation()` from `outboxkit/otel`. */
   instrumentation?: RelayInstrumentation
 }
+
+/** See {@link RelayOptions.ownership}. */
+export type RelayOwnership = 'rows' | 'shards'
 
 export interface DeadLetterOptions {
   /** The dead-letter topic. */
@@ -120,6 +158,10 @@ export class Relay<Tx> {
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<RelayEvents>()
+  readonly #ownership: RelayOwnership
+  readonly #relayId: string
+  /** Ownership `'shards'`: the relay's shards, while the loop runs. */
+  #shards: ShardOwnership<Tx> | undefined
 
   readonly #signal: AbortSignal | undefined
   #running: Promise<void> | undefined
@@ -152,8 +194,38 @@ export class Relay<Tx> {
       topic: nonEmptyString('deadLetter.topic', options.deadLetter.topic),
       transport: options.deadLetter.transport ?? options.transport,
     }
+    this.#ownership = options.ownership ?? 'rows'
+    if (this.#ownership !== 'rows' && this.#ownership !== 'shards') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `ownership must be 'rows' or 'shards', got ${JSON.stringify(options.ownership)}.`,
+        { details: { option: 'ownership', value: options.ownership } },
+      )
+    }
+    const store = options.store
+    if (
+      this.#ownership === 'shards' &&
+      (!store.capabilities.shards || !store.syncShards || !store.claimOwned || !store.leaveShards)
+    ) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `ownership: 'shards' needs a store with shard ownership; the ${store.name} store does not have it. Use ownership: 'rows' (the default).`,
+        { details: { option: 'ownership', value: 'shards' } },
+      )
+    }
+    this.#relayId = checkRelayId(options.relayId ?? `relay-${crypto.randomUUID()}`)
     this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+  }
+
+  /** This relay's id in the store's registry (ownership `'shards'`). */
+  get relayId(): string {
+    return this.#relayId
+  }
+
+  /** Ownership `'shards'`: the shards this relay owns now, ascending (none while it is stopped). */
+  get ownedShards(): readonly number[] {
+    return this.#shards?.owned ?? []
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -206,12 +278,10 @@ export class Relay<Tx> {
    * the outbox without a long-running loop.
    */
   async runOnce(): Promise<number> {
+    if (this.#ownership === 'shards') return this.#runOnceOwned()
     const claim = await this.#store.claim({ limit: this.#batchSize, leaseMs: this.#leaseMs })
     if (claim.records.length === 0) return 0
-    this.#events.emit('claimed', {
-      count: claim.records.length,
-      keys: new Set(claim.records.map((r) => r.key)).size,
-    })
+    this.#emitClaimed(claim)
     const lease = new LeaseKeeper(this.#store, claim.token, this.#leaseMs)
     try {
       await this.#publishClaim(lease, claim.records)
@@ -221,7 +291,38 @@ export class Relay<Tx> {
     return claim.records.length
   }
 
+  /**
+   * Ownership `'shards'` without the loop (a script or a serverless function): renews this relay's
+   * registration and takes its share, then claims, publishes and marks one batch of its shards.
+   * The shards stay owned until their lease runs out, so the next call goes on where this one
+   * stopped.
+   */
+  async #runOnceOwned(): Promise<number> {
+    if (this.#running) {
+      throw new OutboxKitError(
+        ErrorCode.AlreadyStarted,
+        "runOnce() cannot run while this relay's loop runs with ownership 'shards': the loop already claims its shards.",
+      )
+    }
+    await this.#store.syncShards!(this.#relayId, { leaseMs: this.#leaseMs })
+    const claim = await this.#store.claimOwned!(this.#relayId, { limit: this.#batchSize })
+    if (claim.records.length === 0) return 0
+    this.#emitClaimed(claim)
+    const settler = directSettler(this.#store, claim.token)
+    const published = await this.#publish(settler, claim.records)
+    await this.#settleOutcomes(settler, claim.records, published)
+    return claim.records.length
+  }
+
+  #emitClaimed(claim: Claim): void {
+    this.#events.emit('claimed', {
+      count: claim.records.length,
+      keys: new Set(claim.records.map((r) => r.key)).size,
+    })
+  }
+
   async #loop(signal: AbortSignal): Promise<void> {
+    if (this.#ownership === 'shards') return this.#ownedLoop(signal)
     let consecutiveErrors = 0
     while (!signal.aborted) {
       try {
@@ -241,6 +342,98 @@ export class Relay<Tx> {
         this.#events.emit('error', { error, retryInMs })
         await sleep(retryInMs, signal)
       }
+    }
+  }
+
+  /**
+   * Ownership `'shards'`: a pipeline over the relay's own shards. While one batch is published,
+   * the next is claimed (leaving out the keys in flight, so a key is never in two batches), and a
+   * batch's marks overlap the next batch's publish. Publishes run one at a time, in claim order.
+   * Stopping finishes the batches in flight, then gives the shards up.
+   */
+  async #ownedLoop(signal: AbortSignal): Promise<void> {
+    const shards = new ShardOwnership({
+      store: this.#store,
+      relayId: this.#relayId,
+      leaseMs: this.#leaseMs,
+      onError: (error, retryInMs) => this.#events.emit('error', { error, retryInMs }),
+      onChange: (change) => this.#events.emit('shardsChanged', change),
+    })
+    this.#shards = shards
+    const inFlight = new Set<Promise<void>>()
+    const keysInFlight = new Set<string>()
+    let publishing: Promise<unknown> = Promise.resolve()
+    let batchError: { error: unknown } | undefined
+    let started = false
+    let consecutiveErrors = 0
+    try {
+      while (!signal.aborted) {
+        try {
+          if (!started) {
+            await shards.start()
+            started = true
+          }
+          if (batchError) {
+            const { error } = batchError
+            batchError = undefined
+            throw error
+          }
+          await this.#sampleLag()
+          // One batch publishing and one claimed behind it is enough to keep the transport busy.
+          if (inFlight.size >= 2) {
+            await Promise.race(inFlight)
+            continue
+          }
+          const claim = await this.#store.claimOwned!(this.#relayId, {
+            limit: this.#batchSize,
+            excludeKeys: [...keysInFlight],
+            excludeShards: shards.draining,
+          })
+          consecutiveErrors = 0
+          if (claim.records.length === 0) {
+            // Keys in flight may have more records once their batch is marked.
+            if (inFlight.size > 0) await Promise.race(inFlight)
+            else await this.#idle(signal)
+            continue
+          }
+          this.#emitClaimed(claim)
+          const records = claim.records
+          for (const record of records) keysInFlight.add(record.key)
+          shards.claimed(records)
+          const settler = directSettler(this.#store, claim.token)
+          const published = publishing.then(() => this.#publish(settler, records))
+          publishing = published.catch(() => {})
+          const batch = published
+            .then((result) => this.#settleOutcomes(settler, records, result))
+            .catch((error: unknown) => {
+              batchError ??= { error }
+            })
+            .finally(() => {
+              for (const record of records) keysInFlight.delete(record.key)
+              shards.settled(records)
+              inFlight.delete(batch)
+            })
+          inFlight.add(batch)
+        } catch (error) {
+          if (isOutboxKitError(error, ErrorCode.Fenced)) {
+            this.#events.emit('error', { error, retryInMs: -1 })
+            this.#stopping?.abort()
+            break
+          }
+          // Let the batches in flight end before claiming again: their keys are still excluded.
+          await Promise.allSettled(inFlight)
+          consecutiveErrors++
+          const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
+          this.#events.emit('error', { error, retryInMs })
+          await sleep(retryInMs, signal)
+        }
+      }
+    } finally {
+      await Promise.allSettled(inFlight)
+      // A batch that failed while stopping is not retried by this relay.
+      if (batchError) this.#events.emit('error', { error: batchError.error, retryInMs: -1 })
+      this.#shards = undefined
+      await shards.stop().catch((error: unknown) => this.#events.emit('error', { error, retryInMs: -1 }))
     }
   }
 
@@ -270,9 +463,17 @@ export class Relay<Tx> {
     this.#events.emit('lag', sample)
   }
 
-  async #publishClaim(lease: LeaseKeeper<Tx>, records: readonly ClaimedRecord[]): Promise<void> {
+  async #publishClaim(lease: ClaimSettler<Tx>, records: readonly ClaimedRecord[]): Promise<void> {
+    await this.#settleOutcomes(lease, records, await this.#publish(lease, records))
+  }
+
+  /**
+   * Publishes one claim's records. When the call throws or answers wrongly, the claim is given
+   * back (nothing marked, no attempt counted) and the error is thrown for the loop to back off.
+   */
+  async #publish(lease: ClaimSettler<Tx>, records: readonly ClaimedRecord[]): Promise<PublishedBatch> {
     const started = Date.now()
-    let outcomes: Awaited<ReturnType<Transport['publish']>>
+    let outcomes: readonly PublishOutcome[]
     try {
       outcomes = this.#instrumentation
         ? await this.#instrumentation.tracePublish(records, () => this.#transport.publish(records))
@@ -283,7 +484,6 @@ export class Relay<Tx> {
       await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw error
     }
-    const durationMs = Date.now() - started
     if (outcomes.length !== records.length) {
       await lease.settle((store, token) => store.release(token)).catch(() => {})
       throw new OutboxKitError(
@@ -291,7 +491,15 @@ export class Relay<Tx> {
         `Transport ${this.#transport.name} returned ${outcomes.length} outcomes for ${records.length} records.`,
       )
     }
+    return { outcomes, durationMs: Date.now() - started }
+  }
 
+  /** Marks each record by its outcome, keeping every key's order (see the follower rule below). */
+  async #settleOutcomes(
+    lease: ClaimSettler<Tx>,
+    records: readonly ClaimedRecord[],
+    { outcomes, durationMs }: PublishedBatch,
+  ): Promise<void> {
     const published: string[] = []
     const failed: FailedRecord[] = []
     const dead: DeadRecord[] = []
@@ -394,12 +602,28 @@ export class Relay<Tx> {
   }
 }
 
+/** What one publish call answered, and how long it took. */
+interface PublishedBatch {
+  readonly outcomes: readonly PublishOutcome[]
+  readonly durationMs: number
+}
+
+/** Runs the settle calls of one claim with its token. */
+interface ClaimSettler<Tx> {
+  settle<T>(op: (store: OutboxStore<Tx>, token: string) => Promise<T>): Promise<T>
+}
+
+/** Ownership `'shards'`: the shard leases are renewed by the relay's heartbeat, not per claim. */
+function directSettler<Tx>(store: OutboxStore<Tx>, token: string): ClaimSettler<Tx> {
+  return { settle: (op) => op(store, token) }
+}
+
 /**
  * Keeps a claim's lease alive from the claim to the last settle, renewing every `leaseMs / 3`, so a
  * slow publish, dead-letter publish or mark does not hand the rows to another relay. Renewals and
  * settles of one claim run one at a time: two concurrent updates of the same rows could deadlock.
  */
-class LeaseKeeper<Tx> {
+class LeaseKeeper<Tx> implements ClaimSettler<Tx> {
   readonly #store: OutboxStore<Tx>
   readonly #token: string
   readonly #timer: ReturnType<typeof setInterval>

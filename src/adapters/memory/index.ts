@@ -1,11 +1,14 @@
 export {
+  MEMORY_SHARD_COUNT,
   MemoryDatabase,
   type MemoryDatabaseOptions,
   type MemoryInboxRow,
   MemoryInboxStore,
   type MemoryOutboxRow,
   MemoryOutboxStore,
+  type MemoryShard,
   MemoryTransaction,
+  memoryShardOf,
   type OutboxRowStatus,
 } from './memory-store.js'
 export { type DeliveredRecord, MemoryTransport } from './memory-transport.js'

@@ -8,10 +8,17 @@
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import { messageIdProblem } from '../../core/message-id.js'
-import { checkClaimOptions, checkPurgeOptions } from '../../core/options.js'
+import {
+  checkClaimOptions,
+  checkClaimOwnedOptions,
+  checkPurgeOptions,
+  checkRelayId,
+  checkSyncShardsOptions,
+} from '../../core/options.js'
 import type {
   Claim,
   ClaimOptions,
+  ClaimOwnedOptions,
   DeadRecord,
   FailedRecord,
   InboxStore,
@@ -20,8 +27,31 @@ import type {
   PurgeOptions,
   RequeueResult,
   SettleResult,
+  ShardLease,
+  ShardState,
   StoreCapabilities,
+  SyncShardsOptions,
 } from '../../core/store.js'
+
+/** Shards of a memory database (the SQL stores have the same number). */
+export const MEMORY_SHARD_COUNT = 64
+
+/** The shard of a key: FNV-1a of its UTF-16 code units. Any stable hash serves; SQL stores use md5. */
+export function memoryShardOf(key: string, shardCount: number = MEMORY_SHARD_COUNT): number {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    hash ^= key.charCodeAt(i)
+    hash = Math.imul(hash, 0x01000193) >>> 0
+  }
+  return hash % shardCount
+}
+
+/** One row of the shard table: who owns the shard, since which epoch, until when. */
+export interface MemoryShard {
+  owner: string | null
+  epoch: number
+  leaseUntil: number
+}
 
 export type OutboxRowStatus = 'pending' | 'published' | 'dead'
 
@@ -69,6 +99,14 @@ export class MemoryDatabase {
   readonly rows: MemoryOutboxRow[] = []
   /** Committed inbox rows by `consumer \u0000 messageId`. */
   readonly inbox = new Map<string, MemoryInboxRow>()
+  /** The shard table, indexed by shard number. */
+  readonly shards: MemoryShard[] = Array.from({ length: MEMORY_SHARD_COUNT }, () => ({
+    owner: null,
+    epoch: 0,
+    leaseUntil: 0,
+  }))
+  /** Registered relays and when their registration expires. */
+  readonly relays = new Map<string, number>()
 
   readonly now: () => number
   #seq = 0
@@ -199,8 +237,10 @@ export class MemoryDatabase {
 /** The outbox table of a {@link MemoryDatabase}. */
 export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
   readonly name = 'memory'
-  readonly capabilities: StoreCapabilities = { concurrentClaims: true, notify: true }
+  readonly capabilities: StoreCapabilities = { concurrentClaims: true, notify: true, shards: true }
   readonly db: MemoryDatabase
+  /** Claims made by `claimOwned`, by token: the epochs they were made under and the ids they hold. */
+  readonly #ownedClaims = new Map<string, OwnedClaim>()
 
   constructor(db: MemoryDatabase = new MemoryDatabase()) {
     this.db = db
@@ -244,6 +284,8 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
   }
 
   #settle(token: string, ids: readonly string[], apply: (row: MemoryOutboxRow) => void): SettleResult {
+    const owned = this.#ownedClaims.get(token)
+    if (owned || token.startsWith(SHARD_TOKEN_PREFIX)) return this.#settleOwned(token, owned, ids, apply)
     const lost: string[] = []
     let settled = 0
     for (const id of ids) {
@@ -260,9 +302,48 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     return { settled, lost }
   }
 
+  /**
+   * A settle of a `claimOwned` claim: only rows of shards whose owner and epoch are still those of
+   * the claim are written, so a relay that lost a shard cannot touch its rows.
+   */
+  #settleOwned(
+    token: string,
+    claim: OwnedClaim | undefined,
+    ids: readonly string[],
+    apply: (row: MemoryOutboxRow) => void,
+  ): SettleResult {
+    const lost: string[] = []
+    let settled = 0
+    for (const id of new Set(ids)) {
+      const row = claim?.ids.has(id) ? this.db.rows.find((r) => r.record.id === id) : undefined
+      if (
+        !claim ||
+        !row ||
+        row.status !== 'pending' ||
+        !this.#stillOwns(claim, memoryShardOf(row.record.key))
+      ) {
+        lost.push(id)
+        continue
+      }
+      apply(row)
+      claim.ids.delete(id)
+      settled++
+    }
+    if (claim?.ids.size === 0) this.#ownedClaims.delete(token)
+    return { settled, lost }
+  }
+
+  #stillOwns(claim: OwnedClaim, shard: number): boolean {
+    const row = this.db.shards[shard]
+    return row !== undefined && row.owner === claim.relayId && row.epoch === claim.epochs.get(shard)
+  }
+
   async markPublished(token: string, ids: readonly string[]): Promise<SettleResult> {
     const now = this.db.now()
+    const owned = this.#ownedClaims.has(token)
     return this.#settle(token, ids, (row) => {
+      // A claimOwned claim counted nothing when it was made: the attempt counts now.
+      if (owned) row.attempts++
       row.status = 'published'
       row.publishedAt = now
     })
@@ -270,23 +351,32 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
 
   async markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult> {
     const now = this.db.now()
+    const owned = this.#ownedClaims.has(token)
     const byId = new Map(failures.map((f) => [f.id, f]))
     return this.#settle(token, [...byId.keys()], (row) => {
       const failure = byId.get(row.record.id)!
+      if (owned) row.attempts++
       row.availableAt = now + failure.retryInMs
       row.lastError = failure.error
     })
   }
 
   async markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult> {
+    const owned = this.#ownedClaims.has(token)
     const byId = new Map(records.map((r) => [r.id, r]))
     return this.#settle(token, [...byId.keys()], (row) => {
+      if (owned) row.attempts++
       row.status = 'dead'
       row.lastError = byId.get(row.record.id)!.error
     })
   }
 
   async release(token: string, ids?: readonly string[]): Promise<SettleResult> {
+    const owned = this.#ownedClaims.get(token)
+    if (owned) {
+      // Nothing was written at claim time, so there is nothing to give back: only the fence is read.
+      return this.#settleOwned(token, owned, ids ?? [...owned.ids], () => {})
+    }
     const targets = ids ?? this.db.rows.filter((r) => r.claimToken === token).map((r) => r.record.id)
     return this.#settle(token, targets, (row) => {
       // A release is not a delivery attempt.
@@ -296,6 +386,19 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
 
   async extendLease(token: string, leaseMs: number): Promise<number> {
     const until = this.db.now() + leaseMs
+    const owned = this.#ownedClaims.get(token)
+    if (owned) {
+      // Renews the claim's shards that it still owns; returns how many of its records they hold.
+      let held = 0
+      for (const id of owned.ids) {
+        const row = this.db.rows.find((r) => r.record.id === id)
+        if (row?.status === 'pending' && this.#stillOwns(owned, memoryShardOf(row.record.key))) held++
+      }
+      for (const shard of owned.epochs.keys()) {
+        if (this.#stillOwns(owned, shard)) this.db.shards[shard]!.leaseUntil = until
+      }
+      return held
+    }
     let held = 0
     for (const row of this.db.rows) {
       if (row.claimToken === token && row.status === 'pending') {
@@ -304,6 +407,112 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       }
     }
     return held
+  }
+
+  async syncShards(relayId: string, options: SyncShardsOptions): Promise<ShardState> {
+    checkRelayId(relayId, this.name)
+    checkSyncShardsOptions(options, this.name)
+    const now = this.db.now()
+    const until = now + options.leaseMs
+    this.db.relays.set(relayId, until)
+    for (const [relay, expires] of this.db.relays) if (expires <= now) this.db.relays.delete(relay)
+    const shards = this.db.shards
+    const release = new Set(options.release ?? [])
+    let owned = 0
+    for (const [number, shard] of shards.entries()) {
+      if (shard.owner !== relayId) continue
+      if (release.has(number)) {
+        shard.owner = null
+        shard.leaseUntil = 0
+      } else {
+        // Still ours even if the lease ran out: its epoch is unchanged, so nobody owned it since.
+        shard.leaseUntil = until
+        owned++
+      }
+    }
+    const fairShare = Math.ceil(shards.length / this.db.relays.size)
+    if (options.acquire !== false) {
+      // Free shards first, then expired ones; never a live shard of another relay.
+      for (const takeExpired of [false, true]) {
+        for (const shard of shards) {
+          if (owned >= fairShare) break
+          if (shard.owner === relayId) continue
+          const free = shard.owner === null
+          if (free === takeExpired || (!free && shard.leaseUntil > now)) continue
+          shard.owner = relayId
+          shard.epoch++
+          shard.leaseUntil = until
+          owned++
+        }
+      }
+    }
+    return {
+      shardCount: shards.length,
+      liveRelays: this.db.relays.size,
+      fairShare,
+      owned: this.#owned(relayId),
+    }
+  }
+
+  #owned(relayId: string): ShardLease[] {
+    const owned: ShardLease[] = []
+    for (const [shard, row] of this.db.shards.entries()) {
+      if (row.owner === relayId) owned.push({ shard, epoch: row.epoch })
+    }
+    return owned
+  }
+
+  async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
+    checkRelayId(relayId, this.name)
+    checkClaimOwnedOptions(options, undefined, this.name)
+    const now = this.db.now()
+    const excludedShards = new Set(options.excludeShards ?? [])
+    const readable = new Map<number, number>()
+    for (const [shard, row] of this.db.shards.entries()) {
+      if (row.owner === relayId && row.leaseUntil > now && !excludedShards.has(shard))
+        readable.set(shard, row.epoch)
+    }
+    const token = `${SHARD_TOKEN_PREFIX}${crypto.randomUUID()}`
+    const records: ClaimedRecord[] = []
+    const claim: OwnedClaim = { relayId, epochs: new Map(), ids: new Set() }
+    // A key is closed once one of its pending rows is not ready: later rows must wait for it.
+    const closedKeys = new Set(options.excludeKeys ?? [])
+    for (const row of this.db.rows) {
+      if (records.length >= options.limit) break
+      if (row.status !== 'pending') continue
+      const key = row.record.key
+      if (closedKeys.has(key)) continue
+      const shard = memoryShardOf(key)
+      const epoch = readable.get(shard)
+      if (epoch === undefined) continue
+      // A row still leased by a row-mode claim is in flight elsewhere.
+      const leased = row.leaseUntil !== null && row.leaseUntil > now
+      if (leased || row.availableAt > now) {
+        closedKeys.add(key)
+        continue
+      }
+      claim.epochs.set(shard, epoch)
+      claim.ids.add(row.record.id)
+      records.push({
+        ...row.record,
+        attempts: row.attempts + 1,
+        createdAt: new Date(row.createdAt),
+        shard,
+      })
+    }
+    if (records.length > 0) this.#ownedClaims.set(token, claim)
+    return { token, records }
+  }
+
+  async leaveShards(relayId: string): Promise<void> {
+    checkRelayId(relayId, this.name)
+    for (const shard of this.db.shards) {
+      if (shard.owner === relayId) {
+        shard.owner = null
+        shard.leaseUntil = 0
+      }
+    }
+    this.db.relays.delete(relayId)
   }
 
   async requeue(ids: readonly string[]): Promise<RequeueResult> {
@@ -410,6 +619,17 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     }
     return removed
   }
+}
+
+/** Tokens of `claimOwned` claims start with this, so a settle can tell them from row leases. */
+const SHARD_TOKEN_PREFIX = 'shards:'
+
+interface OwnedClaim {
+  readonly relayId: string
+  /** The epoch of each shard the claim read records from, at claim time. */
+  readonly epochs: Map<number, number>
+  /** The claim's records not settled yet. */
+  readonly ids: Set<string>
 }
 
 function inboxKey(consumer: string, messageId: string): string {
