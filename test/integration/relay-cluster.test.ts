@@ -36,6 +36,11 @@ describe('relay on a 3-broker cluster', () => {
       brokers: CLUSTER,
       replicationFactor: 3,
     })
+    const admin = testKafka(CLUSTER).admin()
+    await admin.connect()
+    const [metadata] = (await admin.fetchTopicMetadata({ topics: [world.topic] })).topics
+    await admin.disconnect()
+    expect(metadata!.partitions.every((p) => p.replicas.length === 3)).toBe(true)
     try {
       const ids: string[] = []
       const write = async (round: number) => {
