@@ -25,7 +25,7 @@ function protocolError(type: string, retriable: boolean): Error {
 function scriptedKafka(
   behaviour: SendBehaviour,
   partitions = 4,
-  metadataError: (topic: string) => Error | undefined = () => undefined,
+  metadataError: (topic: string) => Error | 'no answer' | undefined = () => undefined,
   leaderOf: (partition: number) => number = () => 0,
 ) {
   const sent: ProducerBatch[] = []
@@ -44,6 +44,13 @@ function scriptedKafka(
       fetchTopicMetadata: async ({ topics }: { topics: string[] }) => {
         for (const topic of topics) {
           const error = metadataError(topic)
+          // kafkajs retries a lookup against an unreachable cluster for a while, then gives up.
+          if (error === 'no answer') {
+            await new Promise((r) => setTimeout(r, 1_000))
+            throw Object.assign(new Error('Connection error: connect ECONNREFUSED'), {
+              name: 'KafkaJSConnectionError',
+            })
+          }
           if (error) throw error
         }
         return {
@@ -68,6 +75,7 @@ function scriptedKafka(
         send: async ({ topic, messages }: { topic: string; messages: unknown[] }) => {
           if (messages.length > 0) throw new Error('the scripted kafkajs only answers metadata sends')
           const error = metadataError(topic)
+          if (error === 'no answer') await new Promise(() => {})
           if (error) throw error
           return []
         },
@@ -292,6 +300,29 @@ describe('KafkaTransport', () => {
     expect(producers()).toBe(1)
     leaderless = false
     expect((await transport.publish(records(40, 10))).every((o) => o.status === 'published')).toBe(true)
+    expect(producers()).toBe(2)
+  })
+
+  test('when the cluster is unreachable and every partition is in doubt, the publish throws (an outage), then recovers on a fresh producer', async () => {
+    let down = true
+    const { kafka, producers } = scriptedKafka(
+      (b) => (down ? connectionClosed() : ackAll(b)),
+      4,
+      () => (down ? 'no answer' : undefined),
+    )
+    const transport = createKafkaTransport({ kafka })
+    const batch = records(8, 8)
+    // The first publish needs metadata: let that one through.
+    down = false
+    await transport.publish(records(1, 1))
+    down = true
+    for (let round = 0; round < 2; round++) {
+      const error = await transport.publish(batch).catch((e) => e)
+      expect(isOutboxKitError(error, ErrorCode.TransportFailed) && error.retriable).toBe(true)
+    }
+    down = false
+    await new Promise((r) => setTimeout(r, 1_100))
+    expect((await transport.publish(batch)).every((o) => o.status === 'published')).toBe(true)
     expect(producers()).toBe(2)
   })
 

@@ -269,10 +269,11 @@ export class KafkaTransport implements Transport {
     const {
       counts: partitions,
       confirmed,
-      unreachable,
+      unanswered,
     } = await this.#partitionCounts(topics, new Set(topics.filter((topic) => doubtful.has(topic))))
     const main: SendItem[] = []
     const fresh: SendItem[] = []
+    let held = 0
     for (const item of sendable) {
       const count = partitions.get(item.record.topic)
       if (failedKeys.has(item.record.key)) {
@@ -290,6 +291,7 @@ export class KafkaTransport implements Transport {
         else if (confirmed.has(item.record.topic)) fresh.push(item)
         else {
           // Unsafe on the main producer, impossible on a fresh one: fail now rather than wait.
+          held++
           failedKeys.add(item.record.key)
           outcomes[item.index] = {
             status: 'failed',
@@ -335,8 +337,11 @@ export class KafkaTransport implements Transport {
         await this.#promote(fresh, outcomes, confirmed)
     })
     // Nothing got through: the outcome of the whole call is in doubt (an outage), so throw and
-    // let the relay release the batch without counting attempts.
-    if (errors.length === groups.length && (errors.length > 0 || unreachable)) throw errors[0] ?? unreachable
+    // let the relay release the batch without counting attempts. So too when nothing was sent
+    // because in-doubt records wait for metadata the cluster did not give (unreachable, not a
+    // leaderless partition it reports).
+    if (errors.length === groups.length && (errors.length > 0 || (held > 0 && unanswered)))
+      throw errors[0] ?? unanswered
     for (const { group, error } of refused) {
       // Send one record at a time to find the culprit, so the others still go out and only it
       // is dead-lettered.
@@ -457,8 +462,8 @@ export class KafkaTransport implements Transport {
     if (!this.#fresh || !fresh.every((item) => outcomes[item.index]?.status === 'published')) return
     const others = [...new Set([...this.#inDoubt].map(topicOf))].filter((topic) => !confirmed.has(topic))
     if (others.length > 0) {
-      const check = await this.#partitionCounts(others, new Set(others))
-      if (others.some((topic) => !check.confirmed.has(topic))) return
+      const check = await this.#partitionCounts(others, new Set(others)).catch(() => undefined)
+      if (!check || others.some((topic) => !check.confirmed.has(topic))) return
     }
     if (!this.#fresh) return
     if (this.#producer) this.#retired.push(this.#producer)
@@ -505,7 +510,7 @@ export class KafkaTransport implements Transport {
    * and keeps its count while the lookup fails or is slow. A topic that does not exist is asked for
    * as a producer asks for it, so a broker with `auto.create.topics.enable=true` creates it on
    * first publish, as it would for a plain kafkajs producer (the admin client's own lookups never
-   * create topics). `unreachable` is set when a lookup could not reach the cluster.
+   * create topics). `unanswered` is set when a lookup of a known topic failed or was too slow.
    */
   async #partitionCounts(
     topics: readonly string[],
@@ -513,52 +518,54 @@ export class KafkaTransport implements Transport {
   ): Promise<{
     counts: Map<string, number | TopicFault>
     confirmed: Set<string>
-    unreachable: OutboxKitError | undefined
+    unanswered: OutboxKitError | undefined
   }> {
     const counts = new Map<string, number | TopicFault>()
     const confirmed = new Set<string>()
-    let unreachable: OutboxKitError | undefined
+    let unanswered: OutboxKitError | undefined
     const now = Date.now()
-    for (const topic of topics) {
-      const cached = this.#metadata.get(topic)
-      if (cached && now - cached.at < METADATA_TTL_MS && !confirm.has(topic)) {
-        counts.set(topic, cached.partitions)
-        continue
-      }
-      if (cached) {
-        const found = await this.#waitForLookUp(topic)
-        if (typeof found === 'number') confirmed.add(topic)
-        else if (found.type === UNREACHABLE)
-          unreachable ??= new OutboxKitError(ErrorCode.TransportFailed, found.error, {
-            source: 'kafka',
-            retriable: true,
-          })
-        // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
-        // count known before still routes the other partitions' records.
-        counts.set(
-          topic,
-          typeof found === 'number' ? found : PASSING_FAULTS.has(found.type) ? cached.partitions : found,
-        )
-        continue
-      }
-      const admin = await this.#getAdmin()
-      let found = await this.#lookUp(admin, topic)
-      if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
-        if (await this.#createOnFirstUse(admin, topic)) {
-          // The broker creates the topic in the background; the admin client sees it a moment later.
-          const deadline = Date.now() + AUTO_CREATE_WAIT_MS
-          while (typeof found !== 'number' && Date.now() < deadline) {
-            await new Promise((resolve) => setTimeout(resolve, 100))
-            found = await this.#lookUp(admin, topic)
-          }
-        } else {
-          found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
+    await Promise.all(
+      topics.map(async (topic) => {
+        const cached = this.#metadata.get(topic)
+        if (cached && now - cached.at < METADATA_TTL_MS && !confirm.has(topic)) {
+          counts.set(topic, cached.partitions)
+          return
         }
-      }
-      if (typeof found === 'number') confirmed.add(topic)
-      counts.set(topic, found)
-    }
-    return { counts, confirmed, unreachable }
+        if (cached) {
+          const found = await this.#waitForLookUp(topic)
+          if (typeof found === 'number') confirmed.add(topic)
+          else if (found.type === UNREACHABLE || found.type === PENDING)
+            unanswered ??= new OutboxKitError(ErrorCode.TransportFailed, found.error, {
+              source: 'kafka',
+              retriable: true,
+            })
+          // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
+          // count known before still routes the other partitions' records.
+          counts.set(
+            topic,
+            typeof found === 'number' ? found : PASSING_FAULTS.has(found.type) ? cached.partitions : found,
+          )
+          return
+        }
+        const admin = await this.#getAdmin()
+        let found = await this.#lookUp(admin, topic)
+        if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
+          if (await this.#createOnFirstUse(admin, topic)) {
+            // The broker creates the topic in the background; the admin client sees it a moment later.
+            const deadline = Date.now() + AUTO_CREATE_WAIT_MS
+            while (typeof found !== 'number' && Date.now() < deadline) {
+              await new Promise((resolve) => setTimeout(resolve, 100))
+              found = await this.#lookUp(admin, topic)
+            }
+          } else {
+            found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
+          }
+        }
+        if (typeof found === 'number') confirmed.add(topic)
+        counts.set(topic, found)
+      }),
+    )
+    return { counts, confirmed, unanswered }
   }
 
   /**
@@ -583,7 +590,12 @@ export class KafkaTransport implements Transport {
     let timer: ReturnType<typeof setTimeout> | undefined
     const pending = new Promise<TopicFault>((resolve) => {
       timer = setTimeout(
-        () => resolve({ type: PENDING, error: `the metadata of ${topic} is slow to come`, retriable: true }),
+        () =>
+          resolve({
+            type: PENDING,
+            error: `Kafka did not answer a metadata request for ${topic} within ${LOOKUP_WAIT_MS} ms.`,
+            retriable: true,
+          }),
         LOOKUP_WAIT_MS,
       )
     })
