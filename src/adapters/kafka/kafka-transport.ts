@@ -43,7 +43,10 @@ export interface KafkaTransportOptions {
   maxRecordBytes?: number
   /** Bytes per produce request; larger batches are split. Default 4 MiB. */
   maxRequestBytes?: number
-  /** Broker request timeout, ms. Default 30 000. */
+  /**
+   * Broker request timeout, ms. In idempotent mode also the longest a send is waited for: past
+   * it the send's outcome counts as unknown and its records are sent again. Default 30 000.
+   */
   requestTimeoutMs?: number
   /** Extra kafkajs producer settings. The settings exactly-once needs (idempotence, acks) cannot be overridden. */
   producer?: Omit<ProducerConfig, 'idempotent' | 'maxInFlightRequests' | 'transactionalId'>
