@@ -51,6 +51,7 @@ export async function openRelayWorld(
   const topic = uniqueTopic('relay')
   await createTopic(brokers, topic, {
     partitions: options.partitions ?? 3,
+    replicationFactor: options.replicationFactor ?? 1,
     configEntries: options.topicConfig ?? {},
   })
   const transports: { close(): Promise<void> }[] = []

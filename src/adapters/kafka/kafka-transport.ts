@@ -43,7 +43,10 @@ export interface KafkaTransportOptions {
   maxRecordBytes?: number
   /** Bytes per produce request; larger batches are split. Default 4 MiB. */
   maxRequestBytes?: number
-  /** Broker request timeout, ms. Default 30 000. */
+  /**
+   * Broker request timeout, ms. In idempotent mode also the longest a send is waited for: past
+   * it the send's outcome counts as unknown and its records are sent again. Default 30 000.
+   */
   requestTimeoutMs?: number
   /** Extra kafkajs producer settings. The settings exactly-once needs (idempotence, acks) cannot be overridden. */
   producer?: Omit<ProducerConfig, 'idempotent' | 'maxInFlightRequests' | 'transactionalId'>
@@ -88,6 +91,23 @@ const PERMANENT_TOPIC_FAULTS = new Set(['INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHOR
 
 const METADATA_TTL_MS = 60_000
 
+/**
+ * How long a publish waits for the metadata of a topic whose partition count it already knows.
+ * kafkajs spends its whole retry budget (seconds) on the metadata of a topic with a leaderless
+ * partition; meanwhile the lookup goes on in the background and the known count routes records.
+ */
+const LOOKUP_WAIT_MS = 300
+
+/** A lookup still under way after LOOKUP_WAIT_MS. */
+const PENDING = 'PENDING'
+/** A lookup that could not reach the cluster. */
+const UNREACHABLE = 'UNREACHABLE'
+/** Lookup outcomes under which a topic's known partition count keeps routing its records. */
+const PASSING_FAULTS = new Set(['LEADER_NOT_AVAILABLE', PENDING, UNREACHABLE])
+
+/** Which producer a group of records goes out on. */
+type Lane = 'main' | 'fresh'
+
 /** How long a topic created on first use may take to show up in the admin client's metadata. */
 const AUTO_CREATE_WAIT_MS = 10_000
 
@@ -120,10 +140,13 @@ const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
  * A {@link Transport} on kafkajs with the idempotent producer (acks = all, one request in flight)
  * and, with `transactionalId`, one Kafka transaction per batch.
  *
- * After an error whose outcome is unknown (timeout, connection closed mid-request) the producer
- * is thrown away and a new one is made for the next batch, and the batch is reported as not
- * published, so its rows are published again: a possible duplicate with the same message id,
- * never a loss.
+ * After a send whose outcome is unknown (timeout, connection closed mid-request) its records are
+ * reported as not published, so their rows are published again: a possible duplicate with the
+ * same message id, never a loss. In idempotent mode the producer is kept for the other partitions,
+ * and the partitions of that send are never sent on it again (kafkajs rewinds their sequence
+ * numbers, so the broker could take a later batch for a copy of the lost one and drop it): they go
+ * out on a fresh producer, which replaces the old one once it has published. In transactional mode
+ * the producer is replaced after any failure (its successor's new epoch aborts what was open).
  *
  * @example
  * ```ts
@@ -143,6 +166,15 @@ export class KafkaTransport implements Transport {
   readonly #maxRecordBytes: number
   readonly #maxRequestBytes: number
   #producer: Promise<Producer> | undefined
+  /**
+   * Partitions (topic + partition) whose last send on the main producer has an unknown outcome.
+   * They are never sent on that producer again (idempotent mode only).
+   */
+  readonly #inDoubt = new Set<string>()
+  /** A fresh idempotent producer for the in-doubt partitions; it becomes the main one once it has published. */
+  #fresh: Promise<Producer> | undefined
+  /** Metadata lookups under way, per topic: a publish waits for one at most LOOKUP_WAIT_MS. */
+  readonly #lookUps = new Map<string, Promise<number | TopicFault>>()
   #admin: Promise<Admin> | undefined
   readonly #metadata = new Map<string, { partitions: number; at: number }>()
   /** Leader broker of each partition, per topic, as last seen (only to group sends). */
@@ -155,7 +187,11 @@ export class KafkaTransport implements Transport {
   #queue: Promise<unknown> = Promise.resolve()
   #closed = false
   #fenced = false
-  /** How many producers were discarded after an error (observability and tests). */
+  /**
+   * How many producers were discarded (observability and tests): after an error in transactional
+   * mode, and in idempotent mode a main producer replaced by the fresh one or a fresh one whose own
+   * send was in doubt.
+   */
   producerRebuilds = 0
 
   constructor(options: KafkaTransportOptions) {
@@ -228,8 +264,19 @@ export class KafkaTransport implements Transport {
 
     // Choose each record's partition here (the Java client's murmur2 of the key, as kafkajs does),
     // so every acknowledgement can be checked against the partitions actually sent to.
-    const routable: SendItem[] = []
-    const partitions = await this.#partitionCounts([...new Set(sendable.map((item) => item.record.topic))])
+    const topics = [...new Set(sendable.map((item) => item.record.topic))]
+    // Topics with an in-doubt partition are looked up on every publish: their records may only
+    // go out on a fresh producer, and a fresh producer can load a topic's metadata only once every
+    // partition of it has a leader.
+    const doubtful = new Set([...this.#inDoubt].map(topicOf))
+    const {
+      counts: partitions,
+      confirmed,
+      unanswered,
+    } = await this.#partitionCounts(topics, new Set(topics.filter((topic) => doubtful.has(topic))))
+    const main: SendItem[] = []
+    const fresh: SendItem[] = []
+    let held = 0
     for (const item of sendable) {
       const count = partitions.get(item.record.topic)
       if (failedKeys.has(item.record.key)) {
@@ -243,7 +290,18 @@ export class KafkaTransport implements Transport {
         }
       } else {
         item.message.partition = partitionFor(item.record.topic, item.message, count)
-        routable.push(item)
+        if (!this.#inDoubt.has(partitionKey(item))) main.push(item)
+        else if (confirmed.has(item.record.topic)) fresh.push(item)
+        else {
+          // Unsafe on the main producer, impossible on a fresh one: fail now rather than wait.
+          held++
+          failedKeys.add(item.record.key)
+          outcomes[item.index] = {
+            status: 'failed',
+            error: `LEADER_NOT_AVAILABLE: the last send to ${item.record.topic}:${item.message.partition} has an unknown outcome, and the metadata of ${item.record.topic} does not show a leader for each of its partitions; its records are sent again, on a new producer, once it does.`,
+            retriable: true,
+          }
+        }
       }
     }
 
@@ -251,14 +309,22 @@ export class KafkaTransport implements Transport {
     // collected on its own: kafkajs runs one send over several brokers as a unit, and when one
     // broker fails it throws away the acknowledgements of the others, which would then be sent
     // again. (A transaction is all-or-nothing anyway: one send for the batch.)
-    const groups = this.capabilities.transactions ? [routable] : this.#byLeader(routable)
+    const groups: { lane: Lane; items: SendItem[] }[] = this.capabilities.transactions
+      ? [{ lane: 'main', items: main }]
+      : [
+          ...this.#byLeader(main).map((items) => ({ lane: 'main' as const, items })),
+          ...this.#byLeader(fresh).map((items) => ({ lane: 'fresh' as const, items })),
+        ]
     const refused: { group: SendItem[]; error: OutboxKitError }[] = []
     const errors: OutboxKitError[] = []
+    const doubtsBefore = this.#inDoubt.size
     await this.#retiring(async () => {
       await Promise.all(
-        groups.map(async (group) => {
+        groups.map(async ({ lane, items: group }) => {
           try {
-            await this.#send(splitRequests(group, this.#maxRequestBytes), outcomes)
+            const requests = splitRequests(group, this.#maxRequestBytes)
+            if (this.capabilities.transactions) await this.#sendTransaction(requests, outcomes)
+            else await this.#sendIdempotent(lane, requests, outcomes)
           } catch (error) {
             if (!(error instanceof OutboxKitError) || error.code !== ErrorCode.TransportFailed) throw error
             // The broker refused a record for what it is; the request does not say which.
@@ -270,10 +336,15 @@ export class KafkaTransport implements Transport {
           }
         }),
       )
+      if (fresh.length > 0 && this.#inDoubt.size === doubtsBefore)
+        await this.#promote(fresh, outcomes, confirmed)
     })
     // Nothing got through: the outcome of the whole call is in doubt (an outage), so throw and
-    // let the relay release the batch without counting attempts.
-    if (errors.length > 0 && errors.length === groups.length) throw errors[0]
+    // let the relay release the batch without counting attempts. So too when nothing was sent
+    // because in-doubt records wait for metadata the cluster did not give (unreachable, not a
+    // leaderless partition it reports).
+    if (errors.length === groups.length && (errors.length > 0 || (held > 0 && unanswered)))
+      throw errors[0] ?? unanswered
     for (const { group, error } of refused) {
       // Send one record at a time to find the culprit, so the others still go out and only it
       // is dead-lettered.
@@ -295,42 +366,54 @@ export class KafkaTransport implements Transport {
   }
 
   /**
-   * Sends the requests and fills in outcomes. A record counts as published only if the broker's
-   * answer acknowledges its partition: kafkajs 2.2.4 can resolve a multi-partition send whose
-   * retry skipped a partition after a leader change, and such records must be sent again.
-   * Throws an OutboxKitError when nothing was published.
+   * Sends the requests in one transaction and fills in outcomes: all of them become visible, or
+   * none. Throws an OutboxKitError when the transaction did not commit.
    */
-  async #send(
+  async #sendTransaction(
     requests: readonly (readonly SendItem[])[],
     outcomes: (PublishOutcome | undefined)[],
   ): Promise<void> {
     if (requests.length === 0) return
     const producer = await this.#getProducer()
-    if (this.capabilities.transactions) {
-      // One transaction for the whole batch: all of it becomes visible, or none.
-      const began = Date.now()
-      const transaction = await this.#guard(() => producer.transaction())
-      try {
-        for (const request of requests) {
-          const missing = unacknowledged(request, await transaction.sendBatch(this.#batch(request)))
-          if (missing.size > 0) throw unacknowledgedError(missing)
-        }
-        await transaction.commit()
-      } catch (error) {
-        await transaction.abort().catch(() => {})
-        throw await this.#failure(error, Date.now() - began)
+    const began = Date.now()
+    const transaction = await this.#guard(() => producer.transaction())
+    try {
+      for (const request of requests) {
+        const missing = unacknowledged(request, await transaction.sendBatch(this.#batch(request)))
+        if (missing.size > 0) throw unacknowledgedError(missing)
       }
-      for (const request of requests)
-        for (const item of request) outcomes[item.index] = { status: 'published' }
-      return
+      await transaction.commit()
+    } catch (error) {
+      await transaction.abort().catch(() => {})
+      throw await this.#failure(error, Date.now() - began)
     }
+    for (const request of requests) for (const item of request) outcomes[item.index] = { status: 'published' }
+  }
+
+  /**
+   * Sends the requests of one leader group on the main or the fresh producer and fills in
+   * outcomes. A record counts as published only if the broker's answer acknowledges its
+   * partition: kafkajs 2.2.4 can resolve a multi-partition send whose retry skipped a partition
+   * after a leader change, and such records must be sent again. The partitions of a send whose
+   * outcome is unknown become in doubt. Throws an OutboxKitError when nothing was published.
+   */
+  async #sendIdempotent(
+    lane: Lane,
+    requests: readonly (readonly SendItem[])[],
+    outcomes: (PublishOutcome | undefined)[],
+  ): Promise<void> {
+    if (requests.length === 0) return
+    // A producer that cannot be made sent nothing: no partition is in doubt.
+    const producer = await (lane === 'main' ? this.#getProducer() : this.#getFresh())
     for (let i = 0; i < requests.length; i++) {
       const request = requests[i]!
       let missing: Set<string>
       try {
-        missing = unacknowledged(request, await producer.sendBatch(this.#batch(request)))
+        missing = unacknowledged(request, await this.#answered(producer.sendBatch(this.#batch(request))))
       } catch (error) {
         const failure = await this.#failure(error)
+        // A refusal of a record is the broker's answer; anything else leaves the outcome unknown.
+        if (failure.retriable) this.#doubt(lane, request)
         if (i === 0) throw failure
         // Earlier requests were acknowledged and stay published; this one and later ones were not sent.
         for (const later of requests.slice(i))
@@ -343,8 +426,12 @@ export class KafkaTransport implements Transport {
           : { status: 'published' }
       }
       if (missing.size > 0) {
-        // The producer's state is in doubt: start afresh, and send nothing more in this call.
-        await this.#failure(unacknowledgedError(missing))
+        // What the producer believes of those partitions is in doubt; send nothing more in this call.
+        this.#doubt(
+          lane,
+          request.filter((item) => missing.has(partitionKey(item))),
+        )
+        for (const entry of this.#metadata.values()) entry.at = 0
         for (const later of requests.slice(i + 1)) for (const item of later) outcomes[item.index] = notSent()
         return
       }
@@ -352,41 +439,174 @@ export class KafkaTransport implements Transport {
   }
 
   /**
-   * Partition counts per topic (cached for a minute), or why a topic has none. A topic that does
-   * not exist is asked for as a producer asks for it, so a broker with
-   * `auto.create.topics.enable=true` creates it on first publish, as it would for a plain kafkajs
-   * producer (the admin client's own lookups never create topics).
+   * Marks the partitions of `items` in doubt. The main producer is kept for the other partitions;
+   * a fresh producer is only ever used for in-doubt partitions, so it is replaced outright.
    */
-  async #partitionCounts(topics: readonly string[]): Promise<Map<string, number | TopicFault>> {
-    const result = new Map<string, number | TopicFault>()
-    const now = Date.now()
-    for (const topic of topics) {
-      const cached = this.#metadata.get(topic)
-      if (cached && now - cached.at < METADATA_TTL_MS) {
-        result.set(topic, cached.partitions)
-        continue
-      }
-      const admin = await this.#getAdmin()
-      let found = await this.#lookUp(admin, topic)
-      if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
-        if (await this.#createOnFirstUse(admin, topic)) {
-          // The broker creates the topic in the background; the admin client sees it a moment later.
-          const deadline = Date.now() + AUTO_CREATE_WAIT_MS
-          while (typeof found !== 'number' && Date.now() < deadline) {
-            await new Promise((resolve) => setTimeout(resolve, 100))
-            found = await this.#lookUp(admin, topic)
-          }
-        } else {
-          found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
-        }
-      }
-      if (typeof found === 'number') this.#metadata.set(topic, { partitions: found, at: now })
-      // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
-      // count known before still routes the other partitions' records.
-      else if (found.type === 'LEADER_NOT_AVAILABLE' && cached) found = cached.partitions
-      result.set(topic, found)
+  #doubt(lane: Lane, items: readonly SendItem[]): void {
+    for (const item of items) this.#inDoubt.add(partitionKey(item))
+    if (lane === 'fresh' && this.#fresh) {
+      this.#retired.push(this.#fresh)
+      this.#fresh = undefined
+      this.producerRebuilds++
     }
-    return result
+  }
+
+  /**
+   * Makes the fresh producer the main one, once it has published every in-doubt record of this
+   * call, nothing else fell in doubt, and every topic with an in-doubt partition has all its
+   * leaders again (so the new main producer can load their metadata). The old main producer is
+   * closed; the fresh one has no in-doubt partition, so the set is cleared.
+   */
+  async #promote(
+    fresh: readonly SendItem[],
+    outcomes: readonly (PublishOutcome | undefined)[],
+    confirmed: ReadonlySet<string>,
+  ): Promise<void> {
+    if (!this.#fresh || !fresh.every((item) => outcomes[item.index]?.status === 'published')) return
+    const others = [...new Set([...this.#inDoubt].map(topicOf))].filter((topic) => !confirmed.has(topic))
+    if (others.length > 0) {
+      const check = await this.#partitionCounts(others, new Set(others)).catch(() => undefined)
+      if (!check || others.some((topic) => !check.confirmed.has(topic))) return
+    }
+    if (!this.#fresh) return
+    if (this.#producer) this.#retired.push(this.#producer)
+    this.#producer = this.#fresh
+    this.#fresh = undefined
+    this.#inDoubt.clear()
+    this.producerRebuilds++
+  }
+
+  /**
+   * Waits for a send at most `requestTimeoutMs`. kafkajs retries a send to an unreachable leader
+   * for its whole retry budget, refreshing metadata that cannot load while the partition has no
+   * leader; past the limit the send counts as in doubt and the publish goes on without it (it
+   * settles in the background and is never relied on).
+   */
+  async #answered<T>(send: Promise<T>): Promise<T> {
+    const limitMs = this.#options.requestTimeoutMs ?? 30_000
+    send.catch(() => {})
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new OutboxKitError(
+              ErrorCode.TransportFailed,
+              `Kafka did not answer a send within ${limitMs} ms (requestTimeoutMs); its outcome is unknown, so its records will be sent again.`,
+              { source: 'kafka', retriable: true },
+            ),
+          ),
+        limitMs,
+      )
+    })
+    try {
+      return await Promise.race([send, timeout])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /**
+   * Partition counts per topic (cached for a minute), or why a topic has none, and which topics
+   * were just seen with a leader for every partition (`confirmed`). Topics in `confirm` are looked
+   * up even when cached. A topic whose count is known waits at most LOOKUP_WAIT_MS for its lookup
+   * and keeps its count while the lookup fails or is slow. A topic that does not exist is asked for
+   * as a producer asks for it, so a broker with `auto.create.topics.enable=true` creates it on
+   * first publish, as it would for a plain kafkajs producer (the admin client's own lookups never
+   * create topics). `unanswered` is set when a lookup of a known topic failed or was too slow.
+   */
+  async #partitionCounts(
+    topics: readonly string[],
+    confirm: ReadonlySet<string> = new Set(),
+  ): Promise<{
+    counts: Map<string, number | TopicFault>
+    confirmed: Set<string>
+    unanswered: OutboxKitError | undefined
+  }> {
+    const counts = new Map<string, number | TopicFault>()
+    const confirmed = new Set<string>()
+    let unanswered: OutboxKitError | undefined
+    const now = Date.now()
+    await Promise.all(
+      topics.map(async (topic) => {
+        const cached = this.#metadata.get(topic)
+        if (cached && now - cached.at < METADATA_TTL_MS && !confirm.has(topic)) {
+          counts.set(topic, cached.partitions)
+          return
+        }
+        if (cached) {
+          const found = await this.#waitForLookUp(topic)
+          if (typeof found === 'number') confirmed.add(topic)
+          else if (found.type === UNREACHABLE || found.type === PENDING)
+            unanswered ??= new OutboxKitError(ErrorCode.TransportFailed, found.error, {
+              source: 'kafka',
+              retriable: true,
+            })
+          // kafkajs refuses a topic's whole metadata while one partition has no leader; the partition
+          // count known before still routes the other partitions' records.
+          counts.set(
+            topic,
+            typeof found === 'number' ? found : PASSING_FAULTS.has(found.type) ? cached.partitions : found,
+          )
+          return
+        }
+        const admin = await this.#getAdmin()
+        let found = await this.#lookUp(admin, topic)
+        if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
+          if (await this.#createOnFirstUse(admin, topic)) {
+            // The broker creates the topic in the background; the admin client sees it a moment later.
+            const deadline = Date.now() + AUTO_CREATE_WAIT_MS
+            while (typeof found !== 'number' && Date.now() < deadline) {
+              await new Promise((resolve) => setTimeout(resolve, 100))
+              found = await this.#lookUp(admin, topic)
+            }
+          } else {
+            found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
+          }
+        }
+        if (typeof found === 'number') confirmed.add(topic)
+        counts.set(topic, found)
+      }),
+    )
+    return { counts, confirmed, unanswered }
+  }
+
+  /**
+   * The topic's lookup, shared with any still under way, waited for at most LOOKUP_WAIT_MS: a
+   * `PENDING` fault when it takes longer, an `UNREACHABLE` one when it throws.
+   */
+  async #waitForLookUp(topic: string): Promise<number | TopicFault> {
+    let lookUp = this.#lookUps.get(topic)
+    if (!lookUp) {
+      lookUp = this.#getAdmin()
+        .then((admin) => this.#lookUp(admin, topic))
+        .catch(
+          (error): TopicFault => ({
+            type: UNREACHABLE,
+            error: `Looking up ${topic} in Kafka failed: ${describeError(error)}`,
+            retriable: true,
+          }),
+        )
+        .finally(() => this.#lookUps.delete(topic))
+      this.#lookUps.set(topic, lookUp)
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const pending = new Promise<TopicFault>((resolve) => {
+      timer = setTimeout(
+        () =>
+          resolve({
+            type: PENDING,
+            error: `Kafka did not answer a metadata request for ${topic} within ${LOOKUP_WAIT_MS} ms.`,
+            retriable: true,
+          }),
+        LOOKUP_WAIT_MS,
+      )
+    })
+    try {
+      return await Promise.race([lookUp, pending])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** The topic's partition count from the admin client, or the topic-level fault it reports. */
@@ -398,6 +618,7 @@ export class KafkaTransport implements Transport {
         const leaders: number[] = []
         for (const p of found[0]!.partitions) leaders[p.partitionId] = p.leader
         this.#leaders.set(topic, leaders)
+        this.#metadata.set(topic, { partitions, at: Date.now() })
         return partitions
       }
       return {
@@ -414,7 +635,8 @@ export class KafkaTransport implements Transport {
           error: `${type}: ${describeError(error)}`,
           retriable: !PERMANENT_TOPIC_FAULTS.has(type),
         }
-      throw await this.#failure(error)
+      // A failed lookup says nothing about the producers: keep them.
+      throw this.#describe(error)
     }
   }
 
@@ -437,7 +659,7 @@ export class KafkaTransport implements Transport {
       await producer.send({ topic, acks: -1, messages: [] })
       return true
     } catch (error) {
-      if (protocolErrorType(error) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw await this.#failure(error)
+      if (protocolErrorType(error) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw this.#describe(error)
     } finally {
       await producer.disconnect().catch(() => {})
     }
@@ -515,26 +737,59 @@ export class KafkaTransport implements Transport {
     return this.#producer
   }
 
+  /** The fresh idempotent producer for in-doubt partitions (a new producer id, so new sequences). */
+  async #getFresh(): Promise<Producer> {
+    this.#fresh ??= (async () => {
+      const producer = this.#kafka.producer({
+        createPartitioner: Partitioners.DefaultPartitioner,
+        ...this.#options.producer,
+        idempotent: true,
+        maxInFlightRequests: 1,
+      })
+      try {
+        await producer.connect()
+      } catch (error) {
+        await producer.disconnect().catch(() => {})
+        throw this.#describe(error)
+      }
+      return producer
+    })().catch((error) => {
+      this.#fresh = undefined
+      throw error
+    })
+    return this.#fresh
+  }
+
   /**
-   * Discards the producer after a failure, and returns the error to throw. `transactionAgeMs` is
-   * how long the failed transaction had been open, when there was one.
-   *
-   * An epoch error in a transaction that has been open for at least `transactionTimeout` is taken
-   * as expiry: the coordinator aborted it and bumped the epoch, no other producer is involved, so
-   * the next batch starts on a new producer (its `initTransactions` takes the new epoch) and this
-   * batch is retried. An epoch error in a younger transaction can only come from another producer
-   * that initialised the same transactional id after us: that is fencing, and the transport stops
-   * for good.
+   * Handles a failed send or producer step and returns the error to throw. In transactional mode
+   * the producer is discarded (a new one's `initTransactions` takes a new epoch, which aborts
+   * whatever the failed transaction left open); in idempotent mode it is kept, and the caller
+   * marks the send's partitions in doubt. `transactionAgeMs` is how long the failed transaction
+   * had been open, when there was one.
    */
   async #failure(error: unknown, transactionAgeMs?: number): Promise<OutboxKitError> {
-    const producer = this.#producer
-    this.#producer = undefined
-    if (producer) {
-      this.producerRebuilds++
-      this.#retired.push(producer)
+    if (this.capabilities.transactions) {
+      const producer = this.#producer
+      this.#producer = undefined
+      if (producer) {
+        this.producerRebuilds++
+        this.#retired.push(producer)
+      }
     }
     // Leaders may have moved: look them up again before the next batch is grouped.
     for (const entry of this.#metadata.values()) entry.at = 0
+    return this.#describe(error, transactionAgeMs)
+  }
+
+  /**
+   * The error to throw for a kafkajs failure. An epoch error in a transaction that has been open
+   * for at least `transactionTimeout` is taken as expiry: the coordinator aborted it and bumped the
+   * epoch, no other producer is involved, so the next batch starts on a new producer (its
+   * `initTransactions` takes the new epoch) and this batch is retried. An epoch error in a younger
+   * transaction can only come from another producer that initialised the same transactional id
+   * after us: that is fencing, and the transport stops for good.
+   */
+  #describe(error: unknown, transactionAgeMs?: number): OutboxKitError {
     const type = protocolErrorType(error)
     const timeoutMs = this.#options.producer?.transactionTimeout ?? DEFAULT_TRANSACTION_TIMEOUT_MS
     if (
@@ -586,10 +841,13 @@ export class KafkaTransport implements Transport {
     this.#closed = true
     await this.#queue
     const producer = this.#producer
+    const fresh = this.#fresh
     const admin = this.#admin
     this.#producer = undefined
+    this.#fresh = undefined
     this.#admin = undefined
     await producer?.then((p) => p.disconnect()).catch(() => {})
+    await fresh?.then((p) => p.disconnect()).catch(() => {})
     await admin?.then((a) => a.disconnect()).catch(() => {})
   }
 }
@@ -633,6 +891,11 @@ function splitRequests(items: readonly SendItem[], maxBytes: number): SendItem[]
 
 function partitionKey(item: SendItem): string {
   return `${item.record.topic}\u0000${item.message.partition}`
+}
+
+/** The topic of a {@link partitionKey}. */
+function topicOf(key: string): string {
+  return key.slice(0, key.lastIndexOf('\u0000'))
 }
 
 /** The topic-partitions of a request that the broker's answer does not acknowledge. */
@@ -691,7 +954,7 @@ function missingTopic(topic: string): string {
 }
 
 function notSent(reason = 'an earlier record of its key failed'): PublishOutcome {
-  return { status: 'failed', error: `Not sent: ${reason}.`, retriable: true }
+  return { status: 'failed', error: `Not sent: ${reason.replace(/\.$/, '')}.`, retriable: true }
 }
 
 function toMessage(record: ClaimedRecord): Message {
