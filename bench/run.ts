@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6] [--repetitions N] [--no-save]
+ *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7] [--repetitions N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -19,6 +19,7 @@ import { runRelaySuite } from './m2-relay.js'
 import { runM4 } from './m4-latency.js'
 import { runM5 } from './m5-consumer.js'
 import { runM6 } from './m6-memory.js'
+import { runM7 } from './m7-limits.js'
 
 interface Measurement {
   readonly id: string
@@ -32,6 +33,7 @@ const MEASUREMENTS: readonly Measurement[] = [
   { id: 'm4', title: 'M4 commit → handler latency', run: runM4 },
   { id: 'm5', title: 'M5 consumer overhead', run: runM5 },
   { id: 'm6', title: 'M6 relay memory', run: runM6 },
+  { id: 'm7', title: 'M7 relay against its limits', run: runM7 },
 ]
 
 function arg(name: string): string | undefined {

@@ -17,6 +17,8 @@ export interface Sizes {
   readonly consumeMessages: number
   /** M6: events the relay child drains. */
   readonly rssEvents: number
+  /** M7: rows in the backlog each step drains (batch 500). */
+  readonly limitsEvents: number
 }
 
 export const FULL: Sizes = {
@@ -29,6 +31,7 @@ export const FULL: Sizes = {
   latencyRepetitions: 3,
   consumeMessages: 1_500,
   rssEvents: 20_000,
+  limitsEvents: 10_000,
 }
 
 export const QUICK: Sizes = {
@@ -41,6 +44,7 @@ export const QUICK: Sizes = {
   latencyRepetitions: 2,
   consumeMessages: 400,
   rssEvents: 3_000,
+  limitsEvents: 3_000,
 }
 
 export interface Context {

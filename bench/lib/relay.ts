@@ -9,6 +9,7 @@ import {
   type Claim,
   type ClaimedRecord,
   type ClaimOptions,
+  type ClaimOwnedOptions,
   type DeadRecord,
   type FailedRecord,
   Outbox,
@@ -21,6 +22,8 @@ import {
   Relay,
   type RequeueResult,
   type SettleResult,
+  type ShardState,
+  type SyncShardsOptions,
   type Transport,
 } from '../../src/index.js'
 import type { BenchDatabase, BenchTables } from './db.js'
@@ -186,10 +189,34 @@ export class ProfiledStore implements OutboxStore<Tx> {
     if (wait) this.waitForChange = wait
     const close = inner.close?.bind(inner)
     if (close) this.close = close
+    // Shard ownership: forwarded only when the inner store has it (the relay checks for it too).
+    const sync = inner.syncShards?.bind(inner)
+    const claimOwned = inner.claimOwned?.bind(inner)
+    const leave = inner.leaveShards?.bind(inner)
+    if (sync && claimOwned && leave) {
+      this.syncShards = sync
+      this.leaveShards = leave
+      this.claimOwned = async (relayId, options) => {
+        const started = now()
+        const claim = await this.#profile.time('claim', () => claimOwned(relayId, options))
+        this.#counted(claim, started)
+        return claim
+      }
+    }
   }
 
   waitForChange?: (signal: AbortSignal) => Promise<void>
   close?: () => Promise<void>
+  syncShards?: (relayId: string, options: SyncShardsOptions) => Promise<ShardState>
+  claimOwned?: (relayId: string, options: ClaimOwnedOptions) => Promise<Claim>
+  leaveShards?: (relayId: string) => Promise<void>
+
+  #counted(claim: Claim, started: number): void {
+    if (claim.records.length === 0) return
+    this.#profile.batches++
+    this.#profile.records += claim.records.length
+    this.#profile.onClaimed?.(claim.records, started, now())
+  }
 
   get name() {
     return this.#inner.name
@@ -210,11 +237,7 @@ export class ProfiledStore implements OutboxStore<Tx> {
   async claim(options: ClaimOptions): Promise<Claim> {
     const started = now()
     const claim = await this.#profile.time('claim', () => this.#inner.claim(options))
-    if (claim.records.length > 0) {
-      this.#profile.batches++
-      this.#profile.records += claim.records.length
-      this.#profile.onClaimed?.(claim.records, started, now())
-    }
+    this.#counted(claim, started)
     return claim
   }
 

@@ -10,6 +10,8 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
 }
 
 function value(figure: Figure): string {
+  // A figure that could not be measured here (e.g. a store without shard ownership).
+  if (!Number.isFinite(figure.value)) return 'n/a'
   if (figure.unit === 'ms') return `${figure.value >= 0 ? '+' : ''}${formatNumber(figure.value, 1)} ms`
   return figure.value.toFixed(2)
 }
