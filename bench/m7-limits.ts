@@ -483,6 +483,7 @@ export async function runM7(ctx: Context): Promise<MeasurementResult> {
         })
         backendRaw[`keys${keys}`] = { events: count, batch: BATCH, partitions: PARTITIONS, ...result }
         figures.push(...keyFigures(backend, keys, result))
+        backendRaw['shardCount'] = setup.shardCount
       }
 
       ctx.log(`  M7 ${backend}: phase profile`)
