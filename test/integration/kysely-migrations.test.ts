@@ -10,7 +10,6 @@ import {
   createKyselyOutboxStore,
   ensureOutboxSchema,
   outboxMigrations,
-  outboxSchemaSql,
 } from '../../src/adapters/kysely/index.js'
 import { MYSQL_NO_PAD, SHARD_COUNT, schemaSql } from '../../src/adapters/kysely/schema.js'
 import { Outbox } from '../../src/core/outbox.js'

@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'kysely'
 import { ensureOutboxSchema, outboxMigrations } from '../../src/adapters/kysely/index.js'
-import { inboxStoreSuite, outboxStoreSuite } from '../../src/testing/index.js'
+import { inboxStoreSuite, outboxStoreSuite, shardSuite } from '../../src/testing/index.js'
 import { assertReachable, mysqlBackend, postgresJsBackend, SQL_BACKENDS } from '../support/databases.js'
 import { openInboxHarness, openOutboxHarness } from '../support/kysely-harness.js'
 
@@ -15,7 +15,12 @@ for (const backend of SQL_BACKENDS) {
   const concurrentTransactions = backend.name !== 'pglite'
   outboxStoreSuite(api, backend.name, () => openOutboxHarness(backend), { concurrentTransactions })
   inboxStoreSuite(api, backend.name, () => openInboxHarness(backend), { concurrentTransactions })
+  shardSuite(api, backend.name, () => openOutboxHarness(backend), { concurrentTransactions })
 }
+
+shardSuite(api, 'mariadb, debezium layout', () => openOutboxHarness(mysqlBackend, 'debezium'), {
+  concurrentTransactions: true,
+})
 
 // The Debezium-compatible column layout runs the same suite.
 for (const backend of [postgresJsBackend, mysqlBackend]) {
