@@ -1,6 +1,11 @@
 import { beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'kysely'
-import { ensureOutboxSchema, outboxMigrations } from '../../src/adapters/kysely/index.js'
+import {
+  createKyselyOutboxStore,
+  ensureOutboxSchema,
+  outboxMigrations,
+} from '../../src/adapters/kysely/index.js'
+import { Outbox } from '../../src/core/outbox.js'
 import { inboxStoreSuite, outboxStoreSuite, shardSuite } from '../../src/testing/index.js'
 import { assertReachable, mysqlBackend, postgresJsBackend, SQL_BACKENDS } from '../support/databases.js'
 import { openInboxHarness, openOutboxHarness } from '../support/kysely-harness.js'
@@ -54,3 +59,49 @@ test('mariadb: the pending-keys migration adds the (status, key, seq) index to a
     await database.close()
   }
 })
+
+// A take (the sync's FOR UPDATE on the shard rows) waits for a settle in flight on those shards
+// (FOR SHARE), so the new owner's first read sees the previous owner's committed marks.
+for (const backend of [postgresJsBackend, mysqlBackend]) {
+  test(`${backend.name}: a sync taking a shard waits for a settle holding it, then sees its marks`, async () => {
+    const database = await backend.open()
+    try {
+      const { db, schema, dialect } = database
+      await ensureOutboxSchema(db, { dialect, schema })
+      const a = createKyselyOutboxStore({ db, schema })
+      const b = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+      const outbox = new Outbox({ store: a })
+      const [id] = await a.transaction((tx) =>
+        outbox.add(tx, [{ topic: 't', key: 'k', type: 'E', payload: null }]),
+      )
+      await a.syncShards('relay-a', { leaseMs: 300 })
+      const claim = await a.claimOwned('relay-a', { limit: 10 })
+      const shard = claim.records[0]!.shard!
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const q = (n: string) => (dialect === 'mysql' ? `\`${n}\`` : `"${n}"`)
+      const shardsTable = `${q(schema)}.${q('outbox_shards')}`
+      const outboxTable = `${q(schema)}.${q('outbox')}`
+      // The settle of relay-a, paused between its fence read and its commit.
+      let taken = false
+      let pending: Promise<{ owned: readonly { shard: number }[] }> | undefined
+      await db.transaction().execute(async (trx) => {
+        const share = dialect === 'mysql' ? 'LOCK IN SHARE MODE' : 'FOR SHARE'
+        await sql.raw(`SELECT shard FROM ${shardsTable} WHERE shard = ${shard} ${share}`).execute(trx)
+        const sync = b.syncShards('relay-b', { leaseMs: 30_000 }).then((state) => {
+          taken = true
+          return state
+        })
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        expect(taken).toBe(false)
+        await sql.raw(`UPDATE ${outboxTable} SET status = 1 WHERE id = '${id}'`).execute(trx)
+        // Committing lets the sync go on; it is awaited after the commit.
+        pending = sync
+      })
+      const state = await pending!
+      expect(state.owned.map((s) => s.shard)).toContain(shard)
+      expect((await b.claimOwned('relay-b', { limit: 10 })).records).toEqual([])
+    } finally {
+      await database.close()
+    }
+  }, 30_000)
+}
