@@ -79,24 +79,25 @@ for (const backend of [postgresJsBackend, mysqlBackend]) {
       const shard = claim.records[0]!.shard!
       await new Promise((resolve) => setTimeout(resolve, 500))
       const q = (n: string) => (dialect === 'mysql' ? `\`${n}\`` : `"${n}"`)
-      const shardsTable = `${q(schema)}.${q('outbox_shards')}`
       const outboxTable = `${q(schema)}.${q('outbox')}`
-      // The settle of relay-a, paused between its fence read and its commit.
+      // relay-a's markPublished is held up on the row (a third transaction locks it) after it
+      // read the fence; relay-b's sync, taking the expired shard, must wait for it to commit.
       let taken = false
+      let settle: Promise<unknown> | undefined
       let pending: Promise<{ owned: readonly { shard: number }[] }> | undefined
-      await db.transaction().execute(async (trx) => {
-        const share = dialect === 'mysql' ? 'LOCK IN SHARE MODE' : 'FOR SHARE'
-        await sql.raw(`SELECT shard FROM ${shardsTable} WHERE shard = ${shard} ${share}`).execute(trx)
-        const sync = b.syncShards('relay-b', { leaseMs: 30_000 }).then((state) => {
+      const blocker = await database.openPeer()
+      await blocker.transaction().execute(async (trx) => {
+        await sql.raw(`SELECT id FROM ${outboxTable} WHERE id = '${id}' FOR UPDATE`).execute(trx)
+        settle = a.markPublished(claim.token, [id!])
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        pending = b.syncShards('relay-b', { leaseMs: 30_000 }).then((state) => {
           taken = true
           return state
         })
         await new Promise((resolve) => setTimeout(resolve, 300))
         expect(taken).toBe(false)
-        await sql.raw(`UPDATE ${outboxTable} SET status = 1 WHERE id = '${id}'`).execute(trx)
-        // Committing lets the sync go on; it is awaited after the commit.
-        pending = sync
       })
+      expect(await settle).toEqual({ settled: 1, lost: [] })
       const state = await pending!
       expect(state.owned.map((s) => s.shard)).toContain(shard)
       expect((await b.claimOwned('relay-b', { limit: 10 })).records).toEqual([])
