@@ -111,10 +111,17 @@ export const MAX_RELAY_ID_LENGTH = 64
 
 /** A relay id: a non-empty string of at most {@link MAX_RELAY_ID_LENGTH} characters. */
 export function checkRelayId(value: unknown, source?: string): string {
-  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_RELAY_ID_LENGTH) {
+  if (
+    typeof value !== 'string' ||
+    value.length === 0 ||
+    value.length > MAX_RELAY_ID_LENGTH ||
+    // Stored in a varchar column: no NUL (Postgres refuses it) nor unpaired surrogate (not UTF-8).
+    value.includes('\u0000') ||
+    !value.isWellFormed()
+  ) {
     throw refuse(
       'relayId',
-      `a non-empty string of at most ${MAX_RELAY_ID_LENGTH} characters (give each relay a short unique id, e.g. host name and process id)`,
+      `a non-empty string of at most ${MAX_RELAY_ID_LENGTH} characters without NUL (give each relay a short unique id, e.g. host name and process id)`,
       value,
       source,
     )

@@ -403,7 +403,7 @@ export function shardSuite<Tx>(
     })
 
     test('an invalid relay id, limit, lease or shard list is refused with INVALID_OPTIONS', async (_h, store) => {
-      for (const relayId of ['', 'r'.repeat(65), 42 as unknown as string]) {
+      for (const relayId of ['', 'r'.repeat(65), 'nul\u0000', 42 as unknown as string]) {
         await expectInvalid(() => store.syncShards(relayId, { leaseMs: LONG }))
         await expectInvalid(() => store.claimOwned(relayId, { limit: 10 }))
         await expectInvalid(() => store.leaveShards(relayId))

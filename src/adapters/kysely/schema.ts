@@ -243,7 +243,7 @@ export function outboxShardsUpgradeSql(options: TableOptions): string[] {
 function shardColumn(t: ResolvedTables): string {
   const expression = shardExpression(t.dialect, t.columns.key)
   return t.dialect === 'mysql'
-    ? `${t.columns.shard} SMALLINT AS ${expression} PERSISTENT`
+    ? `${t.columns.shard} SMALLINT AS ${expression} STORED`
     : `${t.columns.shard} smallint GENERATED ALWAYS AS ${expression} STORED`
 }
 
