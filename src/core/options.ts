@@ -106,15 +106,53 @@ export function checkPurgeOptions(
   if (options.consumer !== undefined) nonEmptyString('purge consumer', options.consumer, source)
 }
 
-/** The longest relay id a store must accept (`syncShards`, `claimOwned`, `leaveShards`). */
+/** The longest relay id a store must accept in `syncShards`, `claimOwned` and `leaveShards`. */
 export const MAX_RELAY_ID_LENGTH = 64
 
-/** Checks a relay id: a non-empty string of at most {@link MAX_RELAY_ID_LENGTH} characters. */
-export function checkRelayId(relayId: unknown, source?: string): string {
-  if (typeof relayId !== 'string' || relayId.length === 0 || relayId.length > MAX_RELAY_ID_LENGTH) {
-    throw refuse('relayId', `a string of 1 to ${MAX_RELAY_ID_LENGTH} characters`, relayId, source)
+/** A relay id: a non-empty string of at most {@link MAX_RELAY_ID_LENGTH} characters. */
+export function checkRelayId(value: unknown, source?: string): string {
+  if (
+    typeof value !== 'string' ||
+    value.length === 0 ||
+    value.length > MAX_RELAY_ID_LENGTH ||
+    // Stored in a varchar column: no NUL (Postgres refuses it) nor unpaired surrogate (not UTF-8).
+    value.includes('\u0000') ||
+    !value.isWellFormed()
+  ) {
+    throw refuse(
+      'relayId',
+      `a non-empty string of at most ${MAX_RELAY_ID_LENGTH} characters without NUL (give each relay a short unique id, e.g. host name and process id)`,
+      value,
+      source,
+    )
   }
-  return relayId
+  return value
+}
+
+/** A list of shard numbers, each an integer from 0 to `shardCount - 1`. */
+export function checkShardList(
+  name: string,
+  value: unknown,
+  shardCount: number,
+  source?: string,
+): readonly number[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) throw refuse(name, 'an array of shard numbers', value, source)
+  for (const shard of value) {
+    if (typeof shard !== 'number' || !Number.isInteger(shard) || shard < 0 || shard >= shardCount) {
+      throw refuse(`${name}[]`, `an integer from 0 to ${shardCount - 1}`, shard, source)
+    }
+  }
+  return value as number[]
+}
+
+/** A list of keys: strings. */
+export function checkKeyList(name: string, value: unknown, source?: string): readonly string[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value) || value.some((k) => typeof k !== 'string')) {
+    throw refuse(name, 'an array of key strings', value, source)
+  }
+  return value as string[]
 }
 
 /** Checks the options of one `syncShards` call: `leaseMs` a positive integer, `release` shard numbers. */

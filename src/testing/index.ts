@@ -5,4 +5,5 @@ export {
   type OutboxStoreSuiteOptions,
   outboxStoreSuite,
 } from './outbox-store-suite.js'
+export { type ShardSuiteOptions, shardSuite } from './shard-suite.js'
 export { captureError, type Matchers, skipTest, sleep, type TestApi, type TestFunction } from './test-api.js'

@@ -1,7 +1,12 @@
 import { beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'kysely'
-import { ensureOutboxSchema, outboxMigrations } from '../../src/adapters/kysely/index.js'
-import { inboxStoreSuite, outboxStoreSuite } from '../../src/testing/index.js'
+import {
+  createKyselyOutboxStore,
+  ensureOutboxSchema,
+  outboxMigrations,
+} from '../../src/adapters/kysely/index.js'
+import { Outbox } from '../../src/core/outbox.js'
+import { inboxStoreSuite, outboxStoreSuite, shardSuite } from '../../src/testing/index.js'
 import { assertReachable, mysqlBackend, postgresJsBackend, SQL_BACKENDS } from '../support/databases.js'
 import { openInboxHarness, openOutboxHarness } from '../support/kysely-harness.js'
 
@@ -15,7 +20,12 @@ for (const backend of SQL_BACKENDS) {
   const concurrentTransactions = backend.name !== 'pglite'
   outboxStoreSuite(api, backend.name, () => openOutboxHarness(backend), { concurrentTransactions })
   inboxStoreSuite(api, backend.name, () => openInboxHarness(backend), { concurrentTransactions })
+  shardSuite(api, backend.name, () => openOutboxHarness(backend), { concurrentTransactions })
 }
+
+shardSuite(api, 'mariadb, debezium layout', () => openOutboxHarness(mysqlBackend, 'debezium'), {
+  concurrentTransactions: true,
+})
 
 // The Debezium-compatible column layout runs the same suite.
 for (const backend of [postgresJsBackend, mysqlBackend]) {
@@ -49,3 +59,50 @@ test('mariadb: the pending-keys migration adds the (status, key, seq) index to a
     await database.close()
   }
 })
+
+// A take (the sync's FOR UPDATE on the shard rows) waits for a settle in flight on those shards
+// (FOR SHARE), so the new owner's first read sees the previous owner's committed marks.
+for (const backend of [postgresJsBackend, mysqlBackend]) {
+  test(`${backend.name}: a sync taking a shard waits for a settle holding it, then sees its marks`, async () => {
+    const database = await backend.open()
+    try {
+      const { db, schema, dialect } = database
+      await ensureOutboxSchema(db, { dialect, schema })
+      const a = createKyselyOutboxStore({ db, schema })
+      const b = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+      const outbox = new Outbox({ store: a })
+      const [id] = await a.transaction((tx) =>
+        outbox.add(tx, [{ topic: 't', key: 'k', type: 'E', payload: null }]),
+      )
+      await a.syncShards('relay-a', { leaseMs: 300 })
+      const claim = await a.claimOwned('relay-a', { limit: 10 })
+      const shard = claim.records[0]!.shard!
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const q = (n: string) => (dialect === 'mysql' ? `\`${n}\`` : `"${n}"`)
+      const outboxTable = `${q(schema)}.${q('outbox')}`
+      // relay-a's markPublished is held up on the row (a third transaction locks it) after it
+      // read the fence; relay-b's sync, taking the expired shard, must wait for it to commit.
+      let taken = false
+      let settle: Promise<unknown> | undefined
+      let pending: Promise<{ owned: readonly { shard: number }[] }> | undefined
+      const blocker = await database.openPeer()
+      await blocker.transaction().execute(async (trx) => {
+        await sql.raw(`SELECT id FROM ${outboxTable} WHERE id = '${id}' FOR UPDATE`).execute(trx)
+        settle = a.markPublished(claim.token, [id!])
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        pending = b.syncShards('relay-b', { leaseMs: 30_000 }).then((state) => {
+          taken = true
+          return state
+        })
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        expect(taken).toBe(false)
+      })
+      expect(await settle).toEqual({ settled: 1, lost: [] })
+      const state = await pending!
+      expect(state.owned.map((s) => s.shard)).toContain(shard)
+      expect((await b.claimOwned('relay-b', { limit: 10 })).records).toEqual([])
+    } finally {
+      await database.close()
+    }
+  }, 30_000)
+}

@@ -1,10 +1,19 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
-import { checkClaimOptions, checkPurgeOptions, MAX_CLAIM_LIMIT, positiveInteger } from '../../core/options.js'
+import {
+  checkClaimOptions,
+  checkKeyList,
+  checkPurgeOptions,
+  checkRelayId,
+  checkShardList,
+  MAX_CLAIM_LIMIT,
+  positiveInteger,
+} from '../../core/options.js'
 import type {
   Claim,
   ClaimOptions,
+  ClaimOwnedOptions,
   DeadRecord,
   FailedRecord,
   OutboxStats,
@@ -12,7 +21,10 @@ import type {
   PurgeOptions,
   RequeueResult,
   SettleResult,
+  ShardLease,
+  ShardState,
   StoreCapabilities,
+  SyncShardsOptions,
 } from '../../core/store.js'
 import { runStoreOperation } from './database-errors.js'
 import {
@@ -27,6 +39,7 @@ import {
 import { ChangeSignal, type PostgresListener } from './notify.js'
 import {
   type ResolvedTables,
+  SHARD_COUNT,
   type SqlDialect,
   Status,
   type TableOptions,
@@ -131,7 +144,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         : undefined
     this.#notifyOnAdd = options.notify === true
     this.#changes = options.listener ? new ChangeSignal(options.listener, this.notifyChannel!) : undefined
-    this.capabilities = { concurrentClaims: true, notify: this.#changes !== undefined }
+    this.capabilities = { concurrentClaims: true, notify: this.#changes !== undefined, shards: true }
   }
 
   /** Resolves on the next notification (or one that arrived since the last wait), or when `signal` aborts. */
@@ -302,6 +315,448 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     }))
   }
 
+  // ---- Shard ownership --------------------------------------------------------------------
+
+  /**
+   * One transaction: lock every shard row (syncs, leaves and takes run one at a time, and a take
+   * waits for settles holding the shard FOR SHARE), heartbeat the relay, count the live relays,
+   * then give up `release`, renew the shards still owned and take free or expired ones up to the
+   * fair share, bumping their epochs. A live shard of another relay is never taken.
+   */
+  async syncShards(relayId: string, options: SyncShardsOptions): Promise<ShardState> {
+    checkRelayId(relayId, this.name)
+    const leaseMs = positiveInteger('leaseMs', options?.leaseMs, undefined, this.name)
+    const release = new Set(checkShardList('release', options.release, SHARD_COUNT, this.name))
+    const acquire = options.acquire ?? true
+    if (typeof acquire !== 'boolean') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `acquire must be a boolean, got ${String(acquire)}.`,
+        {
+          source: this.name,
+          details: { option: 'acquire', value: acquire },
+        },
+      )
+    }
+    const { shards, relays } = this.tables
+    const now = this.#sql.now
+    const until = this.#sql.plusMs(leaseMs)
+    return this.#run('syncShards', () =>
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          // Locked first, before the relays table is touched: every sync and leave takes the
+          // locks in the same order, so they never deadlock.
+          const locked = await sql<{ shard: unknown; owner: unknown; epoch: unknown; live: unknown }>`
+            SELECT shard, owner, epoch, CASE WHEN lease_until > ${now} THEN 1 ELSE 0 END AS live
+            FROM ${sql.raw(shards)} ORDER BY shard FOR UPDATE`.execute(trx)
+          await (this.#mysql
+            ? sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
+                ON DUPLICATE KEY UPDATE lease_until = VALUES(lease_until)`
+            : sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
+                ON CONFLICT (relay_id) DO UPDATE SET lease_until = EXCLUDED.lease_until`
+          ).execute(trx)
+          // Expired registrations only count as gone; deleting them keeps the table small.
+          await sql`DELETE FROM ${sql.raw(relays)} WHERE lease_until <= ${now}`.execute(trx)
+          const counted = await sql<{ n: unknown }>`
+            SELECT count(*) AS n FROM ${sql.raw(relays)} WHERE lease_until > ${now}`.execute(trx)
+          const liveRelays = Math.max(1, toNumber(counted.rows[0]?.n))
+          const fairShare = Math.ceil(SHARD_COUNT / liveRelays)
+
+          const rows = locked.rows.map((r) => ({
+            shard: toNumber(r.shard),
+            owner: r.owner === null ? null : String(r.owner),
+            epoch: toNumber(r.epoch),
+            live: toNumber(r.live) === 1,
+          }))
+          const given = rows.filter((r) => r.owner === relayId && release.has(r.shard))
+          const kept = rows.filter((r) => r.owner === relayId && !release.has(r.shard))
+          const taken = acquire
+            ? rows
+                .filter((r) => r.owner !== relayId && (r.owner === null || !r.live))
+                .slice(0, Math.max(0, fairShare - kept.length))
+            : []
+          const touched = [...given, ...kept, ...taken].map((r) => r.shard)
+          if (touched.length > 0) {
+            const givenUp = inList(
+              sql`shard`,
+              given.map((r) => r.shard),
+            )
+            await sql`UPDATE ${sql.raw(shards)} SET
+                owner = CASE WHEN ${givenUp} THEN NULL ELSE ${relayId} END,
+                lease_until = CASE WHEN ${givenUp} THEN NULL ELSE ${until} END,
+                epoch = CASE WHEN ${inList(
+                  sql`shard`,
+                  taken.map((r) => r.shard),
+                )} THEN epoch + 1 ELSE epoch END
+              WHERE ${inList(sql`shard`, touched)}`.execute(trx)
+          }
+          const owned: ShardLease[] = [
+            ...kept.map((r) => ({ shard: r.shard, epoch: r.epoch })),
+            ...taken.map((r) => ({ shard: r.shard, epoch: r.epoch + 1 })),
+          ].sort((a, b) => a.shard - b.shard)
+          return { shardCount: SHARD_COUNT, liveRelays, fairShare, owned }
+        }),
+    )
+  }
+
+  /** Frees every shard of `relayId` at once and removes its registration. */
+  async leaveShards(relayId: string): Promise<void> {
+    checkRelayId(relayId, this.name)
+    const { shards, relays } = this.tables
+    await this.#run('leaveShards', () =>
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          // The same lock order as syncShards.
+          await sql`SELECT shard FROM ${sql.raw(shards)} ORDER BY shard FOR UPDATE`.execute(trx)
+          await sql`UPDATE ${sql.raw(shards)} SET owner = NULL, lease_until = NULL
+            WHERE owner = ${relayId}`.execute(trx)
+          await sql`DELETE FROM ${sql.raw(relays)} WHERE relay_id = ${relayId}`.execute(trx)
+        }),
+    )
+  }
+
+  /**
+   * Reads, writing nothing: the shards `relayId` owns with a live lease, then the same window,
+   * ready heads and runs as `claim`, restricted to those shards and to keys not in `excludeKeys`.
+   * No row is locked or leased: ownership of the shard is what keeps other relays away, and the
+   * token's epochs fence the settle calls.
+   */
+  async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
+    checkRelayId(relayId, this.name)
+    const limit = positiveInteger('limit', options?.limit, MAX_CLAIM_LIMIT, this.name)
+    const excludeKeys = [...new Set(checkKeyList('excludeKeys', options.excludeKeys, this.name))]
+    const excludeShards = new Set(
+      checkShardList('excludeShards', options.excludeShards, SHARD_COUNT, this.name),
+    )
+    const { outbox, shards: shardTable, columns: c } = this.tables
+    const db = this.#db
+    return this.#run('claimOwned', async () => {
+      const ownedRows = await sql<{ shard: unknown; epoch: unknown }>`
+        SELECT shard, epoch FROM ${sql.raw(shardTable)}
+        WHERE owner = ${relayId} AND lease_until > ${this.#sql.now} ORDER BY shard`.execute(db)
+      const epochs = new Map<number, number>()
+      for (const r of ownedRows.rows) {
+        const shard = toNumber(r.shard)
+        if (!excludeShards.has(shard)) epochs.set(shard, toNumber(r.epoch))
+      }
+      if (epochs.size === 0) return { token: shardToken(relayId, []), records: [] }
+      const owned = [...epochs.keys()]
+      const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
+      const keyFilter = this.#notKeys(sql`o.${sql.raw(c.key)}`, excludeKeys)
+
+      const pending = await sql<ClaimCandidate>`
+        SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+          ${this.#readyColumn('o')} AS ready
+        FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
+        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}
+        ORDER BY o.${sql.raw(c.seq)}
+        LIMIT ${window}`.execute(db)
+      let candidates = pending.rows
+      const heads = readyHeads(candidates)
+      const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+      if (candidates.length === window && fromWindow < limit) {
+        // As in `claim`: keys that cannot progress crowd the window; hop over the owned shards'
+        // keys through the pending (shard, key, seq) index to find the ready heads beyond it.
+        const beyond = await this.#ownedHeadsBeyond(
+          candidates[candidates.length - 1]!.seq,
+          limit - fromWindow,
+          owned,
+          excludeKeys,
+        )
+        if (beyond.length > 0) {
+          heads.push(...beyond.map((h) => h.seq))
+          candidates = [...candidates, ...(await this.#runsOf(db, beyond, limit - fromWindow))]
+        }
+      }
+      const chosen = heads.length === 0 ? [] : runs(candidates, new Set(heads.map(String)), limit)
+      if (chosen.length === 0) return { token: shardToken(relayId, []), records: [] }
+
+      const rows = (
+        await sql<Record<string, unknown>>`SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id,
+            ${sql.raw(c.topic)} AS topic, ${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+            ${sql.raw(c.type)} AS ${sql.raw(this.#q('type'))}, ${sql.raw(c.payload)} AS payload,
+            ${sql.raw(c.headers)} AS headers, ${sql.raw(c.attempts)} AS attempts,
+            ${sql.raw(c.createdAt)} AS created_at, ${sql.raw(c.shard)} AS shard
+          FROM ${sql.raw(outbox)}
+          WHERE ${sql.raw(c.seq)} IN (${sql.join(chosen)}) AND ${sql.raw(c.status)} = ${Status.pending}`.execute(
+          db,
+        )
+      ).rows
+      rows.sort((a, b) => toNumber(a['seq']) - toNumber(b['seq']))
+      const records: ClaimedRecord[] = rows.map((row) => ({
+        id: String(row['id']),
+        topic: String(row['topic']),
+        key: String(row['key']),
+        type: String(row['type']),
+        payload: toBytes(row['payload']),
+        headers: toHeaders(row['headers']),
+        // Nothing is written at claim time: the attempt is counted when it is settled.
+        attempts: toNumber(row['attempts']) + 1,
+        createdAt: toDate(row['created_at']),
+        shard: toNumber(row['shard']),
+      }))
+      const counts = new Map<number, number>()
+      for (const r of records) counts.set(r.shard!, (counts.get(r.shard!) ?? 0) + 1)
+      const contributing = [...counts].map(([shard, count]) => ({ shard, epoch: epochs.get(shard)!, count }))
+      return { token: shardToken(relayId, contributing), records }
+    })
+  }
+
+  /** `expression` is not one of `keys` (Postgres: one array parameter). */
+  #notKeys(expression: RawBuilder<unknown>, keys: readonly string[]): RawBuilder<unknown> {
+    if (keys.length === 0) return sql``
+    return this.#mysql
+      ? sql`AND ${expression} NOT IN (${sql.join(keys)})`
+      : // One JSON text parameter, whatever the list's length, the same on every driver.
+        sql`AND NOT (${expression} = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(CAST(${JSON.stringify(keys)} AS text) AS jsonb)))))`
+  }
+
+  /**
+   * The ready heads of keys of `shards` whose head lies after `afterSeq`, oldest first, at most
+   * `limit`: `#headsBeyond` restricted to owned shards, one index dive per pending key.
+   */
+  async #ownedHeadsBeyond(
+    afterSeq: unknown,
+    limit: number,
+    shards: readonly number[],
+    excludeKeys: readonly string[],
+  ): Promise<{ seq: unknown; key: string }[]> {
+    const { outbox, columns: c } = this.tables
+    const now = this.#sql.now
+    const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
+    const ready = sql`h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
+        AND h.${sql.raw(c.availableAt)} <= ${now}
+        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})`
+    const columns = sql`h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}`
+    if (this.#mysql) {
+      // A loose index scan of (status, shard, key, seq): MIN(seq) per key of the owned shards.
+      const index = sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_status_shard_key_seq\`)`)
+      const result = await sql<{ seq: unknown; key: string }>`
+        SELECT ${columns} FROM (
+          SELECT MIN(${sql.raw(c.seq)}) AS head FROM ${sql.raw(outbox)} ${index}
+          WHERE ${pending} AND ${inList(sql.raw(c.shard), shards)}
+          GROUP BY ${sql.raw(c.status)}, ${sql.raw(c.shard)}, ${sql.raw(c.key)}) g
+        JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = g.head
+        WHERE g.head > ${afterSeq} AND ${ready} ${this.#notKeys(sql`h.${sql.raw(c.key)}`, excludeKeys)}
+        ORDER BY h.${sql.raw(c.seq)} LIMIT ${limit}`.execute(this.#db)
+      return result.rows
+    }
+    // Per owned shard, a recursive CTE hops from key to key on the partial (shard, key, seq) index.
+    const result = await sql<{ seq: unknown; key: string }>`
+      WITH RECURSIVE pending_keys (s, k) AS (
+        SELECT u.s, CAST((SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
+          WHERE n.${pending} AND n.${sql.raw(c.shard)} = u.s) AS text)
+        FROM unnest(ARRAY[${sql.join(shards)}]::smallint[]) AS u(s)
+        UNION ALL
+        SELECT p.s, CAST((SELECT MIN(n.${sql.raw(c.key)}) FROM ${sql.raw(outbox)} n
+          WHERE n.${pending} AND n.${sql.raw(c.shard)} = p.s AND n.${sql.raw(c.key)} > p.k) AS text)
+        FROM pending_keys p WHERE p.k IS NOT NULL
+      )
+      SELECT ${columns}
+      FROM pending_keys p JOIN ${sql.raw(outbox)} h ON h.${sql.raw(c.seq)} = (
+        SELECT MIN(m.${sql.raw(c.seq)}) FROM ${sql.raw(outbox)} m
+        WHERE m.${pending} AND m.${sql.raw(c.shard)} = p.s AND m.${sql.raw(c.key)} = p.k)
+      WHERE p.k IS NOT NULL AND ${ready} ${this.#notKeys(sql`p.k`, excludeKeys)}
+      ORDER BY h.${sql.raw(c.seq)}
+      LIMIT ${limit}`.execute(this.#db)
+    return result.rows
+  }
+
+  /**
+   * Runs `write` in one transaction after locking the token's shard rows FOR SHARE and keeping
+   * those `token` still owns at its epoch: a relay that took a shard over bumped its epoch, so a
+   * settle of the previous owner touches nothing. The share lock makes a take (FOR UPDATE) wait
+   * until this settle commits, so the new owner reads its marks. Lease expiry alone does not
+   * fence: until another relay takes the shard, nobody else has read its rows.
+   */
+  #withFence<T>(
+    operation: string,
+    token: ShardToken,
+    lock: 'share' | 'update',
+    write: (trx: Transaction<DB>, fenced: readonly number[]) => Promise<T>,
+    none: T,
+  ): Promise<T> {
+    if (token.shards.length === 0) return Promise.resolve(none)
+    const { shards } = this.tables
+    const mode = lock === 'update' ? sql`FOR UPDATE` : this.#mysql ? sql`LOCK IN SHARE MODE` : sql`FOR SHARE`
+    return this.#run(operation, () =>
+      this.#db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute(async (trx) => {
+          const rows = await sql<{ shard: unknown; owner: unknown; epoch: unknown }>`
+            SELECT shard, owner, epoch FROM ${sql.raw(shards)}
+            WHERE ${inList(
+              sql`shard`,
+              token.shards.map((s) => s.shard),
+            )} ORDER BY shard ${mode}`.execute(trx)
+          const current = new Map(rows.rows.map((r) => [toNumber(r.shard), r]))
+          const fenced = token.shards
+            .filter((s) => {
+              const row = current.get(s.shard)
+              return row !== undefined && row.owner === token.relayId && toNumber(row.epoch) === s.epoch
+            })
+            .map((s) => s.shard)
+          if (fenced.length === 0) return none
+          return write(trx, fenced)
+        }),
+    )
+  }
+
+  /**
+   * Applies `assignments` to the pending rows among `ids` in the fenced shards; returns the ids
+   * it updated.
+   */
+  async #updateOwned(
+    trx: Transaction<DB>,
+    ids: readonly string[],
+    fenced: readonly number[],
+    assignments: RawBuilder<unknown>,
+  ): Promise<string[]> {
+    const { outbox, columns: c } = this.tables
+    const candidates = this.#mysql ? ids : ids.filter((id) => UUID.test(id))
+    if (candidates.length === 0) return []
+    const where = sql`${sql.raw(c.id)} IN (${sql.join(candidates)}) AND ${sql.raw(c.status)} = ${Status.pending}
+      AND ${inList(sql.raw(c.shard), fenced)}`
+    if (!this.#mysql) {
+      const updated = await sql<{ id: unknown }>`UPDATE ${sql.raw(outbox)} SET ${assignments}
+        WHERE ${where} RETURNING ${sql.raw(c.id)} AS id`.execute(trx)
+      return updated.rows.map((r) => String(r.id))
+    }
+    const held = await sql<{
+      id: unknown
+    }>`SELECT ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)} ${this.#byIdIndex}
+      WHERE ${where} FOR UPDATE`.execute(trx)
+    const heldIds = held.rows.map((r) => String(r.id))
+    if (heldIds.length > 0) {
+      await sql`UPDATE ${sql.raw(outbox)} SET ${assignments}
+        WHERE ${sql.raw(c.id)} IN (${sql.join(heldIds)})`.execute(trx)
+    }
+    return heldIds
+  }
+
+  /**
+   * A fenced settle of a `shards:` token: one UPDATE per group of ids sharing the same
+   * assignments (a failed batch usually shares one error and one delay).
+   */
+  async #settleOwned(
+    operation: string,
+    token: ShardToken,
+    groups: readonly { ids: readonly string[]; assignments: RawBuilder<unknown> }[],
+  ): Promise<SettleResult> {
+    const all = [...new Set(groups.flatMap((g) => g.ids))]
+    if (all.length === 0) return { settled: 0, lost: [] }
+    const settled = await this.#withFence(
+      operation,
+      token,
+      'share',
+      async (trx, fenced) => {
+        const done = new Set<string>()
+        for (const group of groups) {
+          for (const id of await this.#updateOwned(trx, group.ids, fenced, group.assignments)) done.add(id)
+        }
+        return done
+      },
+      new Set<string>(),
+    )
+    return { settled: settled.size, lost: all.filter((id) => !settled.has(id)) }
+  }
+
+  #publishedAssignments(): RawBuilder<unknown> {
+    const c = this.tables.columns
+    return sql`${sql.raw(c.status)} = ${Status.published}, ${sql.raw(c.publishedAt)} = ${this.#sql.now},
+      ${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1`
+  }
+
+  #failedGroups(failures: readonly FailedRecord[]) {
+    const c = this.tables.columns
+    const byId = new Map(failures.map((f) => [f.id, f]))
+    const groups = new Map<string, { ids: string[]; failure: FailedRecord }>()
+    for (const f of byId.values()) {
+      const retryInMs = Math.max(0, f.retryInMs)
+      const key = JSON.stringify([retryInMs, f.error])
+      const group = groups.get(key) ?? { ids: [], failure: { ...f, retryInMs } }
+      group.ids.push(f.id)
+      groups.set(key, group)
+    }
+    return [...groups.values()].map(({ ids, failure }) => ({
+      ids,
+      assignments: sql`${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1,
+        ${sql.raw(c.availableAt)} = ${this.#sql.plusMs(failure.retryInMs)},
+        ${sql.raw(c.lastError)} = ${truncateError(failure.error)}`,
+    }))
+  }
+
+  #deadGroups(records: readonly DeadRecord[]) {
+    const c = this.tables.columns
+    const byError = new Map<string, Set<string>>()
+    for (const r of records) {
+      const ids = byError.get(r.error) ?? new Set<string>()
+      ids.add(r.id)
+      byError.set(r.error, ids)
+    }
+    return [...byError].map(([error, ids]) => ({
+      ids: [...ids],
+      assignments: sql`${sql.raw(c.status)} = ${Status.dead}, ${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1,
+        ${sql.raw(c.lastError)} = ${truncateError(error)}`,
+    }))
+  }
+
+  /** `release` of a `shards:` token: writes nothing (nothing was written at claim time). */
+  async #releaseOwned(token: ShardToken, ids: readonly string[] | undefined): Promise<SettleResult> {
+    const { outbox, columns: c } = this.tables
+    if (ids === undefined) {
+      const settled = await this.#withFence(
+        'release',
+        token,
+        'share',
+        async (_trx, fenced) =>
+          token.shards.filter((s) => fenced.includes(s.shard)).reduce((n, s) => n + s.count, 0),
+        0,
+      )
+      return { settled, lost: [] }
+    }
+    const unique = [...new Set(ids)]
+    if (unique.length === 0) return { settled: 0, lost: [] }
+    const held = await this.#withFence(
+      'release',
+      token,
+      'share',
+      async (trx, fenced) => {
+        const candidates = this.#mysql ? unique : unique.filter((id) => UUID.test(id))
+        if (candidates.length === 0) return new Set<string>()
+        const rows = await sql<{
+          id: unknown
+        }>`SELECT ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)} ${this.#byIdIndex}
+          WHERE ${sql.raw(c.id)} IN (${sql.join(candidates)}) AND ${sql.raw(c.status)} = ${Status.pending}
+            AND ${inList(sql.raw(c.shard), fenced)}`.execute(trx)
+        return new Set(rows.rows.map((r) => String(r.id)))
+      },
+      new Set<string>(),
+    )
+    return { settled: held.size, lost: unique.filter((id) => !held.has(id)) }
+  }
+
+  /** `extendLease` of a `shards:` token: renews the shards it still owns at its epochs. */
+  #extendOwned(token: ShardToken, leaseMs: number): Promise<number> {
+    positiveInteger('leaseMs', leaseMs, undefined, this.name)
+    return this.#withFence(
+      'extendLease',
+      token,
+      'update',
+      async (trx, fenced) => {
+        await sql`UPDATE ${sql.raw(this.tables.shards)} SET lease_until = ${this.#sql.plusMs(leaseMs)}
+          WHERE ${inList(sql`shard`, fenced)}`.execute(trx)
+        return token.shards.filter((s) => fenced.includes(s.shard)).reduce((n, s) => n + s.count, 0)
+      },
+      0,
+    )
+  }
+
   /** Whether a row may be claimed now, as a 1/0 column. */
   #readyColumn(alias: string): RawBuilder<unknown> {
     const c = this.tables.columns
@@ -361,7 +816,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
 
   /** The oldest `limit` pending rows of each of `heads`' keys, through the per-key index. */
   async #runsOf(
-    trx: Transaction<DB>,
+    trx: Kysely<DB>,
     heads: readonly { key: string }[],
     limit: number,
   ): Promise<ClaimCandidate[]> {
@@ -468,6 +923,9 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
 
   markPublished(token: string, ids: readonly string[]): Promise<SettleResult> {
     const c = this.tables.columns
+    const owned = parseShardToken(token)
+    if (owned)
+      return this.#settleOwned('markPublished', owned, [{ ids, assignments: this.#publishedAssignments() }])
     return this.#settle(
       'markPublished',
       token,
@@ -478,6 +936,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
 
   markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult> {
     const c = this.tables.columns
+    const owned = parseShardToken(token)
+    if (owned) return this.#settleOwned('markFailed', owned, this.#failedGroups(failures))
     const byId = new Map(failures.map((f) => [f.id, f]))
     return this.#settle(
       'markFailed',
@@ -494,6 +954,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
 
   markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult> {
     const c = this.tables.columns
+    const owned = parseShardToken(token)
+    if (owned) return this.#settleOwned('markDead', owned, this.#deadGroups(records))
     const byId = new Map(records.map((r) => [r.id, r]))
     return this.#settle(
       'markDead',
@@ -506,6 +968,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   }
 
   async release(token: string, ids?: readonly string[]): Promise<SettleResult> {
+    const owned = parseShardToken(token)
+    if (owned) return this.#releaseOwned(owned, ids)
     const { outbox, columns: c } = this.tables
     const decrement = sql`${sql.raw(c.attempts)} = CASE WHEN ${sql.raw(c.attempts)} > 0 THEN ${sql.raw(c.attempts)} - 1 ELSE 0 END`
     if (ids !== undefined) return this.#settle('release', token, ids, () => decrement)
@@ -519,6 +983,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   }
 
   async extendLease(token: string, leaseMs: number): Promise<number> {
+    const owned = parseShardToken(token)
+    if (owned) return this.#extendOwned(owned, leaseMs)
     const { outbox, columns: c } = this.tables
     const result = await this.#run('extendLease', () =>
       sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.leaseUntil)} = ${this.#sql.plusMs(leaseMs)}
@@ -673,6 +1139,47 @@ function runs(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit
     chosen.push(row.seq)
   }
   return chosen
+}
+
+/** `column IN (...)`, or false for an empty list (SQL has no empty IN list). */
+function inList(column: RawBuilder<unknown>, values: readonly (number | string)[]): RawBuilder<unknown> {
+  return values.length === 0 ? sql`1 = 0` : sql`${column} IN (${sql.join(values)})`
+}
+
+/** A `claimOwned` token: the relay, and each contributing shard's epoch and record count. */
+interface ShardToken {
+  readonly relayId: string
+  readonly shards: readonly { readonly shard: number; readonly epoch: number; readonly count: number }[]
+}
+
+const SHARD_TOKEN_PREFIX = 'shards:'
+
+function shardToken(relayId: string, shards: ShardToken['shards']): string {
+  return `${SHARD_TOKEN_PREFIX}${JSON.stringify({ relayId, shards: shards.map((s) => [s.shard, s.epoch, s.count]) })}`
+}
+
+/**
+ * The shard token in `token`, or undefined for a row-lease token. A `shards:` token that does not
+ * parse holds nothing (every id is lost).
+ */
+function parseShardToken(token: string): ShardToken | undefined {
+  if (typeof token !== 'string' || !token.startsWith(SHARD_TOKEN_PREFIX)) return undefined
+  try {
+    const parsed: unknown = JSON.parse(token.slice(SHARD_TOKEN_PREFIX.length))
+    const { relayId, shards } = parsed as { relayId: unknown; shards: unknown }
+    if (typeof relayId !== 'string' || !Array.isArray(shards)) return { relayId: '', shards: [] }
+    const valid = shards.filter(
+      (s): s is [number, number, number] =>
+        Array.isArray(s) &&
+        s.length === 3 &&
+        s.every((n) => Number.isSafeInteger(n)) &&
+        s[0] >= 0 &&
+        s[0] < SHARD_COUNT,
+    )
+    return { relayId, shards: valid.map(([shard, epoch, count]) => ({ shard, epoch, count })) }
+  } catch {
+    return { relayId: '', shards: [] }
+  }
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
