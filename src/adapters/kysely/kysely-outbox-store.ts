@@ -3,10 +3,10 @@ import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import {
   checkClaimOptions,
-  checkKeyList,
+  checkClaimOwnedOptions,
   checkPurgeOptions,
   checkRelayId,
-  checkShardList,
+  checkSyncShardsOptions,
   MAX_CLAIM_LIMIT,
   positiveInteger,
 } from '../../core/options.js'
@@ -325,19 +325,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    */
   async syncShards(relayId: string, options: SyncShardsOptions): Promise<ShardState> {
     checkRelayId(relayId, this.name)
-    const leaseMs = positiveInteger('leaseMs', options?.leaseMs, undefined, this.name)
-    const release = new Set(checkShardList('release', options.release, SHARD_COUNT, this.name))
-    const acquire = options.acquire ?? true
-    if (typeof acquire !== 'boolean') {
-      throw new OutboxKitError(
-        ErrorCode.InvalidOptions,
-        `acquire must be a boolean, got ${String(acquire)}.`,
-        {
-          source: this.name,
-          details: { option: 'acquire', value: acquire },
-        },
-      )
-    }
+    const { leaseMs, release: released, acquire } = checkSyncShardsOptions(options, SHARD_COUNT, this.name)
+    const release = new Set(released)
     const { shards, relays } = this.tables
     const now = this.#sql.now
     const until = this.#sql.plusMs(leaseMs)
@@ -427,10 +416,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    */
   async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
     checkRelayId(relayId, this.name)
-    const limit = positiveInteger('limit', options?.limit, MAX_CLAIM_LIMIT, this.name)
-    const excludeKeys = [...new Set(checkKeyList('excludeKeys', options.excludeKeys, this.name))]
-    const excludeShards = new Set(
-      checkShardList('excludeShards', options.excludeShards, SHARD_COUNT, this.name),
+    const { limit, excludeKeys, excludeShards } = checkClaimOwnedOptions(
+      options,
+      SHARD_COUNT,
+      MAX_CLAIM_LIMIT,
+      this.name,
     )
     const { outbox, shards: shardTable, columns: c } = this.tables
     const db = this.#db
