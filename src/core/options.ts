@@ -155,22 +155,28 @@ export function checkKeyList(name: string, value: unknown, source?: string): rea
   return value as string[]
 }
 
-/** Checks the options of one `syncShards` call: `leaseMs` a positive integer, `release` shard numbers. */
+/**
+ * Checks the options of one `syncShards` call and returns them with defaults: `leaseMs` a positive
+ * integer, `release` shard numbers below `shardCount`, `acquire` a boolean (default true).
+ */
 export function checkSyncShardsOptions(
-  options: { readonly leaseMs: number; readonly release?: readonly number[] },
+  options: { readonly leaseMs: number; readonly release?: readonly number[]; readonly acquire?: boolean },
+  shardCount: number,
   source?: string,
-): void {
+): { leaseMs: number; release: readonly number[]; acquire: boolean } {
   if (typeof options !== 'object' || options === null)
     throw refuse('syncShards options', 'an object', options, source)
-  positiveInteger('syncShards leaseMs', options.leaseMs, undefined, source)
-  if (options.release !== undefined && !Array.isArray(options.release))
-    throw refuse('syncShards release', 'an array of shard numbers', options.release, source)
-  for (const shard of options.release ?? []) nonNegativeInteger('syncShards release', shard, source)
+  const leaseMs = positiveInteger('leaseMs', options.leaseMs, undefined, source)
+  const release = checkShardList('release', options.release, shardCount, source)
+  const acquire = options.acquire ?? true
+  if (typeof acquire !== 'boolean') throw refuse('acquire', 'a boolean', acquire, source)
+  return { leaseMs, release, acquire }
 }
 
 /**
- * Checks the options of one `claimOwned` call: `limit` an integer from 1 to `maxLimit`,
- * `excludeKeys` strings, `excludeShards` shard numbers.
+ * Checks the options of one `claimOwned` call and returns them with defaults: `limit` an integer
+ * from 1 to `maxLimit`, `excludeKeys` strings (deduplicated), `excludeShards` shard numbers below
+ * `shardCount`.
  */
 export function checkClaimOwnedOptions(
   options: {
@@ -178,14 +184,15 @@ export function checkClaimOwnedOptions(
     readonly excludeKeys?: readonly string[]
     readonly excludeShards?: readonly number[]
   },
+  shardCount: number,
   maxLimit: number = MAX_CLAIM_LIMIT,
   source?: string,
-): void {
+): { limit: number; excludeKeys: readonly string[]; excludeShards: ReadonlySet<number> } {
   if (typeof options !== 'object' || options === null)
     throw refuse('claimOwned options', 'an object', options, source)
-  positiveInteger('claimOwned limit', options.limit, maxLimit, source)
-  if (options.excludeKeys !== undefined && !Array.isArray(options.excludeKeys))
-    throw refuse('claimOwned excludeKeys', 'an array of keys', options.excludeKeys, source)
-  if (options.excludeShards !== undefined && !Array.isArray(options.excludeShards))
-    throw refuse('claimOwned excludeShards', 'an array of shard numbers', options.excludeShards, source)
+  return {
+    limit: positiveInteger('limit', options.limit, maxLimit, source),
+    excludeKeys: [...new Set(checkKeyList('excludeKeys', options.excludeKeys, source))],
+    excludeShards: new Set(checkShardList('excludeShards', options.excludeShards, shardCount, source)),
+  }
 }

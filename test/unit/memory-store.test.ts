@@ -5,7 +5,13 @@ import {
   MemoryOutboxStore,
   type MemoryTransaction,
 } from '../../src/adapters/memory/index.js'
-import { type InspectedOutboxRow, inboxStoreSuite, outboxStoreSuite } from '../../src/testing/index.js'
+import {
+  type InspectedOutboxRow,
+  inboxStoreSuite,
+  type OutboxStoreHarness,
+  outboxStoreSuite,
+  shardSuite,
+} from '../../src/testing/index.js'
 
 const api = { describe, test, expect }
 
@@ -15,10 +21,8 @@ function clockedDatabase(): { db: MemoryDatabase; advance(ms: number): void } {
   return { db: new MemoryDatabase({ now: () => Date.now() + offset }), advance: (ms) => (offset += ms) }
 }
 
-outboxStoreSuite<MemoryTransaction>(
-  api,
-  'memory',
-  async () => {
+async function memoryHarness(): Promise<OutboxStoreHarness<MemoryTransaction>> {
+  {
     const { db, advance } = clockedDatabase()
     const store = new MemoryOutboxStore(db)
     const business: string[] = []
@@ -45,9 +49,11 @@ outboxStoreSuite<MemoryTransaction>(
       ageRows: async (ms) => advance(ms),
       close: async () => {},
     }
-  },
-  { concurrentTransactions: true },
-)
+  }
+}
+
+outboxStoreSuite<MemoryTransaction>(api, 'memory', memoryHarness, { concurrentTransactions: true })
+shardSuite<MemoryTransaction>(api, 'memory', memoryHarness, { concurrentTransactions: true })
 
 inboxStoreSuite<MemoryTransaction>(
   api,

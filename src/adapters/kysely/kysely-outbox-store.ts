@@ -3,10 +3,10 @@ import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import {
   checkClaimOptions,
-  checkKeyList,
+  checkClaimOwnedOptions,
   checkPurgeOptions,
   checkRelayId,
-  checkShardList,
+  checkSyncShardsOptions,
   MAX_CLAIM_LIMIT,
   positiveInteger,
 } from '../../core/options.js'
@@ -325,19 +325,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    */
   async syncShards(relayId: string, options: SyncShardsOptions): Promise<ShardState> {
     checkRelayId(relayId, this.name)
-    const leaseMs = positiveInteger('leaseMs', options?.leaseMs, undefined, this.name)
-    const release = new Set(checkShardList('release', options.release, SHARD_COUNT, this.name))
-    const acquire = options.acquire ?? true
-    if (typeof acquire !== 'boolean') {
-      throw new OutboxKitError(
-        ErrorCode.InvalidOptions,
-        `acquire must be a boolean, got ${String(acquire)}.`,
-        {
-          source: this.name,
-          details: { option: 'acquire', value: acquire },
-        },
-      )
-    }
+    const { leaseMs, release: released, acquire } = checkSyncShardsOptions(options, SHARD_COUNT, this.name)
+    const release = new Set(released)
     const { shards, relays } = this.tables
     const now = this.#sql.now
     const until = this.#sql.plusMs(leaseMs)
@@ -427,10 +416,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    */
   async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
     checkRelayId(relayId, this.name)
-    const limit = positiveInteger('limit', options?.limit, MAX_CLAIM_LIMIT, this.name)
-    const excludeKeys = [...new Set(checkKeyList('excludeKeys', options.excludeKeys, this.name))]
-    const excludeShards = new Set(
-      checkShardList('excludeShards', options.excludeShards, SHARD_COUNT, this.name),
+    const { limit, excludeKeys, excludeShards } = checkClaimOwnedOptions(
+      options,
+      SHARD_COUNT,
+      MAX_CLAIM_LIMIT,
+      this.name,
     )
     const { outbox, shards: shardTable, columns: c } = this.tables
     const db = this.#db
@@ -445,47 +435,67 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       }
       if (epochs.size === 0) return { token: shardToken(relayId, []), records: [] }
       const owned = [...epochs.keys()]
-      const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
       const keyFilter = this.#notKeys(sql`o.${sql.raw(c.key)}`, excludeKeys)
+      const fullColumns = sql`o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.id)} AS id,
+            o.${sql.raw(c.topic)} AS topic, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+            o.${sql.raw(c.type)} AS ${sql.raw(this.#q('type'))}, o.${sql.raw(c.payload)} AS payload,
+            o.${sql.raw(c.headers)} AS headers, o.${sql.raw(c.attempts)} AS attempts,
+            o.${sql.raw(c.createdAt)} AS created_at, o.${sql.raw(c.shard)} AS shard`
 
-      const pending = await sql<ClaimCandidate>`
-        SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-          ${this.#readyColumn('o')} AS ready
-        FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
-        WHERE o.${sql.raw(c.status)} = ${Status.pending} AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}
-        ORDER BY o.${sql.raw(c.seq)}
-        LIMIT ${window}`.execute(db)
-      let candidates = pending.rows
-      const heads = readyHeads(candidates)
-      const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
-      if (candidates.length === window && fromWindow < limit) {
-        // As in `claim`: keys that cannot progress crowd the window; hop over the owned shards'
-        // keys through the pending (shard, key, seq) index to find the ready heads beyond it.
-        const beyond = await this.#ownedHeadsBeyond(
-          candidates[candidates.length - 1]!.seq,
-          limit - fromWindow,
-          owned,
-          excludeKeys,
-        )
-        if (beyond.length > 0) {
-          heads.push(...beyond.map((h) => h.seq))
-          candidates = [...candidates, ...(await this.#runsOf(db, beyond, limit - fromWindow))]
-        }
-      }
-      const chosen = heads.length === 0 ? [] : runs(candidates, new Set(heads.map(String)), limit)
-      if (chosen.length === 0) return { token: shardToken(relayId, []), records: [] }
-
-      const rows = (
-        await sql<Record<string, unknown>>`SELECT ${sql.raw(c.seq)} AS seq, ${sql.raw(c.id)} AS id,
-            ${sql.raw(c.topic)} AS topic, ${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-            ${sql.raw(c.type)} AS ${sql.raw(this.#q('type'))}, ${sql.raw(c.payload)} AS payload,
-            ${sql.raw(c.headers)} AS headers, ${sql.raw(c.attempts)} AS attempts,
-            ${sql.raw(c.createdAt)} AS created_at, ${sql.raw(c.shard)} AS shard
-          FROM ${sql.raw(outbox)}
-          WHERE ${sql.raw(c.seq)} IN (${sql.join(chosen)}) AND ${sql.raw(c.status)} = ${Status.pending}`.execute(
-          db,
-        )
+      // Fast path: the oldest `limit` pending rows of the owned shards, whole. When their keys'
+      // runs fill the claim, or they are all there is, they are the claim: one read, no second
+      // look-up by seq. Only keys that cannot progress (a head waiting for its retry) crowding
+      // them send the claim to the window below.
+      const oldest = (
+        await sql<Record<string, unknown> & ClaimCandidate>`
+          SELECT ${fullColumns}, ${this.#readyColumn('o')} AS ready
+          FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
+          WHERE o.${sql.raw(c.status)} = ${Status.pending} AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}
+          ORDER BY o.${sql.raw(c.seq)}
+          LIMIT ${limit}`.execute(db)
       ).rows
+      const oldestHeads = new Set(readyHeads(oldest).map(String))
+      const fromOldest = new Set(runs(oldest, oldestHeads, limit).map(String))
+      let rows: Record<string, unknown>[]
+      if (oldest.length < limit || fromOldest.size === limit) {
+        rows = oldest.filter((row) => fromOldest.has(String(row.seq)))
+      } else {
+        const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
+        const pending = await sql<ClaimCandidate>`
+          SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+            ${this.#readyColumn('o')} AS ready
+          FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
+          WHERE o.${sql.raw(c.status)} = ${Status.pending} AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}
+          ORDER BY o.${sql.raw(c.seq)}
+          LIMIT ${window}`.execute(db)
+        let candidates = pending.rows
+        const heads = readyHeads(candidates)
+        const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+        if (candidates.length === window && fromWindow < limit) {
+          // As in `claim`: keys that cannot progress crowd the window; hop over the owned shards'
+          // keys through the pending (shard, key, seq) index to find the ready heads beyond it.
+          const beyond = await this.#ownedHeadsBeyond(
+            candidates[candidates.length - 1]!.seq,
+            limit - fromWindow,
+            owned,
+            excludeKeys,
+          )
+          if (beyond.length > 0) {
+            heads.push(...beyond.map((h) => h.seq))
+            candidates = [...candidates, ...(await this.#runsOf(db, beyond, limit - fromWindow))]
+          }
+        }
+        const chosen = heads.length === 0 ? [] : runs(candidates, new Set(heads.map(String)), limit)
+        if (chosen.length === 0) return { token: shardToken(relayId, []), records: [] }
+        rows = (
+          await sql<Record<string, unknown>>`SELECT ${fullColumns}
+            FROM ${sql.raw(outbox)} o
+            WHERE o.${sql.raw(c.seq)} IN (${sql.join(chosen)}) AND o.${sql.raw(c.status)} = ${Status.pending}`.execute(
+            db,
+          )
+        ).rows
+      }
+      if (rows.length === 0) return { token: shardToken(relayId, []), records: [] }
       rows.sort((a, b) => toNumber(a['seq']) - toNumber(b['seq']))
       const records: ClaimedRecord[] = rows.map((row) => ({
         id: String(row['id']),

@@ -310,7 +310,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     token: string,
     claim: OwnedClaim | undefined,
     ids: readonly string[],
-    apply: (row: MemoryOutboxRow) => void,
+    apply: ((row: MemoryOutboxRow) => void) | undefined,
   ): SettleResult {
     const lost: string[] = []
     let settled = 0
@@ -325,8 +325,11 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
         lost.push(id)
         continue
       }
-      apply(row)
-      claim.ids.delete(id)
+      // A release (no `apply`) writes nothing and leaves the claim as it was.
+      if (apply) {
+        apply(row)
+        claim.ids.delete(id)
+      }
       settled++
     }
     if (claim?.ids.size === 0) this.#ownedClaims.delete(token)
@@ -375,7 +378,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     const owned = this.#ownedClaims.get(token)
     if (owned) {
       // Nothing was written at claim time, so there is nothing to give back: only the fence is read.
-      return this.#settleOwned(token, owned, ids ?? [...owned.ids], () => {})
+      return this.#settleOwned(token, owned, ids ?? [...owned.ids], undefined)
     }
     const targets = ids ?? this.db.rows.filter((r) => r.claimToken === token).map((r) => r.record.id)
     return this.#settle(token, targets, (row) => {
@@ -411,13 +414,17 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
 
   async syncShards(relayId: string, options: SyncShardsOptions): Promise<ShardState> {
     checkRelayId(relayId, this.name)
-    checkSyncShardsOptions(options, this.name)
+    const {
+      leaseMs,
+      release: released,
+      acquire,
+    } = checkSyncShardsOptions(options, MEMORY_SHARD_COUNT, this.name)
     const now = this.db.now()
-    const until = now + options.leaseMs
+    const until = now + leaseMs
     this.db.relays.set(relayId, until)
     for (const [relay, expires] of this.db.relays) if (expires <= now) this.db.relays.delete(relay)
     const shards = this.db.shards
-    const release = new Set(options.release ?? [])
+    const release = new Set(released)
     let owned = 0
     for (const [number, shard] of shards.entries()) {
       if (shard.owner !== relayId) continue
@@ -431,7 +438,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       }
     }
     const fairShare = Math.ceil(shards.length / this.db.relays.size)
-    if (options.acquire !== false) {
+    if (acquire) {
       // Free shards first, then expired ones; never a live shard of another relay.
       for (const takeExpired of [false, true]) {
         for (const shard of shards) {
@@ -464,9 +471,12 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
 
   async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
     checkRelayId(relayId, this.name)
-    checkClaimOwnedOptions(options, undefined, this.name)
+    const {
+      limit,
+      excludeKeys,
+      excludeShards: excludedShards,
+    } = checkClaimOwnedOptions(options, MEMORY_SHARD_COUNT, undefined, this.name)
     const now = this.db.now()
-    const excludedShards = new Set(options.excludeShards ?? [])
     const readable = new Map<number, number>()
     for (const [shard, row] of this.db.shards.entries()) {
       if (row.owner === relayId && row.leaseUntil > now && !excludedShards.has(shard))
@@ -476,9 +486,9 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     const records: ClaimedRecord[] = []
     const claim: OwnedClaim = { relayId, epochs: new Map(), ids: new Set() }
     // A key is closed once one of its pending rows is not ready: later rows must wait for it.
-    const closedKeys = new Set(options.excludeKeys ?? [])
+    const closedKeys = new Set(excludeKeys)
     for (const row of this.db.rows) {
-      if (records.length >= options.limit) break
+      if (records.length >= limit) break
       if (row.status !== 'pending') continue
       const key = row.record.key
       if (closedKeys.has(key)) continue
