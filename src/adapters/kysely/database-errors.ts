@@ -24,6 +24,24 @@ function isLockConflict(code: string): boolean {
   return ['40001', '40P01', '55P03', 'ER_LOCK_DEADLOCK', 'ER_LOCK_WAIT_TIMEOUT'].includes(code)
 }
 
+/** Times a transaction rolled back by a deadlock is run again before its error is reported. */
+const DEADLOCK_RETRIES = 3
+
+/**
+ * Runs a whole transaction again when the database rolled it back to break a deadlock (Postgres
+ * 40P01, InnoDB ER_LOCK_DEADLOCK): nothing of it was written, so running it again is safe.
+ */
+export async function retryOnDeadlock<T>(transaction: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await transaction()
+    } catch (error) {
+      const code = errorCode(error)
+      if (attempt > DEADLOCK_RETRIES || (code !== '40P01' && code !== 'ER_LOCK_DEADLOCK')) throw error
+    }
+  }
+}
+
 function errorCode(error: unknown): string {
   if (typeof error !== 'object' || error === null) return ''
   const code = (error as { code?: unknown }).code

@@ -26,7 +26,7 @@ import type {
   StoreCapabilities,
   SyncShardsOptions,
 } from '../../core/store.js'
-import { runStoreOperation } from './database-errors.js'
+import { retryOnDeadlock, runStoreOperation } from './database-errors.js'
 import {
   DIALECT_SQL,
   type DialectSql,
@@ -277,6 +277,9 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     // 3. Runs: oldest first across keys, each held key contributing the ready rows that follow its
     //    head, up to the first row that is not ready (waiting for a retry).
     const chosen = runs(candidates, lockedHeads, limit)
+    // A head found beyond the window can belong to a key whose older row the window saw before
+    // another relay settled it: that key contributes nothing this time (its stale row comes first).
+    if (chosen.length === 0) return []
 
     // 4. Lease them, counting the attempt, and read them back (Postgres in the same statement).
     const lease = sql`
@@ -593,27 +596,30 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     if (token.shards.length === 0) return Promise.resolve(none)
     const { shards } = this.tables
     const mode = lock === 'update' ? sql`FOR UPDATE` : this.#mysql ? sql`LOCK IN SHARE MODE` : sql`FOR SHARE`
+    // A deadlock rolled the whole transaction back, nothing of it was written: run it again.
     return this.#run(operation, () =>
-      this.#db
-        .transaction()
-        .setIsolationLevel('read committed')
-        .execute(async (trx) => {
-          const rows = await sql<{ shard: unknown; owner: unknown; epoch: unknown }>`
+      retryOnDeadlock(() =>
+        this.#db
+          .transaction()
+          .setIsolationLevel('read committed')
+          .execute(async (trx) => {
+            const rows = await sql<{ shard: unknown; owner: unknown; epoch: unknown }>`
             SELECT shard, owner, epoch FROM ${sql.raw(shards)}
             WHERE ${inList(
               sql`shard`,
               token.shards.map((s) => s.shard),
             )} ORDER BY shard ${mode}`.execute(trx)
-          const current = new Map(rows.rows.map((r) => [toNumber(r.shard), r]))
-          const fenced = token.shards
-            .filter((s) => {
-              const row = current.get(s.shard)
-              return row !== undefined && row.owner === token.relayId && toNumber(row.epoch) === s.epoch
-            })
-            .map((s) => s.shard)
-          if (fenced.length === 0) return none
-          return write(trx, fenced)
-        }),
+            const current = new Map(rows.rows.map((r) => [toNumber(r.shard), r]))
+            const fenced = token.shards
+              .filter((s) => {
+                const row = current.get(s.shard)
+                return row !== undefined && row.owner === token.relayId && toNumber(row.epoch) === s.epoch
+              })
+              .map((s) => s.shard)
+            if (fenced.length === 0) return none
+            return write(trx, fenced)
+          }),
+      ),
     )
   }
 
