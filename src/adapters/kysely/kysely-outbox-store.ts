@@ -73,6 +73,12 @@ export const PURGE_BATCH_SIZE = 1_000
 /** Largest `insertChunkSize`: six parameters a row stays under the drivers' 65 535-parameter limit. */
 const MAX_INSERT_CHUNK_SIZE = 10_000
 
+/**
+ * How long a transaction holding shard locks may sit idle (its relay paused) before the database
+ * ends its session and frees the locks.
+ */
+export const SHARD_TRANSACTION_IDLE_TIMEOUT_MS = 5_000
+
 /** A claim reads the oldest `limit × CLAIM_WINDOW_FACTOR` pending rows (within these bounds). */
 const CLAIM_WINDOW_FACTOR = 4
 const MIN_CLAIM_WINDOW = 1_000
@@ -334,48 +340,45 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     const now = this.#sql.now
     const until = this.#sql.plusMs(leaseMs)
     return this.#run('syncShards', () =>
-      this.#db
-        .transaction()
-        .setIsolationLevel('read committed')
-        .execute(async (trx) => {
-          // Locked first, before the relays table is touched: every sync and leave takes the
-          // locks in the same order, so they never deadlock.
-          const locked = await sql<{ shard: unknown; owner: unknown; epoch: unknown; live: unknown }>`
+      this.#shardTransaction(async (trx) => {
+        // Locked first, before the relays table is touched: every sync and leave takes the
+        // locks in the same order, so they never deadlock.
+        const locked = await sql<{ shard: unknown; owner: unknown; epoch: unknown; live: unknown }>`
             SELECT shard, owner, epoch, CASE WHEN lease_until > ${now} THEN 1 ELSE 0 END AS live
             FROM ${sql.raw(shards)} ORDER BY shard FOR UPDATE`.execute(trx)
-          await (this.#mysql
-            ? sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
+        await (this.#mysql
+          ? sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
                 ON DUPLICATE KEY UPDATE lease_until = VALUES(lease_until)`
-            : sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
+          : sql`INSERT INTO ${sql.raw(relays)} (relay_id, lease_until) VALUES (${relayId}, ${until})
                 ON CONFLICT (relay_id) DO UPDATE SET lease_until = EXCLUDED.lease_until`
-          ).execute(trx)
-          // Expired registrations only count as gone; deleting them keeps the table small.
-          await sql`DELETE FROM ${sql.raw(relays)} WHERE lease_until <= ${now}`.execute(trx)
-          const counted = await sql<{ n: unknown }>`
+        ).execute(trx)
+        // Expired registrations only count as gone; deleting them keeps the table small.
+        await sql`DELETE FROM ${sql.raw(relays)} WHERE lease_until <= ${now}`.execute(trx)
+        const counted = await sql<{ n: unknown }>`
             SELECT count(*) AS n FROM ${sql.raw(relays)} WHERE lease_until > ${now}`.execute(trx)
-          const liveRelays = Math.max(1, toNumber(counted.rows[0]?.n))
-          const fairShare = Math.ceil(SHARD_COUNT / liveRelays)
+        const liveRelays = Math.max(1, toNumber(counted.rows[0]?.n))
+        const fairShare = Math.ceil(SHARD_COUNT / liveRelays)
 
-          const rows = locked.rows.map((r) => ({
-            shard: toNumber(r.shard),
-            owner: r.owner === null ? null : String(r.owner),
-            epoch: toNumber(r.epoch),
-            live: toNumber(r.live) === 1,
-          }))
-          const given = rows.filter((r) => r.owner === relayId && release.has(r.shard))
-          const kept = rows.filter((r) => r.owner === relayId && !release.has(r.shard))
-          const taken = acquire
-            ? rows
-                .filter((r) => r.owner !== relayId && (r.owner === null || !r.live))
-                .slice(0, Math.max(0, fairShare - kept.length))
-            : []
-          const touched = [...given, ...kept, ...taken].map((r) => r.shard)
-          if (touched.length > 0) {
-            const givenUp = inList(
-              sql`shard`,
-              given.map((r) => r.shard),
-            )
-            await sql`UPDATE ${sql.raw(shards)} SET
+        const rows = locked.rows.map((r) => ({
+          shard: toNumber(r.shard),
+          owner: r.owner === null ? null : String(r.owner),
+          epoch: toNumber(r.epoch),
+          live: toNumber(r.live) === 1,
+        }))
+        const given = rows.filter((r) => r.owner === relayId && release.has(r.shard))
+        const kept = rows.filter((r) => r.owner === relayId && !release.has(r.shard))
+        const taken = acquire
+          ? rows
+              .filter((r) => r.owner !== relayId && (r.owner === null || !r.live))
+              .slice(0, Math.max(0, fairShare - kept.length))
+          : []
+        const touched = [...given, ...kept, ...taken].map((r) => r.shard)
+        if (touched.length > 0) {
+          const givenUp = inList(
+            sql`shard`,
+            given.map((r) => r.shard),
+          )
+          await sql`UPDATE ${sql.raw(shards)} SET
                 owner = CASE WHEN ${givenUp} THEN NULL ELSE ${relayId} END,
                 lease_until = CASE WHEN ${givenUp} THEN NULL ELSE ${until} END,
                 epoch = CASE WHEN ${inList(
@@ -383,13 +386,13 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
                   taken.map((r) => r.shard),
                 )} THEN epoch + 1 ELSE epoch END
               WHERE ${inList(sql`shard`, touched)}`.execute(trx)
-          }
-          const owned: ShardLease[] = [
-            ...kept.map((r) => ({ shard: r.shard, epoch: r.epoch })),
-            ...taken.map((r) => ({ shard: r.shard, epoch: r.epoch + 1 })),
-          ].sort((a, b) => a.shard - b.shard)
-          return { shardCount: SHARD_COUNT, liveRelays, fairShare, owned }
-        }),
+        }
+        const owned: ShardLease[] = [
+          ...kept.map((r) => ({ shard: r.shard, epoch: r.epoch })),
+          ...taken.map((r) => ({ shard: r.shard, epoch: r.epoch + 1 })),
+        ].sort((a, b) => a.shard - b.shard)
+        return { shardCount: SHARD_COUNT, liveRelays, fairShare, owned }
+      }),
     )
   }
 
@@ -398,16 +401,13 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     checkRelayId(relayId, this.name)
     const { shards, relays } = this.tables
     await this.#run('leaveShards', () =>
-      this.#db
-        .transaction()
-        .setIsolationLevel('read committed')
-        .execute(async (trx) => {
-          // The same lock order as syncShards.
-          await sql`SELECT shard FROM ${sql.raw(shards)} ORDER BY shard FOR UPDATE`.execute(trx)
-          await sql`UPDATE ${sql.raw(shards)} SET owner = NULL, lease_until = NULL
+      this.#shardTransaction(async (trx) => {
+        // The same lock order as syncShards.
+        await sql`SELECT shard FROM ${sql.raw(shards)} ORDER BY shard FOR UPDATE`.execute(trx)
+        await sql`UPDATE ${sql.raw(shards)} SET owner = NULL, lease_until = NULL
             WHERE owner = ${relayId}`.execute(trx)
-          await sql`DELETE FROM ${sql.raw(relays)} WHERE relay_id = ${relayId}`.execute(trx)
-        }),
+        await sql`DELETE FROM ${sql.raw(relays)} WHERE relay_id = ${relayId}`.execute(trx)
+      }),
     )
   }
 
@@ -539,12 +539,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     excludeKeys: readonly string[],
   ): Promise<{ seq: unknown; key: string }[]> {
     const { outbox, columns: c } = this.tables
-    const now = this.#sql.now
-    const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
-    const ready = sql`h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
-        AND h.${sql.raw(c.availableAt)} <= ${now}
-        AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})`
-    const columns = sql`h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}`
+    const { pending, ready, columns } = this.#headBeyond(afterSeq)
     if (this.#mysql) {
       // A loose index scan of (status, shard, key, seq): MIN(seq) per key of the owned shards.
       const index = sql.raw(`FORCE INDEX (\`${this.tables.outboxName}_status_shard_key_seq\`)`)
@@ -586,6 +581,46 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    * until this settle commits, so the new owner reads its marks. Lease expiry alone does not
    * fence: until another relay takes the shard, nobody else has read its rows.
    */
+  /**
+   * A READ COMMITTED transaction for statements that lock shard rows. It must not outlive a relay
+   * that stopped in the middle of it (SIGSTOP, a long pause, a frozen host): its locks would keep
+   * every other relay from taking the shards after their lease. The database ends such a session
+   * once it sits idle inside the transaction for {@link SHARD_TRANSACTION_IDLE_TIMEOUT_MS}
+   * (Postgres `idle_in_transaction_session_timeout`, for this transaction only; MariaDB ≥ 10.3
+   * `idle_transaction_timeout`, set for the transaction and put back; MySQL has neither), which
+   * frees the locks; the paused relay finds its connection gone when it resumes, its writes undone.
+   */
+  #shardTransaction<T>(fn: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
+    return this.#db
+      .transaction()
+      .setIsolationLevel('read committed')
+      .execute(async (trx) => {
+        if (!this.#mysql) {
+          await sql
+            .raw(`SET LOCAL idle_in_transaction_session_timeout = ${SHARD_TRANSACTION_IDLE_TIMEOUT_MS}`)
+            .execute(trx)
+          return fn(trx)
+        }
+        // The executable comment runs on MariaDB ≥ 10.3 only; MySQL sets a user variable alone.
+        const seconds = Math.ceil(SHARD_TRANSACTION_IDLE_TIMEOUT_MS / 1000)
+        await sql
+          .raw(
+            `SET @outboxkit_idle = NULL /*M!100300 , @outboxkit_idle = @@SESSION.idle_transaction_timeout, SESSION idle_transaction_timeout = ${seconds} */`,
+          )
+          .execute(trx)
+        try {
+          return await fn(trx)
+        } finally {
+          // The connection is the application's pool's: leave its session as it was.
+          await sql
+            .raw(
+              'SET @outboxkit_idle = @outboxkit_idle /*M!100300 , SESSION idle_transaction_timeout = @outboxkit_idle */',
+            )
+            .execute(trx)
+        }
+      })
+  }
+
   #withFence<T>(
     operation: string,
     token: ShardToken,
@@ -599,26 +634,23 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     // A deadlock rolled the whole transaction back, nothing of it was written: run it again.
     return this.#run(operation, () =>
       retryOnDeadlock(() =>
-        this.#db
-          .transaction()
-          .setIsolationLevel('read committed')
-          .execute(async (trx) => {
-            const rows = await sql<{ shard: unknown; owner: unknown; epoch: unknown }>`
+        this.#shardTransaction(async (trx) => {
+          const rows = await sql<{ shard: unknown; owner: unknown; epoch: unknown }>`
             SELECT shard, owner, epoch FROM ${sql.raw(shards)}
             WHERE ${inList(
               sql`shard`,
               token.shards.map((s) => s.shard),
             )} ORDER BY shard ${mode}`.execute(trx)
-            const current = new Map(rows.rows.map((r) => [toNumber(r.shard), r]))
-            const fenced = token.shards
-              .filter((s) => {
-                const row = current.get(s.shard)
-                return row !== undefined && row.owner === token.relayId && toNumber(row.epoch) === s.epoch
-              })
-              .map((s) => s.shard)
-            if (fenced.length === 0) return none
-            return write(trx, fenced)
-          }),
+          const current = new Map(rows.rows.map((r) => [toNumber(r.shard), r]))
+          const fenced = token.shards
+            .filter((s) => {
+              const row = current.get(s.shard)
+              return row !== undefined && row.owner === token.relayId && toNumber(row.epoch) === s.epoch
+            })
+            .map((s) => s.shard)
+          if (fenced.length === 0) return none
+          return write(trx, fenced)
+        }),
       ),
     )
   }
@@ -787,18 +819,32 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    * A loose index scan: one index dive per pending key, so a key with a large backlog costs as
    * much as a key with one row.
    */
-  async #headsBeyond(
-    trx: Transaction<DB>,
-    afterSeq: unknown,
-    limit: number,
-  ): Promise<{ seq: unknown; key: string }[]> {
-    const { outbox, columns: c } = this.tables
+  /**
+   * The parts of a look-up of ready heads beyond `afterSeq` (alias `h`): the pending condition,
+   * the readiness condition of a head, and the columns read.
+   */
+  #headBeyond(afterSeq: unknown): {
+    pending: RawBuilder<unknown>
+    ready: RawBuilder<unknown>
+    columns: RawBuilder<unknown>
+  } {
+    const c = this.tables.columns
     const now = this.#sql.now
     const pending = sql`${sql.raw(c.status)} = ${Status.pending}`
     const ready = sql`h.${sql.raw(c.seq)} > ${afterSeq} AND h.${pending}
         AND h.${sql.raw(c.availableAt)} <= ${now}
         AND (h.${sql.raw(c.leaseUntil)} IS NULL OR h.${sql.raw(c.leaseUntil)} <= ${now})`
     const columns = sql`h.${sql.raw(c.seq)} AS seq, h.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))}`
+    return { pending, ready, columns }
+  }
+
+  async #headsBeyond(
+    trx: Transaction<DB>,
+    afterSeq: unknown,
+    limit: number,
+  ): Promise<{ seq: unknown; key: string }[]> {
+    const { outbox, columns: c } = this.tables
+    const { pending, ready, columns } = this.#headBeyond(afterSeq)
     if (this.#mysql) {
       // InnoDB reads MIN(seq) per (status, key) group as a loose index scan of the
       // (status, key, seq) index ("Using index for group-by"): one index dive per key.

@@ -1,0 +1,49 @@
+/**
+ * A relay that stops inside a transaction holding shard locks (SIGSTOP, a frozen host) must not
+ * keep the other relays from the shards: the database ends its idle session and frees the locks.
+ */
+import { beforeAll, describe, expect, test } from 'bun:test'
+import type { KyselyPlugin } from 'kysely'
+import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
+import { assertReachable, mysqlBackend, postgresJsBackend } from '../support/databases.js'
+
+const BACKENDS = [postgresJsBackend, mysqlBackend]
+
+beforeAll(async () => {
+  for (const backend of BACKENDS) await assertReachable(backend)
+})
+
+for (const backend of BACKENDS) {
+  describe(`shard locks on ${backend.name}`, () => {
+    test('a sync frozen after locking the shard table is ended by the database; another relay then takes the shards', async () => {
+      const database = await backend.open()
+      try {
+        const { schema, dialect } = database
+        await ensureOutboxSchema(database.db, { dialect, schema })
+        // Relay A's process freezes right after its sync locked every shard row.
+        let frozen = false
+        const freeze: KyselyPlugin = {
+          transformQuery: (args) => args.node,
+          async transformResult(args) {
+            if (args.result.rows.length === 64 && !frozen) {
+              frozen = true
+              await new Promise(() => {})
+            }
+            return args.result
+          },
+        }
+        const a = createKyselyOutboxStore({ db: (await database.openPeer()).withPlugin(freeze), schema })
+        void a.syncShards('relay-a', { leaseMs: 30_000 }).catch(() => {})
+        while (!frozen) await new Promise((r) => setTimeout(r, 10))
+
+        const b = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+        // Without the idle timeout this waits for A's locks for good (Postgres) or fails with a
+        // lock wait timeout (MariaDB, after 50 s).
+        const state = await b.syncShards('relay-b', { leaseMs: 30_000 })
+        expect(state.owned.length).toBe(64)
+      } finally {
+        await database.close()
+      }
+    }, 40_000)
+  })
+}
