@@ -10,6 +10,7 @@ import { kafkaScript, startWorker, type Worker } from '../support/processes.js'
 import {
   consumeAll,
   events,
+  expectDuplicatesIdentical,
   messageId,
   openRelayWorld,
   orderByKey,
@@ -19,22 +20,6 @@ import {
 } from '../support/relay-world.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
-
-/** Every copy of a message id in the topic is the same record: same key, same value. */
-function expectDuplicatesIdentical(consumed: Awaited<ReturnType<typeof consumeAll>>): number {
-  const first = new Map<string, string>()
-  let duplicates = 0
-  for (const m of consumed) {
-    const fingerprint = `${m.key?.toString()}|${m.value?.toString('base64')}`
-    const seen = first.get(messageId(m))
-    if (seen === undefined) first.set(messageId(m), fingerprint)
-    else {
-      duplicates++
-      expect(fingerprint).toBe(seen)
-    }
-  }
-  return duplicates
-}
 
 for (const backend of BACKENDS) {
   describe(`relay failures on ${backend.name}`, () => {

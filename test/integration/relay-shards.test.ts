@@ -11,6 +11,7 @@ import { startWorker, type Worker } from '../support/processes.js'
 import {
   consumeAll,
   events,
+  expectDuplicatesIdentical,
   messageId,
   openRelayWorld,
   orderByKey,
@@ -21,22 +22,6 @@ import {
 } from '../support/relay-world.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
-
-/** Every copy of a message id in the topic is the same record; returns how many copies are extra. */
-function duplicatesOf(consumed: Awaited<ReturnType<typeof consumeAll>>): number {
-  const first = new Map<string, string>()
-  let duplicates = 0
-  for (const m of consumed) {
-    const fingerprint = `${m.key?.toString()}|${m.value?.toString('base64')}`
-    const seen = first.get(messageId(m))
-    if (seen === undefined) first.set(messageId(m), fingerprint)
-    else {
-      duplicates++
-      expect(fingerprint).toBe(seen)
-    }
-  }
-  return duplicates
-}
 
 /** Shards with an owner, and registered relays, read directly from the database. */
 async function ownership(world: RelayWorld): Promise<{ owned: number; relays: number }> {
@@ -54,7 +39,7 @@ async function ownership(world: RelayWorld): Promise<{ owned: number; relays: nu
 async function expectEachOnceInOrder(world: RelayWorld, ids: readonly string[]): Promise<number> {
   const consumed = await consumeAll(world.brokers, world.topic)
   expect(new Set(consumed.map(messageId))).toEqual(new Set(ids))
-  const duplicates = duplicatesOf(consumed)
+  const duplicates = expectDuplicatesIdentical(consumed)
   expect(consumed.length).toBe(ids.length + duplicates)
   expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
   return duplicates

@@ -1,3 +1,4 @@
+import { expect } from 'bun:test'
 /**
  * A database (one of the backends), an outbox table in its own schema, and a fresh topic: the
  * setting of every relay test.
@@ -194,4 +195,23 @@ export function stalled<T extends object>(
     },
   })
   return { view, entered, release }
+}
+
+/**
+ * Checks that every copy of a message id in `consumed` is the same record (same key, same value);
+ * returns how many copies are extra.
+ */
+export function expectDuplicatesIdentical(consumed: readonly ConsumedMessage[]): number {
+  const first = new Map<string, string>()
+  let duplicates = 0
+  for (const m of consumed) {
+    const fingerprint = `${m.key?.toString()}|${m.value?.toString('base64')}`
+    const seen = first.get(messageId(m))
+    if (seen === undefined) first.set(messageId(m), fingerprint)
+    else {
+      duplicates++
+      expect(fingerprint).toBe(seen)
+    }
+  }
+  return duplicates
 }
