@@ -47,3 +47,38 @@ for (const backend of BACKENDS) {
     }, 40_000)
   })
 }
+
+test('mariadb: a relay frozen at the very end of a sync, when its session settings are put back, holds no lock', async () => {
+  const database = await mysqlBackend.open()
+  try {
+    const { schema, dialect } = database
+    await ensureOutboxSchema(database.db, { dialect, schema })
+    // Freezes on the answer to the statement that puts the session's idle timeout back.
+    const restoring = new Set<unknown>()
+    let frozen = false
+    const freeze: KyselyPlugin = {
+      transformQuery(args) {
+        const text = JSON.stringify(args.node)
+        if (text.includes('idle_transaction_timeout = @outboxkit_idle')) restoring.add(args.queryId)
+        return args.node
+      },
+      async transformResult(args) {
+        if (restoring.has(args.queryId) && !frozen) {
+          frozen = true
+          await new Promise(() => {})
+        }
+        return args.result
+      },
+    }
+    const a = createKyselyOutboxStore({ db: (await database.openPeer()).withPlugin(freeze), schema })
+    void a.syncShards('relay-a', { leaseMs: 30_000 }).catch(() => {})
+    while (!frozen) await new Promise((r) => setTimeout(r, 10))
+    const b = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+    // A's sync committed before it froze: B sees A live and takes its share of what is free.
+    const state = await b.syncShards('relay-b', { leaseMs: 30_000 })
+    expect(state.liveRelays).toBe(2)
+    expect(state.owned.length).toBe(0)
+  } finally {
+    await database.close()
+  }
+}, 40_000)

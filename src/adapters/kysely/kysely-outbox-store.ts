@@ -591,34 +591,36 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    * frees the locks; the paused relay finds its connection gone when it resumes, its writes undone.
    */
   #shardTransaction<T>(fn: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
-    return this.#db
-      .transaction()
-      .setIsolationLevel('read committed')
-      .execute(async (trx) => {
-        if (!this.#mysql) {
-          await sql
-            .raw(`SET LOCAL idle_in_transaction_session_timeout = ${SHARD_TRANSACTION_IDLE_TIMEOUT_MS}`)
-            .execute(trx)
-          return fn(trx)
-        }
-        // The executable comment runs on MariaDB ≥ 10.3 only; MySQL sets a user variable alone.
-        const seconds = Math.ceil(SHARD_TRANSACTION_IDLE_TIMEOUT_MS / 1000)
+    const inTransaction = (db: Kysely<DB>) => db.transaction().setIsolationLevel('read committed')
+    if (!this.#mysql) {
+      return inTransaction(this.#db).execute(async (trx) => {
+        await sql
+          .raw(`SET LOCAL idle_in_transaction_session_timeout = ${SHARD_TRANSACTION_IDLE_TIMEOUT_MS}`)
+          .execute(trx)
+        return fn(trx)
+      })
+    }
+    // MariaDB has no per-transaction setting: on one connection, set it before BEGIN and put it
+    // back after COMMIT, so it covers the whole transaction and the application's pool finds the
+    // session as it was. The executable comment runs on MariaDB ≥ 10.3 only.
+    const seconds = Math.ceil(SHARD_TRANSACTION_IDLE_TIMEOUT_MS / 1000)
+    return this.#db.connection().execute(async (connection) => {
+      await sql
+        .raw(
+          `SET @outboxkit_idle = NULL /*M!100300 , @outboxkit_idle = @@SESSION.idle_transaction_timeout, SESSION idle_transaction_timeout = ${seconds} */`,
+        )
+        .execute(connection)
+      try {
+        return await inTransaction(connection).execute(fn)
+      } finally {
         await sql
           .raw(
-            `SET @outboxkit_idle = NULL /*M!100300 , @outboxkit_idle = @@SESSION.idle_transaction_timeout, SESSION idle_transaction_timeout = ${seconds} */`,
+            'SET @outboxkit_idle = @outboxkit_idle /*M!100300 , SESSION idle_transaction_timeout = @outboxkit_idle */',
           )
-          .execute(trx)
-        try {
-          return await fn(trx)
-        } finally {
-          // The connection is the application's pool's: leave its session as it was.
-          await sql
-            .raw(
-              'SET @outboxkit_idle = @outboxkit_idle /*M!100300 , SESSION idle_transaction_timeout = @outboxkit_idle */',
-            )
-            .execute(trx)
-        }
-      })
+          .execute(connection)
+          .catch(() => {})
+      }
+    })
   }
 
   #withFence<T>(
