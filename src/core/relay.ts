@@ -331,18 +331,25 @@ export class Relay<Tx> {
         consecutiveErrors = 0
         if (claimed === 0) await this.#idle(signal)
       } catch (error) {
-        if (isOutboxKitError(error, ErrorCode.Fenced)) {
-          // Another relay took over this relay's transactional id: keep out of its way.
-          this.#events.emit('error', { error, retryInMs: -1 })
-          this.#stopping?.abort()
-          break
-        }
-        consecutiveErrors++
-        const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
-        this.#events.emit('error', { error, retryInMs })
-        await sleep(retryInMs, signal)
+        if (this.#stopIfFenced(error)) break
+        await this.#backOff(error, ++consecutiveErrors, signal)
       }
     }
+  }
+
+  /** Another relay took over this relay's transactional id: report it and keep out of its way. */
+  #stopIfFenced(error: unknown): boolean {
+    if (!isOutboxKitError(error, ErrorCode.Fenced)) return false
+    this.#events.emit('error', { error, retryInMs: -1 })
+    this.#stopping?.abort()
+    return true
+  }
+
+  /** Reports a loop error and waits before the loop tries again. */
+  async #backOff(error: unknown, consecutiveErrors: number, signal: AbortSignal): Promise<void> {
+    const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
+    this.#events.emit('error', { error, retryInMs })
+    await sleep(retryInMs, signal)
   }
 
   /**
@@ -415,17 +422,10 @@ export class Relay<Tx> {
             })
           inFlight.add(batch)
         } catch (error) {
-          if (isOutboxKitError(error, ErrorCode.Fenced)) {
-            this.#events.emit('error', { error, retryInMs: -1 })
-            this.#stopping?.abort()
-            break
-          }
+          if (this.#stopIfFenced(error)) break
           // Let the batches in flight end before claiming again: their keys are still excluded.
           await Promise.allSettled(inFlight)
-          consecutiveErrors++
-          const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
-          this.#events.emit('error', { error, retryInMs })
-          await sleep(retryInMs, signal)
+          await this.#backOff(error, ++consecutiveErrors, signal)
         }
       }
     } finally {

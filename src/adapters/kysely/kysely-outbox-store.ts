@@ -236,32 +236,10 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   ): Promise<ClaimedRecord[]> {
     const { outbox, columns: c } = this.tables
     const now = this.#sql.now
-    const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
-
-    // 1. The window: the oldest pending rows, whether ready or not. Every pending row with a smaller
-    //    seq is in it too, so the first row of a key here is that key's head (its oldest unsettled
-    //    row). Reading a bounded window keeps a claim's cost independent of the backlog.
-    const pending = await sql<ClaimCandidate>`
-      SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-        ${this.#readyColumn('o')} AS ready
-      FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
-      WHERE o.${sql.raw(c.status)} = ${Status.pending}
-      ORDER BY o.${sql.raw(c.seq)}
-      LIMIT ${window}`.execute(trx)
-    let candidates = pending.rows
-    const heads = readyHeads(candidates)
-    const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
-    if (candidates.length === window && fromWindow < limit) {
-      // 1b. The window is full yet cannot fill the claim: keys that cannot progress (a head
-      //     waiting for its retry or leased) crowd it. Find the ready heads of the keys that
-      //     start beyond it by hopping over keys through the pending (key, seq) index, so the
-      //     cost depends on how many keys are pending, never on how many rows one key holds.
-      const beyond = await this.#headsBeyond(trx, candidates[candidates.length - 1]!.seq, limit - fromWindow)
-      if (beyond.length > 0) {
-        heads.push(...beyond.map((h) => h.seq))
-        candidates = [...candidates, ...(await this.#runsOf(trx, beyond, limit - fromWindow))]
-      }
-    }
+    // 1. The window, and the ready heads beyond it when blocked keys crowd it (see #windowRuns).
+    const { candidates, heads } = await this.#windowRuns(trx, limit, sql``, (afterSeq, n) =>
+      this.#headsBeyond(trx, afterSeq, n),
+    )
     if (heads.length === 0) return []
     // Heads come in seq order and each contributes at least its own row, so heads past the first
     // `limit` could never make it into this claim: do not lock them.
@@ -312,16 +290,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     }
     rows.sort((a, b) => toNumber(a['seq']) - toNumber(b['seq']))
 
-    return rows.map((row) => ({
-      id: String(row['id']),
-      topic: String(row['topic']),
-      key: String(row['key']),
-      type: String(row['type']),
-      payload: toBytes(row['payload']),
-      headers: toHeaders(row['headers']),
-      attempts: toNumber(row['attempts']),
-      createdAt: toDate(row['created_at']),
-    }))
+    return rows.map((row) => claimedRecord(row, toNumber(row['attempts'])))
   }
 
   // ---- Shard ownership --------------------------------------------------------------------
@@ -463,31 +432,12 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       if (oldest.length < limit || fromOldest.size === limit) {
         rows = oldest.filter((row) => fromOldest.has(String(row.seq)))
       } else {
-        const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
-        const pending = await sql<ClaimCandidate>`
-          SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
-            ${this.#readyColumn('o')} AS ready
-          FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
-          WHERE o.${sql.raw(c.status)} = ${Status.pending} AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}
-          ORDER BY o.${sql.raw(c.seq)}
-          LIMIT ${window}`.execute(db)
-        let candidates = pending.rows
-        const heads = readyHeads(candidates)
-        const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
-        if (candidates.length === window && fromWindow < limit) {
-          // As in `claim`: keys that cannot progress crowd the window; hop over the owned shards'
-          // keys through the pending (shard, key, seq) index to find the ready heads beyond it.
-          const beyond = await this.#ownedHeadsBeyond(
-            candidates[candidates.length - 1]!.seq,
-            limit - fromWindow,
-            owned,
-            excludeKeys,
-          )
-          if (beyond.length > 0) {
-            heads.push(...beyond.map((h) => h.seq))
-            candidates = [...candidates, ...(await this.#runsOf(db, beyond, limit - fromWindow))]
-          }
-        }
+        const { candidates, heads } = await this.#windowRuns(
+          db,
+          limit,
+          sql`AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}`,
+          (afterSeq, n) => this.#ownedHeadsBeyond(afterSeq, n, owned, excludeKeys),
+        )
         const chosen = heads.length === 0 ? [] : runs(candidates, new Set(heads.map(String)), limit)
         if (chosen.length === 0) return { token: shardToken(relayId, []), records: [] }
         rows = (
@@ -501,15 +451,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       if (rows.length === 0) return { token: shardToken(relayId, []), records: [] }
       rows.sort((a, b) => toNumber(a['seq']) - toNumber(b['seq']))
       const records: ClaimedRecord[] = rows.map((row) => ({
-        id: String(row['id']),
-        topic: String(row['topic']),
-        key: String(row['key']),
-        type: String(row['type']),
-        payload: toBytes(row['payload']),
-        headers: toHeaders(row['headers']),
         // Nothing is written at claim time: the attempt is counted when it is settled.
-        attempts: toNumber(row['attempts']) + 1,
-        createdAt: toDate(row['created_at']),
+        ...claimedRecord(row, toNumber(row['attempts']) + 1),
         shard: toNumber(row['shard']),
       }))
       const counts = new Map<number, number>()
@@ -805,6 +748,44 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       },
       0,
     )
+  }
+
+  /**
+   * The window: the oldest pending rows (among those `filter` keeps), ready or not. Every pending
+   * row with a smaller seq is in it too, so the first row of a key here is that key's head (its
+   * oldest unsettled row); reading a bounded window keeps the cost independent of the backlog.
+   * When the window is full yet its ready heads cannot fill `limit` (keys that cannot progress, a
+   * head waiting for its retry or leased, crowd it), `beyond` finds the ready heads of the keys
+   * that start after it by hopping over keys through an index, and their runs are added, so the
+   * cost depends on how many keys are pending, never on how many rows one key holds.
+   * Returns the candidates (seq order) and the heads' seqs (seq order).
+   */
+  async #windowRuns(
+    db: Kysely<DB>,
+    limit: number,
+    filter: RawBuilder<unknown>,
+    beyond: (afterSeq: unknown, limit: number) => Promise<{ seq: unknown; key: string }[]>,
+  ): Promise<{ candidates: ClaimCandidate[]; heads: unknown[] }> {
+    const { outbox, columns: c } = this.tables
+    const window = Math.min(Math.max(MIN_CLAIM_WINDOW, limit * CLAIM_WINDOW_FACTOR), MAX_CLAIM_WINDOW)
+    const pending = await sql<ClaimCandidate>`
+      SELECT o.${sql.raw(c.seq)} AS seq, o.${sql.raw(c.key)} AS ${sql.raw(this.#q('key'))},
+        ${this.#readyColumn('o')} AS ready
+      FROM ${sql.raw(outbox)} o ${this.#pendingIndex}
+      WHERE o.${sql.raw(c.status)} = ${Status.pending} ${filter}
+      ORDER BY o.${sql.raw(c.seq)}
+      LIMIT ${window}`.execute(db)
+    let candidates = pending.rows
+    const heads = readyHeads(candidates)
+    const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+    if (candidates.length === window && fromWindow < limit) {
+      const found = await beyond(candidates[candidates.length - 1]!.seq, limit - fromWindow)
+      if (found.length > 0) {
+        heads.push(...found.map((h) => h.seq))
+        candidates = [...candidates, ...(await this.#runsOf(db, found, limit - fromWindow))]
+      }
+    }
+    return { candidates, heads }
   }
 
   /** Whether a row may be claimed now, as a 1/0 column. */
@@ -1164,6 +1145,20 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   /** Runs a database call, turning driver errors into typed, retriable store errors. */
   #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {
     return runStoreOperation(this.name, this.tables.outboxName, operation, fn)
+  }
+}
+
+/** A claimed row, read with the column aliases of the claim statements. */
+function claimedRecord(row: Record<string, unknown>, attempts: number): ClaimedRecord {
+  return {
+    id: String(row['id']),
+    topic: String(row['topic']),
+    key: String(row['key']),
+    type: String(row['type']),
+    payload: toBytes(row['payload']),
+    headers: toHeaders(row['headers']),
+    attempts,
+    createdAt: toDate(row['created_at']),
   }
 }
 
