@@ -146,11 +146,11 @@ export function checkShardList(
   return value as number[]
 }
 
-/** A list of keys: strings. */
-export function checkKeyList(name: string, value: unknown, source?: string): readonly string[] {
+/** A list of record ids: strings. */
+export function checkIdList(name: string, value: unknown, source?: string): readonly string[] {
   if (value === undefined) return []
-  if (!Array.isArray(value) || value.some((k) => typeof k !== 'string')) {
-    throw refuse(name, 'an array of key strings', value, source)
+  if (!Array.isArray(value) || value.some((id) => typeof id !== 'string')) {
+    throw refuse(name, 'an array of record id strings', value, source)
   }
   return value as string[]
 }
@@ -175,24 +175,24 @@ export function checkSyncShardsOptions(
 
 /**
  * Checks the options of one `claimOwned` call and returns them with defaults: `limit` an integer
- * from 1 to `maxLimit`, `excludeKeys` strings (deduplicated), `excludeShards` shard numbers below
+ * from 1 to `maxLimit`, `inFlight` record ids (deduplicated), `excludeShards` shard numbers below
  * `shardCount`.
  */
 export function checkClaimOwnedOptions(
   options: {
     readonly limit: number
-    readonly excludeKeys?: readonly string[]
+    readonly inFlight?: readonly string[]
     readonly excludeShards?: readonly number[]
   },
   shardCount: number,
   maxLimit: number = MAX_CLAIM_LIMIT,
   source?: string,
-): { limit: number; excludeKeys: readonly string[]; excludeShards: ReadonlySet<number> } {
+): { limit: number; inFlight: ReadonlySet<string>; excludeShards: ReadonlySet<number> } {
   if (typeof options !== 'object' || options === null)
     throw refuse('claimOwned options', 'an object', options, source)
   return {
     limit: positiveInteger('limit', options.limit, maxLimit, source),
-    excludeKeys: [...new Set(checkKeyList('excludeKeys', options.excludeKeys, source))],
+    inFlight: new Set(checkIdList('inFlight', options.inFlight, source)),
     excludeShards: new Set(checkShardList('excludeShards', options.excludeShards, shardCount, source)),
   }
 }

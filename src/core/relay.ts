@@ -354,9 +354,11 @@ export class Relay<Tx> {
 
   /**
    * Ownership `'shards'`: a pipeline over the relay's own shards. While one batch is published,
-   * the next is claimed (leaving out the keys in flight, so a key is never in two batches), and a
-   * batch's marks overlap the next batch's publish. Publishes run one at a time, in claim order.
-   * Stopping finishes the batches in flight, then gives the shards up.
+   * the next is claimed behind it (the records in flight left out, their keys going on after
+   * them), and a batch's marks overlap the next batch's publish. Publishes run one at a time, in
+   * claim order, so a key's records reach the transport in order; a batch holds back the records
+   * of any key an earlier batch did not publish (see {@link KeyHolds}). Stopping finishes the
+   * batches in flight, then gives the shards up.
    */
   async #ownedLoop(signal: AbortSignal): Promise<void> {
     const shards = new ShardOwnership({
@@ -367,8 +369,10 @@ export class Relay<Tx> {
       onChange: (change) => this.#events.emit('shardsChanged', change),
     })
     this.#shards = shards
-    const inFlight = new Set<Promise<void>>()
-    const keysInFlight = new Set<string>()
+    const inFlight = new Map<Promise<void>, number>()
+    const idsInFlight = new Set<string>()
+    const holds = new KeyHolds()
+    let claimsStarted = 0
     let publishing: Promise<unknown> = Promise.resolve()
     let batchError: { error: unknown } | undefined
     let started = false
@@ -388,48 +392,78 @@ export class Relay<Tx> {
           await this.#sampleLag()
           // One batch publishing and one claimed behind it is enough to keep the transport busy.
           if (inFlight.size >= 2) {
-            await Promise.race(inFlight)
+            await Promise.race(inFlight.keys())
             continue
           }
+          const claimNumber = ++claimsStarted
+          // Only the batches in flight and this claim can still be held back.
+          holds.prune(Math.min(claimNumber, ...inFlight.values()))
           const claim = await this.#store.claimOwned!(this.#relayId, {
             limit: this.#batchSize,
-            excludeKeys: [...keysInFlight],
+            inFlight: [...idsInFlight],
             excludeShards: shards.draining,
           })
           consecutiveErrors = 0
           if (claim.records.length === 0) {
-            // Keys in flight may have more records once their batch is marked.
-            if (inFlight.size > 0) await Promise.race(inFlight)
+            // Records in flight may be followed by more once they are settled.
+            if (inFlight.size > 0) await Promise.race(inFlight.keys())
             else await this.#idle(signal)
             continue
           }
           this.#emitClaimed(claim)
           const records = claim.records
-          for (const record of records) keysInFlight.add(record.key)
+          for (const record of records) idsInFlight.add(record.id)
           shards.claimed(records)
           const settler = directSettler(this.#store, claim.token)
-          const published = publishing.then(() => this.#publish(settler, records))
+          // The keys of this batch that did not go out: later batches hold them back.
+          let heldKeys: ReadonlySet<string> = new Set()
+          const published = publishing.then(async () => {
+            const sendable: ClaimedRecord[] = []
+            const held = new Set<string>()
+            for (const record of records) {
+              if (holds.holds(record.key, claimNumber)) held.add(record.key)
+              else sendable.push(record)
+            }
+            try {
+              const result =
+                sendable.length === 0
+                  ? { outcomes: [], durationMs: 0 }
+                  : await this.#publish(settler, sendable)
+              result.outcomes.forEach((outcome, i) => {
+                if (outcome.status !== 'published') held.add(sendable[i]!.key)
+              })
+              return { sendable, result }
+            } catch (error) {
+              for (const record of sendable) held.add(record.key)
+              throw error
+            } finally {
+              heldKeys = held
+              holds.hold(held)
+            }
+          })
           publishing = published.catch(() => {})
           const batch = published
-            .then((result) => this.#settleOutcomes(settler, records, result))
+            .then(({ sendable, result }) => this.#settleOutcomes(settler, sendable, result))
             .catch((error: unknown) => {
               batchError ??= { error }
             })
             .finally(() => {
-              for (const record of records) keysInFlight.delete(record.key)
+              for (const record of records) idsInFlight.delete(record.id)
+              // Claims started from now on read the store after this batch's marks.
+              holds.release(heldKeys, claimsStarted)
               shards.settled(records)
               inFlight.delete(batch)
             })
-          inFlight.add(batch)
+          inFlight.set(batch, claimNumber)
         } catch (error) {
           if (this.#stopIfFenced(error)) break
-          // Let the batches in flight end before claiming again: their keys are still excluded.
-          await Promise.allSettled(inFlight)
+          // Let the batches in flight end before claiming again.
+          await Promise.allSettled(inFlight.keys())
           await this.#backOff(error, ++consecutiveErrors, signal)
         }
       }
     } finally {
-      await Promise.allSettled(inFlight)
+      await Promise.allSettled(inFlight.keys())
       // A batch that failed while stopping is not retried by this relay.
       if (batchError) this.#events.emit('error', { error: batchError.error, retryInMs: -1 })
       this.#shards = undefined
@@ -658,5 +692,50 @@ class LeaseKeeper<Tx> implements ClaimSettler<Tx> {
       .finally(() => {
         this.#renewing = false
       })
+  }
+}
+
+/**
+ * Keys the pipelined loop must hold back. A claim may return a key's records behind records of
+ * the same key still in flight; they may go out only if every record before them did. When a
+ * batch does not publish some record of a key (the transport failed it, or the batch held it
+ * back itself), the key is held for every batch claimed before that batch's marks are written:
+ * those claims could not see the failure (the failed record was in flight), so their records of
+ * the key would overtake it. Claims started after the marks read the store, which keeps the key
+ * back by itself (a retry time) or hands out its records in order again.
+ */
+class KeyHolds {
+  readonly #keys = new Map<string, { unsettled: number; throughClaim: number }>()
+
+  /** Whether the batch of claim number `claim` must hold back its records of `key`. */
+  holds(key: string, claim: number): boolean {
+    const hold = this.#keys.get(key)
+    return hold !== undefined && (hold.unsettled > 0 || claim <= hold.throughClaim)
+  }
+
+  /** A batch did not publish these keys; its marks are not written yet. */
+  hold(keys: ReadonlySet<string>): void {
+    for (const key of keys) {
+      const hold = this.#keys.get(key)
+      if (hold) hold.unsettled++
+      else this.#keys.set(key, { unsettled: 1, throughClaim: 0 })
+    }
+  }
+
+  /** That batch's marks are written; claims up to number `lastClaim` started before they were. */
+  release(keys: ReadonlySet<string>, lastClaim: number): void {
+    for (const key of keys) {
+      const hold = this.#keys.get(key)
+      if (!hold) continue
+      hold.unsettled--
+      hold.throughClaim = Math.max(hold.throughClaim, lastClaim)
+    }
+  }
+
+  /** Forgets holds that can no longer apply: no batch from claim `oldestClaim` on is affected. */
+  prune(oldestClaim: number): void {
+    for (const [key, hold] of this.#keys) {
+      if (hold.unsettled === 0 && hold.throughClaim < oldestClaim) this.#keys.delete(key)
+    }
   }
 }

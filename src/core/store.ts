@@ -133,8 +133,14 @@ export interface ShardState {
 export interface ClaimOwnedOptions {
   /** The most records to return: an integer from 1 to `MAX_CLAIM_LIMIT` (10 000). */
   readonly limit: number
-  /** Keys this relay has in flight (claimed, not yet settled): none of their records is returned. */
-  readonly excludeKeys?: readonly string[]
+  /**
+   * Ids of records this relay holds from earlier claims and has not settled yet. None of them is
+   * returned. Their keys continue: the store answers as if these records were already settled,
+   * so a key's next records come after its last one in flight (or the key is left out, where the
+   * store cannot tell cheaply). The relay publishes a continuation only after the records before
+   * it were published, and drops it when one of them was not.
+   */
+  readonly inFlight?: readonly string[]
   /** Owned shards to return nothing from (the relay is giving them up). */
   readonly excludeShards?: readonly number[]
 }
@@ -171,8 +177,9 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
    */
   syncShards?(relayId: string, options: SyncShardsOptions): Promise<ShardState>
   /**
-   * Reads ready records of the shards `relayId` owns (lease not expired), writing nothing: for each
-   * key not in `excludeKeys` whose oldest pending record is ready, the run of that key's ready
+   * Reads ready records of the shards `relayId` owns (lease not expired), writing nothing: leaving
+   * the records `inFlight` out as if they were settled, for each key whose oldest pending record is
+   * ready, the run of that key's ready
    * records from it up to the first one that is not (waiting for a retry), oldest first across
    * keys, at most `limit`. A key whose oldest pending record is not ready contributes nothing, and
    * however many records it holds it never hides another key's ready records (the cost stays

@@ -212,15 +212,49 @@ export function shardSuite<Tx>(
       expect(all3.records.map((r) => r.type)).toEqual(['a1', 'a2', 'b1', 'a3'])
     })
 
-    test('excludeKeys and excludeShards leave those keys and shards out', async (_h, store, add) => {
+    test('records in flight are left out and their keys go on right after them', async (h, store, add) => {
+      await add([
+        message('a', 'a1'),
+        message('b', 'b1'),
+        message('a', 'a2'),
+        message('c', 'c1'),
+        message('a', 'a3'),
+      ])
+      await store.syncShards('relay-a', { leaseMs: LONG })
+      const first = await store.claimOwned('relay-a', { limit: 2 })
+      expect(first.records.map((r) => r.type)).toEqual(['a1', 'b1'])
+      const inFlight = first.records.map((r) => r.id)
+      const second = await store.claimOwned('relay-a', { limit: 2, inFlight })
+      expect(second.records.map((r) => r.type)).toEqual(['a2', 'c1'])
+      const third = await store.claimOwned('relay-a', {
+        limit: 10,
+        inFlight: [...inFlight, ...second.records.map((r) => r.id)],
+      })
+      expect(third.records.map((r) => r.type)).toEqual(['a3'])
+      const everything = [...first.records, ...second.records, ...third.records].map((r) => r.id)
+      expect((await store.claimOwned('relay-a', { limit: 10, inFlight: everything })).records).toEqual([])
+      // Later claims settle first: each token settles its own records only.
+      expect(
+        await store.markPublished(
+          third.token,
+          third.records.map((r) => r.id),
+        ),
+      ).toEqual({ settled: 1, lost: [] })
+      expect(
+        await store.markPublished(
+          second.token,
+          second.records.map((r) => r.id),
+        ),
+      ).toEqual({ settled: 2, lost: [] })
+      expect(await store.markPublished(first.token, inFlight)).toEqual({ settled: 2, lost: [] })
+      expect((await h.readRows()).every((r) => r.status === 'published')).toBe(true)
+    })
+
+    test('excludeShards leaves those shards out', async (_h, store, add) => {
       await add([message('a', 'a1'), message('b', 'b1'), message('a', 'a2'), message('c', 'c1')])
       await store.syncShards('relay-a', { leaseMs: LONG })
       const everything = await store.claimOwned('relay-a', { limit: 10 })
       expect(everything.records.map((r) => r.type)).toEqual(['a1', 'b1', 'a2', 'c1'])
-      const noA = await store.claimOwned('relay-a', { limit: 10, excludeKeys: ['a'] })
-      expect(noA.records.map((r) => r.type)).toEqual(['b1', 'c1'])
-      const none = await store.claimOwned('relay-a', { limit: 10, excludeKeys: ['a', 'b', 'c'] })
-      expect(none.records).toEqual([])
       const shardOfB = everything.records.find((r) => r.key === 'b')!.shard!
       const noShardB = await store.claimOwned('relay-a', { limit: 10, excludeShards: [shardOfB] })
       expect(noShardB.records.some((r) => r.shard === shardOfB)).toBe(false)
@@ -238,6 +272,13 @@ export function shardSuite<Tx>(
       await store.markFailed(head.token, [{ id: head.records[0]!.id, error: 'later', retryInMs: 60_000 }])
       const claim = await store.claimOwned('relay-a', { limit: 10 })
       expect(claim.records.map((r) => r.type)).toEqual(['o1', 'o2', 'o3'])
+      // With a record of other-1 in flight: never that record, and other-1 either goes on right
+      // after it or waits, never from an earlier point.
+      const o1 = claim.records[0]!
+      const behind = await store.claimOwned('relay-a', { limit: 10, inFlight: [o1.id] })
+      const types = behind.records.map((r) => r.type)
+      expect(types.includes('o1')).toBe(false)
+      expect([['o2'], ['o2', 'o3']].some((t) => JSON.stringify(t) === JSON.stringify(types))).toBe(true)
     })
 
     test('markFailed delays the key and counts the attempt; markDead and markPublished settle', async (h, store, add) => {

@@ -3,8 +3,10 @@
  * keep the other relays from the shards: the database ends its idle session and frees the locks.
  */
 import { beforeAll, describe, expect, test } from 'bun:test'
-import type { KyselyPlugin } from 'kysely'
+import { type KyselyPlugin, sql } from 'kysely'
 import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
+import { resolveTables } from '../../src/adapters/kysely/schema.js'
+import { Outbox } from '../../src/index.js'
 import { assertReachable, mysqlBackend, postgresJsBackend } from '../support/databases.js'
 
 const BACKENDS = [postgresJsBackend, mysqlBackend]
@@ -41,6 +43,67 @@ for (const backend of BACKENDS) {
         // lock wait timeout (MariaDB, after 50 s).
         const state = await b.syncShards('relay-b', { leaseMs: 30_000 })
         expect(state.owned.length).toBe(64)
+      } finally {
+        await database.close()
+      }
+    }, 40_000)
+
+    test('a mark that waits behind a take of its shard is fenced by the epoch the take commits', async () => {
+      const database = await backend.open()
+      try {
+        const { schema, dialect } = database
+        await ensureOutboxSchema(database.db, { dialect, schema })
+        const a = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+        const outbox = new Outbox({ store: a })
+        await a.transaction((tx) =>
+          outbox.add(
+            tx,
+            Array.from({ length: 40 }, (_, i) => ({ topic: 't', key: `k${i}`, type: 'e', payload: { i } })),
+          ),
+        )
+        await a.syncShards('relay-a', { leaseMs: 30_000 })
+        const claim = await a.claimOwned('relay-a', { limit: 100 })
+        expect(claim.records.length).toBe(40)
+        const taken = claim.records[0]!.shard!
+        const ofTaken = claim.records.filter((r) => r.shard === taken).map((r) => r.id)
+
+        // Relay B is in the middle of taking one of A's shards: it holds the shard row and has
+        // bumped its epoch, not committed yet. A's mark starts meanwhile and must wait for it.
+        const { shards } = resolveTables({ dialect, schema })
+        const peer = await database.openPeer()
+        let commitTake!: () => void
+        const takeMayCommit = new Promise<void>((resolve) => {
+          commitTake = resolve
+        })
+        let takeLocked!: () => void
+        const locked = new Promise<void>((resolve) => {
+          takeLocked = resolve
+        })
+        const take = peer.transaction().execute(async (trx) => {
+          await sql`SELECT shard FROM ${sql.raw(shards)} WHERE shard = ${taken} FOR UPDATE`.execute(trx)
+          await sql`UPDATE ${sql.raw(shards)} SET owner = 'relay-b', epoch = epoch + 1 WHERE shard = ${taken}`.execute(
+            trx,
+          )
+          takeLocked()
+          await takeMayCommit
+        })
+        await locked
+        const mark = a.markPublished(
+          claim.token,
+          claim.records.map((r) => r.id),
+        )
+        // Give the mark time to reach the database and queue behind the take, then commit it.
+        await new Promise((r) => setTimeout(r, 500))
+        commitTake()
+        await take
+        const result = await mark
+        expect([...result.lost].sort()).toEqual([...ofTaken].sort())
+        expect(result.settled).toBe(40 - ofTaken.length)
+        const { outbox: table, columns: c } = resolveTables({ dialect, schema })
+        const pending = await database.query<{ n: unknown }>(
+          `SELECT count(*) AS n FROM ${table} WHERE ${c.status} = 0`,
+        )
+        expect(Number(pending[0]!.n)).toBe(ofTaken.length)
       } finally {
         await database.close()
       }

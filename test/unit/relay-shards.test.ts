@@ -49,6 +49,21 @@ function byKey(delivered: readonly { key: string; type: string }[]): Map<string,
   return keys
 }
 
+/**
+ * Holds the transport's first publish until `release()` is true (a later batch was claimed
+ * behind it), and records every batch the transport is given.
+ */
+function holdFirstPublish(transport: MemoryTransport, release: () => boolean): ClaimedRecord[][] {
+  const batches: ClaimedRecord[][] = []
+  const publish = transport.publish.bind(transport)
+  transport.publish = async (records) => {
+    batches.push([...records])
+    if (batches.length === 1) await until(release)
+    return publish(records)
+  }
+  return batches
+}
+
 describe("Relay with ownership 'shards'", () => {
   test('drains the table in per-key order, then gives its shards up on stop', async () => {
     const w = world()
@@ -67,40 +82,137 @@ describe("Relay with ownership 'shards'", () => {
     expect(relay.ownedShards).toEqual([])
   })
 
-  test('claims the next batch while one is published, never with a key in flight', async () => {
+  test('claims the next batch while one is published: its keys go on after the records in flight', async () => {
     const w = world()
-    // The first batch (6 records, oldest first) holds the first record of keys k0–k5; the second
-    // can only take keys k6–k9.
     await w.addMany(10, 2)
     const transport = new MemoryTransport()
-    let releasePublish!: () => void
-    const gate = new Promise<void>((resolve) => {
-      releasePublish = resolve
-    })
-    const batches: ClaimedRecord[][] = []
-    const publish = transport.publish.bind(transport)
-    let calls = 0
-    transport.publish = async (records) => {
-      batches.push([...records])
-      if (calls++ === 0) await gate
-      return publish(records)
-    }
     const claimed: RelayEvents['claimed'][] = []
+    const batches = holdFirstPublish(transport, () => claimed.length >= 2)
     const relay = w.relay(transport, { batchSize: 6 })
     relay.on('claimed', (e) => claimed.push(e))
     await relay.start()
-    // While the first publish is held, a second batch is claimed.
-    await until(() => claimed.length >= 2)
-    expect(batches.length).toBe(1)
-    releasePublish()
     await until(() => transport.delivered.length === 20)
     await relay.stop()
-    const first = new Set(batches[0]!.map((r) => r.key))
-    const second = batches[1]!.map((r) => r.key)
-    expect(first.size).toBe(6)
-    expect(second.length).toBeGreaterThan(0)
-    expect(second.some((key) => first.has(key))).toBe(false)
+    // The second batch was claimed while the first was held at the transport, and took the next
+    // six records: the rest of k0–k5's first records and the start of their second ones.
+    expect(batches[1]!.map((r) => `${r.key}:${r.type}`)).toEqual([
+      'k6:e0',
+      'k7:e0',
+      'k8:e0',
+      'k9:e0',
+      'k0:e1',
+      'k1:e1',
+    ])
+    const ids = batches.flatMap((b) => b.map((r) => r.id))
+    expect(new Set(ids).size).toBe(20)
     for (const types of byKey(transport.delivered).values()) expect(types).toEqual(['e0', 'e1'])
+  })
+
+  describe('a key the transport did not publish is held back in the batch claimed behind it', () => {
+    const expected = Array.from({ length: 6 }, (_, i) => `e${i}`)
+
+    test('a retriable failure: the key goes on from the failed record, in order', async () => {
+      const w = world()
+      await w.addMany(3, 6)
+      const transport = new MemoryTransport()
+      let failures = 0
+      transport.failWith = (r) =>
+        r.key === 'k1' && r.type === 'e1' && failures++ === 0
+          ? { status: 'failed', error: 'leader moved', retriable: true }
+          : undefined
+      const claimed: RelayEvents['claimed'][] = []
+      const batches = holdFirstPublish(transport, () => claimed.length >= 2)
+      const relay = w.relay(transport, { batchSize: 6 })
+      relay.on('claimed', (e) => claimed.push(e))
+      await relay.start()
+      await until(() => transport.delivered.length === 18)
+      await relay.stop()
+      // The batch claimed behind the failure carried k1's e2 and e3, and did not send them.
+      expect(batches[1]!.filter((r) => r.key === 'k1').map((r) => r.type)).toEqual([])
+      for (const types of byKey(transport.delivered).values()) expect(types).toEqual(expected)
+    })
+
+    test('a claim made while the failure was being marked holds the key too', async () => {
+      // b fails k:e1; c (claimed behind b) holds k back and ends; d is claimed while b's marks are
+      // still being written, so it reads k's records after b's (still in flight) as ready. The
+      // marks land before d publishes: d must hold k back all the same.
+      const w = world()
+      for (let i = 0; i < 20; i++) await w.add('k', `e${i}`)
+      const transport = new MemoryTransport()
+      let failures = 0
+      transport.failWith = (r) =>
+        r.type === 'e1' && failures++ === 0
+          ? { status: 'failed', error: 'leader moved', retriable: true }
+          : undefined
+      const claimed: RelayEvents['claimed'][] = []
+      holdFirstPublish(transport, () => claimed.length >= 2)
+      let claims = 0
+      let marked = false
+      let thirdClaimStarted = false
+      const claimOwned = w.store.claimOwned.bind(w.store)
+      w.store.claimOwned = async (relayId, options) => {
+        const claim = await claimOwned(relayId, options)
+        if (++claims === 3) {
+          thirdClaimStarted = true
+          await until(() => marked)
+          await new Promise((r) => setTimeout(r, 10))
+        }
+        return claim
+      }
+      const markFailed = w.store.markFailed.bind(w.store)
+      w.store.markFailed = async (token, failed) => {
+        await until(() => thirdClaimStarted)
+        const result = await markFailed(token, failed)
+        marked = true
+        return result
+      }
+      const relay = w.relay(transport, { batchSize: 5, backoff: { initialMs: 1, maxMs: 1 } })
+      relay.on('claimed', (e) => claimed.push(e))
+      await relay.start()
+      await until(() => transport.delivered.length === 20)
+      await relay.stop()
+      expect(byKey(transport.delivered).get('k')).toEqual(Array.from({ length: 20 }, (_, i) => `e${i}`))
+    })
+
+    test('a whole publish that throws: every key of that batch waits', async () => {
+      const w = world()
+      await w.addMany(3, 6)
+      const transport = new MemoryTransport()
+      let throws = 0
+      transport.throwWith = () => (throws++ === 0 ? new Error('broker unreachable') : undefined)
+      const claimed: RelayEvents['claimed'][] = []
+      holdFirstPublish(transport, () => claimed.length >= 2)
+      const relay = w.relay(transport, { batchSize: 6 })
+      relay.on('claimed', (e) => claimed.push(e))
+      relay.on('error', () => {})
+      await relay.start()
+      await until(() => transport.delivered.length === 18)
+      await relay.stop()
+      expect(transport.delivered.length).toBe(18)
+      for (const types of byKey(transport.delivered).values()) expect(types).toEqual(expected)
+    })
+
+    test('a dead record: the key goes on from the record after it, in order', async () => {
+      const w = world()
+      await w.addMany(3, 6)
+      const transport = new MemoryTransport()
+      transport.failWith = (r) =>
+        r.key === 'k1' && r.type === 'e1'
+          ? { status: 'failed', error: 'too large', retriable: false }
+          : undefined
+      const claimed: RelayEvents['claimed'][] = []
+      holdFirstPublish(transport, () => claimed.length >= 2)
+      // The first batch holds e0–e2 of each key: k1's e2 is a follower of the dead e1.
+      const relay = w.relay(transport, { batchSize: 9 })
+      relay.on('claimed', (e) => claimed.push(e))
+      await relay.start()
+      await until(() => transport.delivered.length === 17)
+      await relay.stop()
+      const delivered = byKey(transport.delivered)
+      expect(delivered.get('k1')).toEqual(['e0', 'e2', 'e3', 'e4', 'e5'])
+      expect(delivered.get('k0')).toEqual(expected)
+      expect(delivered.get('k2')).toEqual(expected)
+    })
   })
 
   test('three relays split the shards fairly, never own one shard twice, and publish each record once', async () => {

@@ -473,7 +473,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     checkRelayId(relayId, this.name)
     const {
       limit,
-      excludeKeys,
+      inFlight,
       excludeShards: excludedShards,
     } = checkClaimOwnedOptions(options, MEMORY_SHARD_COUNT, undefined, this.name)
     const now = this.db.now()
@@ -486,10 +486,11 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     const records: ClaimedRecord[] = []
     const claim: OwnedClaim = { relayId, epochs: new Map(), ids: new Set() }
     // A key is closed once one of its pending rows is not ready: later rows must wait for it.
-    const closedKeys = new Set(excludeKeys)
+    const closedKeys = new Set<string>()
     for (const row of this.db.rows) {
       if (records.length >= limit) break
-      if (row.status !== 'pending') continue
+      // Records in flight count as settled: their keys go on after them.
+      if (row.status !== 'pending' || inFlight.has(row.record.id)) continue
       const key = row.record.key
       if (closedKeys.has(key)) continue
       const shard = memoryShardOf(key)
