@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7] [--repetitions N] [--no-save]
+ *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -52,9 +52,11 @@ const only = new Set(
     .filter(Boolean),
 )
 const repetitions = arg('repetitions')
+const rssEvents = arg('rss-events')
 const sizes: Sizes = {
   ...(quick ? QUICK : FULL),
   ...(repetitions ? { repetitions: Math.max(1, Number(repetitions)) } : {}),
+  ...(rssEvents ? { rssEvents: Math.max(1, Number(rssEvents)) } : {}),
 }
 const log = (line: string) => process.stderr.write(`${line}\n`)
 const ctx: Context = { quick, sizes, log }

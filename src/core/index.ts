@@ -57,6 +57,7 @@ export {
   type RelayInstrumentation,
   type RelayListener,
   type RelayOptions,
+  type RelayOwnership,
 } from './relay.js'
 export type {
   Claim,
