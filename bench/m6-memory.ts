@@ -66,7 +66,8 @@ export async function runM6(ctx: Context): Promise<MeasurementResult> {
   const rawRuns: ChildResult[] = []
   const relayRuns: Record<RelayOwnership, ChildResult[]> = { rows: [], shards: [] }
   try {
-    const repetitions = ctx.quick ? 1 : 3
+    // Three rounds at most: each fills and drains the whole backlog twice.
+    const repetitions = ctx.quick ? 1 : Math.min(3, ctx.sizes.repetitions)
     for (let round = 1; round <= repetitions; round++) {
       rawRuns.push(await child([...common, '--raw']))
       const line = [`  M6 round ${round}: peak RSS raw ${mb(rawRuns.at(-1)!.peakRss)}`]
