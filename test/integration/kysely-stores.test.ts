@@ -61,8 +61,10 @@ test('mariadb: the pending-keys migration adds the (status, key, seq) index to a
 })
 
 // A take (the sync's FOR UPDATE on the shard rows) waits for a settle in flight on those shards
-// (FOR SHARE), so the new owner's first read sees the previous owner's committed marks.
-for (const backend of [postgresJsBackend, mysqlBackend]) {
+// (FOR SHARE), so the new owner's first read sees the previous owner's committed marks. Postgres
+// locks the fence before the rows; MySQL's settle (one multi-table UPDATE) locks each row first,
+// then its shard: see the MySQL test below for a settle held up before it read its fence.
+for (const backend of [postgresJsBackend]) {
   test(`${backend.name}: a sync taking a shard waits for a settle holding it, then sees its marks`, async () => {
     const database = await backend.open()
     try {
@@ -106,3 +108,37 @@ for (const backend of [postgresJsBackend, mysqlBackend]) {
     }
   }, 30_000)
 }
+
+// MySQL: a settle waiting for a row lock has not read its shard row yet, so a take does not wait
+// for it; once it reads the shard row it finds the new epoch, writes nothing, and the new owner
+// claims the row.
+test('mariadb: a settle held up on a row lock is fenced by a take that commits meanwhile, and the new owner claims the row', async () => {
+  const database = await mysqlBackend.open()
+  try {
+    const { db, schema, dialect } = database
+    await ensureOutboxSchema(db, { dialect, schema })
+    const a = createKyselyOutboxStore({ db, schema })
+    const b = createKyselyOutboxStore({ db: await database.openPeer(), schema })
+    const outbox = new Outbox({ store: a })
+    const [id] = await a.transaction((tx) =>
+      outbox.add(tx, [{ topic: 't', key: 'k', type: 'E', payload: null }]),
+    )
+    await a.syncShards('relay-a', { leaseMs: 300 })
+    const claim = await a.claimOwned('relay-a', { limit: 10 })
+    const shard = claim.records[0]!.shard!
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    let settle: Promise<unknown> | undefined
+    const blocker = await database.openPeer()
+    await blocker.transaction().execute(async (trx) => {
+      await sql.raw(`SELECT id FROM \`${schema}\`.\`outbox\` WHERE id = '${id}' FOR UPDATE`).execute(trx)
+      settle = a.markPublished(claim.token, [id!])
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      const state = await b.syncShards('relay-b', { leaseMs: 30_000 })
+      expect(state.owned.map((s) => s.shard)).toContain(shard)
+    })
+    expect(await settle).toEqual({ settled: 0, lost: [id] })
+    expect((await b.claimOwned('relay-b', { limit: 10 })).records.map((r) => r.id)).toEqual([id!])
+  } finally {
+    await database.close()
+  }
+}, 30_000)

@@ -632,38 +632,6 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   }
 
   /**
-   * Applies `assignments` to the pending rows among `ids` in the fenced shards; returns the ids
-   * it updated.
-   */
-  async #updateOwned(
-    trx: Transaction<DB>,
-    ids: readonly string[],
-    fenced: readonly number[],
-    assignments: RawBuilder<unknown>,
-  ): Promise<string[]> {
-    const { outbox, columns: c } = this.tables
-    const candidates = this.#mysql ? ids : ids.filter((id) => UUID.test(id))
-    if (candidates.length === 0) return []
-    const where = sql`${sql.raw(c.id)} IN (${sql.join(candidates)}) AND ${sql.raw(c.status)} = ${Status.pending}
-      AND ${inList(sql.raw(c.shard), fenced)}`
-    if (!this.#mysql) {
-      const updated = await sql<{ id: unknown }>`UPDATE ${sql.raw(outbox)} SET ${assignments}
-        WHERE ${where} RETURNING ${sql.raw(c.id)} AS id`.execute(trx)
-      return updated.rows.map((r) => String(r.id))
-    }
-    const held = await sql<{
-      id: unknown
-    }>`SELECT ${sql.raw(c.id)} AS id FROM ${sql.raw(outbox)} ${this.#byIdIndex}
-      WHERE ${where} FOR UPDATE`.execute(trx)
-    const heldIds = held.rows.map((r) => String(r.id))
-    if (heldIds.length > 0) {
-      await sql`UPDATE ${sql.raw(outbox)} SET ${assignments}
-        WHERE ${sql.raw(c.id)} IN (${sql.join(heldIds)})`.execute(trx)
-    }
-    return heldIds
-  }
-
-  /**
    * A fenced settle of a `shards:` token: one UPDATE per group of ids sharing the same
    * assignments (a failed batch usually shares one error and one delay).
    */
@@ -675,18 +643,54 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     const all = [...new Set(groups.flatMap((g) => g.ids))]
     if (all.length === 0) return { settled: 0, lost: [] }
     if (!this.#mysql) return this.#settleOwnedInOneStatement(operation, token, groups, all)
-    const settled = await this.#withFence(
-      operation,
-      token,
-      'share',
-      async (trx, fenced) => {
-        const done = new Set<string>()
+    return this.#settleOwnedInOneMysqlStatement(operation, token, groups, all)
+  }
+
+  /**
+   * MySQL/MariaDB: each group is one multi-table UPDATE that joins the outbox rows (found by id,
+   * first: STRAIGHT_JOIN) to their shard rows at the token's owner and epoch. InnoDB share-locks
+   * the shard rows such an UPDATE reads, even at READ COMMITTED, and reads them as last
+   * committed: a take (FOR UPDATE) that comes after waits for the settle, so the new owner sees
+   * its marks; one that commits first (the settle was still waiting for a row lock) makes it read
+   * the new epoch and update nothing of that shard, whose rows the new owner then publishes again. As a single statement it cannot
+   * sit idle holding locks (MySQL has no idle-transaction timeout at all), and one round trip
+   * replaces seven. MySQL has no UPDATE … RETURNING: when fewer rows changed than were asked
+   * for, the ids the statement updated are read back from a session variable it appended them
+   * to, on the same connection.
+   */
+  async #settleOwnedInOneMysqlStatement(
+    operation: string,
+    token: ShardToken,
+    groups: readonly { ids: readonly string[]; assignments: RawBuilder<unknown> }[],
+    all: readonly string[],
+  ): Promise<SettleResult> {
+    if (token.shards.length === 0) return { settled: 0, lost: [...all] }
+    const { outbox, shards, columns: c } = this.tables
+    const owned = sql.join(token.shards.map((s) => sql`(${s.shard}, ${s.epoch})`))
+    const settled = new Set<string>()
+    await this.#run(operation, () =>
+      this.#db.connection().execute(async (connection) => {
         for (const group of groups) {
-          for (const id of await this.#updateOwned(trx, group.ids, fenced, group.assignments)) done.add(id)
+          const ids = [...new Set(group.ids)]
+          if (ids.length === 0) continue
+          const result = await retryOnDeadlock(() =>
+            sql`UPDATE ${sql.raw(outbox)} o ${this.#byIdIndex}
+              STRAIGHT_JOIN ${sql.raw(shards)} s ON s.shard = o.${sql.raw(c.shard)}
+              CROSS JOIN (SELECT @outboxkit_settled := NULL) AS reset
+              SET ${group.assignments},
+                o.${sql.raw(c.id)} = IF((@outboxkit_settled := CONCAT_WS(',', @outboxkit_settled, o.${sql.raw(c.id)})) IS NULL, o.${sql.raw(c.id)}, o.${sql.raw(c.id)})
+              WHERE o.${sql.raw(c.id)} IN (${sql.join(ids)}) AND o.${sql.raw(c.status)} = ${Status.pending}
+                AND s.owner = ${token.relayId} AND (s.shard, s.epoch) IN (${owned})`.execute(connection),
+          )
+          const changed = Number(result.numAffectedRows ?? 0n)
+          if (changed === ids.length) {
+            for (const id of ids) settled.add(id)
+          } else if (changed > 0) {
+            const read = await sql<{ ids: unknown }>`SELECT @outboxkit_settled AS ids`.execute(connection)
+            for (const id of String(read.rows[0]?.ids ?? '').split(',')) if (id !== '') settled.add(id)
+          }
         }
-        return done
-      },
-      new Set<string>(),
+      }),
     )
     return { settled: settled.size, lost: all.filter((id) => !settled.has(id)) }
   }
@@ -738,14 +742,31 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     return { settled: settled.size, lost: all.filter((id) => !settled.has(id)) }
   }
 
-  #publishedAssignments(): RawBuilder<unknown> {
+  /**
+   * How settles of a `shards:` token name the outbox's columns: MySQL's multi-table UPDATE
+   * qualifies them (`o.`); Postgres's single-table UPDATE must not (SET takes bare names).
+   */
+  get #ownedAlias(): string | undefined {
+    return this.#mysql ? 'o' : undefined
+  }
+
+  /** The outbox's column names, qualified by the table alias `on` when given (a multi-table UPDATE). */
+  #columnsOn(on: string | undefined): ResolvedTables['columns'] {
     const c = this.tables.columns
+    if (on === undefined) return c
+    return Object.fromEntries(
+      Object.entries(c).map(([k, v]) => [k, `${on}.${v}`]),
+    ) as ResolvedTables['columns']
+  }
+
+  #publishedAssignments(on?: string): RawBuilder<unknown> {
+    const c = this.#columnsOn(on)
     return sql`${sql.raw(c.status)} = ${Status.published}, ${sql.raw(c.publishedAt)} = ${this.#sql.now},
       ${sql.raw(c.attempts)} = ${sql.raw(c.attempts)} + 1`
   }
 
-  #failedGroups(failures: readonly FailedRecord[]) {
-    const c = this.tables.columns
+  #failedGroups(failures: readonly FailedRecord[], on?: string) {
+    const c = this.#columnsOn(on)
     const byId = new Map(failures.map((f) => [f.id, f]))
     const groups = new Map<string, { ids: string[]; failure: FailedRecord }>()
     for (const f of byId.values()) {
@@ -763,8 +784,8 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     }))
   }
 
-  #deadGroups(records: readonly DeadRecord[]) {
-    const c = this.tables.columns
+  #deadGroups(records: readonly DeadRecord[], on?: string) {
+    const c = this.#columnsOn(on)
     const byError = new Map<string, Set<string>>()
     for (const r of records) {
       const ids = byError.get(r.error) ?? new Set<string>()
@@ -1049,7 +1070,9 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     const c = this.tables.columns
     const owned = parseShardToken(token)
     if (owned)
-      return this.#settleOwned('markPublished', owned, [{ ids, assignments: this.#publishedAssignments() }])
+      return this.#settleOwned('markPublished', owned, [
+        { ids, assignments: this.#publishedAssignments(this.#ownedAlias) },
+      ])
     return this.#settle(
       'markPublished',
       token,
@@ -1061,7 +1084,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   markFailed(token: string, failures: readonly FailedRecord[]): Promise<SettleResult> {
     const c = this.tables.columns
     const owned = parseShardToken(token)
-    if (owned) return this.#settleOwned('markFailed', owned, this.#failedGroups(failures))
+    if (owned) return this.#settleOwned('markFailed', owned, this.#failedGroups(failures, this.#ownedAlias))
     const byId = new Map(failures.map((f) => [f.id, f]))
     return this.#settle(
       'markFailed',
@@ -1079,7 +1102,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   markDead(token: string, records: readonly DeadRecord[]): Promise<SettleResult> {
     const c = this.tables.columns
     const owned = parseShardToken(token)
-    if (owned) return this.#settleOwned('markDead', owned, this.#deadGroups(records))
+    if (owned) return this.#settleOwned('markDead', owned, this.#deadGroups(records, this.#ownedAlias))
     const byId = new Map(records.map((r) => [r.id, r]))
     return this.#settle(
       'markDead',
