@@ -1,7 +1,7 @@
 /**
  * M4 latency: commit → consumer handler, at a fixed moderate rate, with a relay that polls every
- * 100 ms and with one woken by LISTEN/NOTIFY, minus raw kafkajs produce → consume measured in the
- * same run with the same consumer.
+ * 100 ms, with one woken by LISTEN/NOTIFY, and with one woken by LISTEN/NOTIFY in ownership
+ * 'shards', minus raw kafkajs produce → consume measured in the same run with the same consumer.
  *
  * Each event's payload carries the time its transaction was about to commit (`writtenAt`); the
  * writer also records when the commit returned, by message id. The figures start the clock at
@@ -18,7 +18,9 @@ import { PhaseProfile, ProfiledStore, ProfiledTransport } from './lib/relay.js'
 import { median, now, percentile, sleep } from './lib/stats.js'
 
 const POLL_INTERVAL_MS = 100
-type Path = 'raw' | 'polling' | 'notify'
+type Path = 'raw' | 'polling' | 'notify' | 'shards'
+type RelayPath = Exclude<Path, 'raw'>
+const RELAY_PATHS: readonly RelayPath[] = ['polling', 'notify', 'shards']
 
 interface Sample {
   /** When the commit returned (relay paths) or the send started (raw). */
@@ -57,11 +59,13 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
   const { latencyRate, latencySeconds, latencyRepetitions } = ctx.sizes
   const pollingDb = await openDatabase('postgres.js')
   const notifyDb = await openDatabase('postgres.js')
+  const shardsDb = await openDatabase('postgres.js')
   const listenSql = listenConnection()
   const topics: Record<Path, string> = {
     raw: await freshTopic('bench-latency-raw', 3),
     polling: await freshTopic('bench-latency-poll', 3),
     notify: await freshTopic('bench-latency-notify', 3),
+    shards: await freshTopic('bench-latency-shards', 3),
   }
   const samples = new Map<string, Sample>()
   const sample = (id: string): Sample => {
@@ -99,7 +103,7 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
 
   const producer: Producer = await rawProducer(testKafka())
   const batchSizes: number[] = []
-  const relayFor = (database: BenchDatabase, notify: boolean) => {
+  const relayFor = (database: BenchDatabase, notify: boolean, ownership: 'rows' | 'shards' = 'rows') => {
     // The wrappers note when each event's claim and publish happened; they add two clock reads.
     const timeline = new PhaseProfile()
     timeline.onClaimed = (records, startedAt, endedAt) => {
@@ -127,14 +131,17 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
         store,
         transport: new ProfiledTransport(transport, timeline),
         pollIntervalMs: POLL_INTERVAL_MS,
+        ownership,
       }),
       transport,
     }
   }
   const polling = relayFor(pollingDb, false)
   const notifying = relayFor(notifyDb, true)
+  const sharding = relayFor(shardsDb, true, 'shards')
   await polling.relay.start()
   await notifying.relay.start()
+  await sharding.relay.start()
   const writers = {
     polling: {
       db: pollingDb,
@@ -144,6 +151,12 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
       db: notifyDb,
       outbox: new Outbox({
         store: createKyselyOutboxStore({ db: notifyDb.db, schema: notifyDb.schema, notify: true }),
+      }),
+    },
+    shards: {
+      db: shardsDb,
+      outbox: new Outbox({
+        store: createKyselyOutboxStore({ db: shardsDb.db, schema: shardsDb.schema, notify: true }),
       }),
     },
   }
@@ -250,8 +263,8 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
     }
   }
 
-  const paths: Path[] = ['raw', 'polling', 'notify']
-  const results: Record<Path, PathResult[]> = { raw: [], polling: [], notify: [] }
+  const paths: Path[] = ['raw', ...RELAY_PATHS]
+  const results: Record<Path, PathResult[]> = { raw: [], polling: [], notify: [], shards: [] }
   try {
     ctx.log('  warm-up')
     for (const path of paths) await phase(path, Math.min(1, latencySeconds))
@@ -266,35 +279,43 @@ export async function runM4(ctx: Context): Promise<MeasurementResult> {
   } finally {
     await polling.relay.stop()
     await notifying.relay.stop()
+    await sharding.relay.stop()
     await polling.transport.close()
     await notifying.transport.close()
+    await sharding.transport.close()
     await producer.disconnect().catch(() => {})
     await consumer.disconnect().catch(() => {})
     await listenSql.end({ timeout: 1 }).catch(() => {})
     await pollingDb.close()
     await notifyDb.close()
+    await shardsDb.close()
   }
 
   const figures: Figure[] = []
-  for (const path of ['polling', 'notify'] as const) {
+  const labels: Record<RelayPath, string> = {
+    polling: `polling ${POLL_INTERVAL_MS} ms`,
+    notify: 'LISTEN/NOTIFY',
+    shards: "LISTEN/NOTIFY, ownership 'shards'",
+  }
+  for (const path of RELAY_PATHS) {
     for (const p of ['p50', 'p99'] as const) {
       const added = results[path].map((r, i) => r[p] - results.raw[i]![p])
       figures.push({
         id: `M4.${path}.${p}`,
         group: 'M4 commit → handler latency',
-        label: `${path === 'notify' ? 'LISTEN/NOTIFY' : `polling ${POLL_INTERVAL_MS} ms`}, ${p} added over raw`,
+        label: `${labels[path]}, ${p} added over raw`,
         unit: 'ms',
         ...ofRounds(added),
         measured: ms(median(results[path].map((r) => r[p]))),
         baseline: `${ms(median(results.raw.map((r) => r[p])))} raw`,
-        ...(path === 'notify' ? { target: { op: '<=', value: p === 'p50' ? 3 : 20 } } : {}),
+        ...(path !== 'polling' ? { target: { op: '<=', value: p === 'p50' ? 3 : 20 } } : {}),
       })
     }
   }
   const details = [
     'Where the time of a relayed event goes (medians over all events of the rounds):',
     '',
-    ...(['polling', 'notify'] as const).map((path) => {
+    ...RELAY_PATHS.map((path) => {
       const part = (k: keyof Breakdown) => median(results[path].map((r) => r.breakdown?.[k] ?? Number.NaN))
       return `  ${path.padEnd(8)} wait ${ms(part('wait'))}, claim ${ms(part('claim'))}, publish ${ms(part('publish'))}, to the handler ${ms(part('deliver'))}; ${part('batch').toFixed(1)} events per claim`
     }),
