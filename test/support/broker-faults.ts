@@ -23,6 +23,9 @@ export interface BrokerFaults {
   cut(): number
   /** Connections the clients opened so far. */
   readonly opened: number
+  /** Chunks held by a blackhole, and chunks delayed by a slow link, so far. */
+  readonly held: number
+  readonly delayed: number
   close(): Promise<void>
 }
 
@@ -42,6 +45,8 @@ export async function startBrokerFaults(): Promise<BrokerFaults> {
   let mode: BrokerLinkMode = 'pass'
   let slowMs = 0
   let opened = 0
+  let held = 0
+  let delayed = 0
   const links = new Set<Link>()
   const directions = new Set<Direction>()
   /** One proxy port per broker address the clients asked for. */
@@ -55,10 +60,12 @@ export async function startBrokerFaults(): Promise<BrokerFaults> {
       // Blackholed: hold it and stop reading; the peer waits for an answer that does not come.
       if (mode === 'blackhole' || direction.held.length > 0) {
         direction.held.push(chunk)
+        held++
         from.pause()
         return
       }
       if (mode === 'slow' && slowMs > 0) {
+        delayed++
         from.pause()
         setTimeout(() => {
           if (!to.destroyed) to.write(chunk)
@@ -144,6 +151,12 @@ export async function startBrokerFaults(): Promise<BrokerFaults> {
     },
     get opened() {
       return opened
+    },
+    get held() {
+      return held
+    },
+    get delayed() {
+      return delayed
     },
     async close() {
       mode = 'pass'

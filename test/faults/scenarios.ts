@@ -1,0 +1,525 @@
+/**
+ * Fault scenarios: each sets up real services (Postgres or MariaDB, Kafka), runs the relay or the
+ * consumer runner while it injects one kind of fault for `faultMs`, lets the system heal, and
+ * returns what the invariant checker found. The same code runs briefly in `npm test`
+ * (test/integration/faults.test.ts) and for as long as asked in `npm run soak`.
+ *
+ * Each scenario draws its fault timings from a seeded generator: a failing seed replays the same
+ * sequence of intervals (the services' own timing still varies).
+ */
+import { Kysely, MysqlDialect, PostgresDialect, sql } from 'kysely'
+import { createPool } from 'mysql2'
+import pg from 'pg'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
+import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { createKafkaConsumerRunner, type KafkaConsumerRunner } from '../../src/consumers/index.js'
+import { Relay, type RelayOwnership } from '../../src/index.js'
+import { type BrokerFaults, startBrokerFaults } from '../support/broker-faults.js'
+import { openConsumerWorld } from '../support/consumer-world.js'
+import {
+  type AnyDB,
+  type Backend,
+  MYSQL_URL,
+  mysqlBackend,
+  POSTGRES_URL,
+  pgBackend,
+  postgresJsBackend,
+} from '../support/databases.js'
+import { testKafka, uniqueName } from '../support/kafka.js'
+import { events, openRelayWorld, waitFor } from '../support/relay-world.js'
+import { checkTopic, type TopicCheck } from './checker.js'
+
+export interface ScenarioContext {
+  readonly seed: number
+  /** How long the fault goes on. */
+  readonly faultMs: number
+  log(line: string): void
+}
+
+export interface ScenarioResult {
+  readonly scenario: string
+  readonly seed: number
+  /** Committed events (relay scenarios) or messages (consumer scenarios). */
+  readonly events: number
+  readonly lost: number
+  /** Records in the topic beyond the first of their id (relay scenarios). */
+  readonly topicDuplicates: number
+  /** Copies that differ from the first of their id. */
+  readonly alteredCopies: number
+  /** Side effects applied more than once (consumer scenarios). */
+  readonly effectDuplicates: number
+  readonly orderViolations: number
+  /** From the end of the fault until everything was published or processed. */
+  readonly recoveryMs: number
+  /** How many faults were injected (connections killed or cut, members replaced), and of what. */
+  readonly injected: string
+  /** Whether the fault demonstrably reached the code under test (it saw errors, its bytes were held). */
+  readonly reached: boolean
+}
+
+export interface Scenario {
+  readonly name: string
+  /** What it proves, for the report. */
+  readonly proves: string
+  run(ctx: ScenarioContext): Promise<ScenarioResult>
+}
+
+/** A small seeded generator (mulberry32). */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const KEYS = 20
+
+function relayResult(
+  scenario: string,
+  seed: number,
+  check: TopicCheck,
+  recoveryMs: number,
+  injected: string,
+  reached: boolean,
+): ScenarioResult {
+  return {
+    reached,
+    scenario,
+    seed,
+    events: check.events,
+    lost: check.lost + check.unsettled,
+    topicDuplicates: check.topicDuplicates,
+    alteredCopies: check.alteredCopies + check.unknown,
+    effectDuplicates: 0,
+    orderViolations: check.orderViolations,
+    recoveryMs,
+    injected,
+  }
+}
+
+// ------------------------------------------------------------ the relay's database connections
+
+/** The relay's own pool, and a way to end every connection of it from outside. */
+interface RelayConnections {
+  readonly db: Kysely<AnyDB>
+  /** Ends the relay's connections; returns how many were ended. */
+  kill(admin: Kysely<AnyDB>): Promise<number>
+  close(): Promise<void>
+}
+
+function relayConnections(backend: Backend, schema: string): RelayConnections {
+  if (backend.dialect === 'postgres') {
+    // Tagged by application_name, so the killer ends the relay's connections and no other.
+    const applicationName = `relay_${schema}`.slice(0, 63)
+    const pool = new pg.Pool({ connectionString: POSTGRES_URL, max: 6, application_name: applicationName })
+    // pg reports a lost connection as an 'error' event on the pool and on a checked-out client
+    // too (docs/relay.md, Failures); the failed query carries it as well.
+    pool.on('error', () => {})
+    pool.on('connect', (client) => client.on('error', () => {}))
+    const db = new Kysely<AnyDB>({ dialect: new PostgresDialect({ pool }) })
+    return {
+      db,
+      async kill(admin) {
+        // OFFSET 0 keeps the filter inside: the planner may otherwise call pg_terminate_backend
+        // before it checks application_name, on every backend of the server.
+        const ended = await sql<{ ended: unknown }>`
+          SELECT pg_terminate_backend(pid) AS ended FROM (
+            SELECT pid FROM pg_stat_activity
+            WHERE application_name = ${applicationName} AND pid <> pg_backend_pid() OFFSET 0) AS relay`.execute(
+          admin,
+        )
+        return ended.rows.filter((r) => r.ended === true).length
+      },
+      close: () => db.destroy(),
+    }
+  }
+  // MariaDB: the relay's pool uses the scenario's database as its default, which nothing else does.
+  const db = new Kysely<AnyDB>({
+    dialect: new MysqlDialect({ pool: createPool({ uri: MYSQL_URL, connectionLimit: 6, database: schema }) }),
+  })
+  return {
+    db,
+    async kill(admin) {
+      const ids = await sql<{ id: unknown }>`
+        SELECT id FROM information_schema.processlist WHERE db = ${schema}`.execute(admin)
+      let ended = 0
+      for (const { id } of ids.rows) {
+        // A connection may have ended by itself meanwhile.
+        await sql
+          .raw(`KILL CONNECTION ${Number(id)}`)
+          .execute(admin)
+          .then(
+            () => ended++,
+            () => {},
+          )
+      }
+      return ended
+    },
+    close: () => db.destroy(),
+  }
+}
+
+function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenario {
+  const name = `relay, ${backend.name}, ownership '${ownership}': database connections killed`
+  return {
+    name,
+    proves:
+      'L, O: a claim, mark or shard sync whose connection dies rolls back and is retried; a lost mark only republishes (same id).',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      const connections = relayConnections(backend, world.database.schema)
+      const relay = new Relay({
+        store: createKyselyOutboxStore({ db: connections.db, schema: world.database.schema }),
+        transport: world.transport(),
+        ownership,
+        batchSize: 100,
+        pollIntervalMs: 50,
+        leaseMs: 2_000,
+        backoff: { initialMs: 20, maxMs: 300 },
+      })
+      let relayErrors = 0
+      relay.on('error', () => {
+        relayErrors++
+      })
+      try {
+        await world.write(events(world.topic, 1_500, KEYS * 2, 'backlog'))
+        await relay.start()
+        let killing = true
+        let ended = 0
+        const killer = (async () => {
+          while (killing) {
+            await sleep(20 + random() * 180)
+            if (killing) ended += await connections.kill(world.database.db)
+          }
+        })()
+        const writer = writeWhile(world, () => killing)
+        await sleep(faultMs)
+        killing = false
+        await Promise.all([killer, writer.done])
+        const healed = Date.now()
+        await drained(world, 1_500 + writer.written())
+        const recoveryMs = Date.now() - healed
+        await relay.stop()
+        const injected = `${ended} connections killed, ${relayErrors} relay errors`
+        log(`  ${name}: ${injected}`)
+        return relayResult(
+          name,
+          seed,
+          await checkTopic(world),
+          recoveryMs,
+          injected,
+          ended > 0 && relayErrors > 0,
+        )
+      } finally {
+        await relay.stop().catch(() => {})
+        await connections.close().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
+/** Writes 10 events every 40 ms until `go()` turns false. */
+function writeWhile(
+  world: Awaited<ReturnType<typeof openRelayWorld>>,
+  go: () => boolean,
+): { done: Promise<void>; written(): number } {
+  let written = 0
+  const done = (async () => {
+    while (go()) {
+      await world.write(events(world.topic, 10, KEYS, `live${written}`))
+      written += 10
+      await sleep(40)
+    }
+  })()
+  return { done, written: () => written }
+}
+
+async function drained(world: Awaited<ReturnType<typeof openRelayWorld>>, total: number): Promise<void> {
+  await waitFor('every event published', async () => (await world.counts()).published === total, 90_000)
+}
+
+// ------------------------------------------------------------ the link to the broker
+
+export type LinkFault = 'cut' | 'blackhole' | 'slow'
+
+/** Runs `fault` on the link for `ms`; returns what it did, and whether it touched any traffic. */
+async function onLink(
+  faults: BrokerFaults,
+  fault: LinkFault,
+  ms: number,
+  random: () => number,
+): Promise<{ injected: string; touched: boolean }> {
+  let cuts = 0
+  const held = faults.held
+  const delayed = faults.delayed
+  const until = Date.now() + ms
+  try {
+    if (fault === 'cut') {
+      while (Date.now() < until) {
+        await sleep(100 + random() * 400)
+        cuts += faults.cut()
+      }
+    } else {
+      faults.setMode(fault, 40)
+      await sleep(ms)
+    }
+  } finally {
+    faults.setMode('pass')
+  }
+  if (fault === 'cut') return { injected: `${cuts} connections cut`, touched: cuts > 0 }
+  if (fault === 'blackhole') {
+    const chunks = faults.held - held
+    return { injected: `${chunks} chunks held for ${ms} ms`, touched: chunks > 0 }
+  }
+  const chunks = faults.delayed - delayed
+  return { injected: `${chunks} chunks delayed 40 ms`, touched: chunks > 0 }
+}
+
+function relayBrokerLink(backend: Backend, ownership: RelayOwnership, fault: LinkFault): Scenario {
+  const name = `relay, ${backend.name}, ownership '${ownership}': broker link ${fault}`
+  return {
+    name,
+    proves:
+      fault === 'blackhole'
+        ? 'L, O: a send that times out is released and retried; what the broker got meanwhile is written again (same id).'
+        : 'L, O: reconnects and retries inside a send neither lose nor reorder records.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      const relay = new Relay({
+        store: world.store,
+        // A blackholed send must give up well within the scenario.
+        transport: world.transport({ kafka: faults.kafka(uniqueName('relay')), requestTimeoutMs: 1_500 }),
+        ownership,
+        batchSize: 100,
+        pollIntervalMs: 50,
+        leaseMs: 3_000,
+        backoff: { initialMs: 20, maxMs: 300 },
+      })
+      let relayErrors = 0
+      relay.on('error', () => {
+        relayErrors++
+      })
+      try {
+        await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
+        await relay.start()
+        await waitFor('the relay to start publishing', async () => (await world.counts()).published > 0)
+        let writing = true
+        const writer = writeWhile(world, () => writing)
+        const opened = faults.opened
+        const link = await onLink(faults, fault, faultMs, random)
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await drained(world, 1_000 + writer.written())
+        const recoveryMs = Date.now() - healed
+        await relay.stop()
+        const injected = `${link.injected}, ${faults.opened - opened} connections opened, ${relayErrors} relay errors`
+        log(`  ${name}: ${injected}`)
+        // A blackhole past the request timeout must surface as relay errors.
+        const reached = link.touched && (fault !== 'blackhole' || relayErrors > 0)
+        return relayResult(name, seed, await checkTopic(world), recoveryMs, injected, reached)
+      } finally {
+        faults.setMode('pass')
+        await relay.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
+// ------------------------------------------------------------ consumers
+
+type ConsumerWorld = Awaited<ReturnType<typeof openConsumerWorld>>
+
+/** Writes `count` events and publishes them on a clean link with a relay of its own. */
+async function published(world: ConsumerWorld, count: number): Promise<{ stop(): Promise<void> }> {
+  await world.database.db.transaction().execute((tx: Kysely<AnyDB>) =>
+    world.outbox.add(
+      tx,
+      Array.from({ length: count }, (_, i) => ({
+        topic: world.topic,
+        key: `k${i % 12}`,
+        type: 'E',
+        payload: { i },
+      })),
+    ),
+  )
+  const transport = createKafkaTransport({ kafka: testKafka(world.brokers) })
+  const relay = new Relay({
+    store: createKyselyOutboxStore({ db: world.database.db, schema: world.database.schema }),
+    transport,
+    pollIntervalMs: 50,
+  })
+  await relay.start()
+  return {
+    async stop() {
+      await relay.stop()
+      await transport.close()
+    },
+  }
+}
+
+async function effectResult(
+  world: ConsumerWorld,
+  name: string,
+  seed: number,
+  count: number,
+  recoveryMs: number,
+  injected: string,
+  reached: boolean,
+): Promise<ScenarioResult> {
+  const effects = await world.effects()
+  return {
+    reached,
+    scenario: name,
+    seed,
+    events: count,
+    lost: count - effects.size,
+    topicDuplicates: 0,
+    alteredCopies: 0,
+    effectDuplicates: [...effects.values()].reduce((sum, n) => sum + (n - 1), 0),
+    orderViolations: 0,
+    recoveryMs,
+    injected,
+  }
+}
+
+/** A handler slow enough that faults land while messages are in hand. */
+function slowEffect(world: ConsumerWorld) {
+  return world.consumer({
+    handler: async (message, tx) => {
+      await world.applyEffect(tx, message)
+      await sleep(2)
+    },
+  })
+}
+
+async function allApplied(world: ConsumerWorld, count: number): Promise<void> {
+  await waitFor('every message applied', async () => (await world.effects()).size === count, 120_000)
+  // Let a redelivery, if any, arrive before counting.
+  await sleep(1_000)
+}
+
+function consumerBrokerLink(backend: Backend, fault: LinkFault): Scenario {
+  const name = `consumer, ${backend.name}: broker link ${fault}`
+  return {
+    name,
+    proves:
+      'D: offsets are committed only after the database commit, so a redelivery after a lost link is a skipped duplicate.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const count = 600
+      const source = await published(world, count)
+      const runner = createKafkaConsumerRunner({
+        kafka: faults.kafka(uniqueName('consumer')),
+        groupId: uniqueName('group'),
+        topics: [world.topic],
+        consumer: slowEffect(world),
+        fromBeginning: true,
+        consumerConfig: { maxWaitTimeInMs: 200, sessionTimeout: 10_000, heartbeatInterval: 1_000 },
+      })
+      try {
+        await runner.start()
+        await waitFor('the consumer to start', async () => (await world.effects()).size > 0, 60_000)
+        const link = await onLink(faults, fault, faultMs, random)
+        const healed = Date.now()
+        await allApplied(world, count)
+        const recoveryMs = Date.now() - healed - 1_000
+        log(`  ${name}: ${link.injected}`)
+        return await effectResult(world, name, seed, count, recoveryMs, link.injected, link.touched)
+      } finally {
+        faults.setMode('pass')
+        await runner.stop().catch(() => {})
+        await source.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
+function consumerRebalanceStorm(backend: Backend): Scenario {
+  const name = `consumer, ${backend.name}: rebalance storm`
+  return {
+    name,
+    proves:
+      'D: members joining and leaving every second or two (partitions moving mid-batch) apply each side effect once.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const world = await openConsumerWorld(backend, { partitions: 4 })
+      const count = 1_500
+      const source = await published(world, count)
+      const groupId = uniqueName('group')
+      const consumer = slowEffect(world)
+      const start = async () => {
+        const runner = createKafkaConsumerRunner({
+          kafka: testKafka(world.brokers),
+          groupId,
+          topics: [world.topic],
+          consumer,
+          fromBeginning: true,
+          consumerConfig: { maxWaitTimeInMs: 200, sessionTimeout: 10_000, heartbeatInterval: 500 },
+        })
+        await runner.start()
+        return runner
+      }
+      const members: KafkaConsumerRunner[] = []
+      let changes = 0
+      try {
+        members.push(await start(), await start())
+        await waitFor('the consumers to start', async () => (await world.effects()).size > 0, 60_000)
+        const until = Date.now() + faultMs
+        while (Date.now() < until) {
+          await sleep(1_000 + random() * 1_000)
+          // Stop a random member, or add one (at most three).
+          if (members.length > 1 && (members.length === 3 || random() < 0.5)) {
+            const [leaving] = members.splice(Math.floor(random() * members.length), 1)
+            await leaving!.stop()
+          } else {
+            members.push(await start())
+          }
+          changes++
+        }
+        const healed = Date.now()
+        await allApplied(world, count)
+        const recoveryMs = Date.now() - healed - 1_000
+        const injected = `${changes} membership changes`
+        log(`  ${name}: ${injected}`)
+        return await effectResult(world, name, seed, count, recoveryMs, injected, changes > 0)
+      } finally {
+        for (const member of members) await member.stop().catch(() => {})
+        await source.stop().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
+/** Every scenario, in the order the report lists them. */
+export const SCENARIOS: readonly Scenario[] = [
+  relayDatabaseKills(pgBackend, 'rows'),
+  relayDatabaseKills(pgBackend, 'shards'),
+  relayDatabaseKills(mysqlBackend, 'rows'),
+  relayDatabaseKills(mysqlBackend, 'shards'),
+  relayBrokerLink(postgresJsBackend, 'shards', 'cut'),
+  relayBrokerLink(mysqlBackend, 'rows', 'cut'),
+  relayBrokerLink(postgresJsBackend, 'shards', 'blackhole'),
+  relayBrokerLink(mysqlBackend, 'rows', 'blackhole'),
+  relayBrokerLink(mysqlBackend, 'shards', 'slow'),
+  consumerBrokerLink(postgresJsBackend, 'cut'),
+  consumerBrokerLink(mysqlBackend, 'blackhole'),
+  consumerRebalanceStorm(postgresJsBackend),
+  consumerRebalanceStorm(mysqlBackend),
+]
