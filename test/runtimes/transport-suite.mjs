@@ -6,14 +6,17 @@
  *   node --test --test-reporter=tap test/runtimes/transport-suite.mjs
  *   deno test --no-lock --allow-env --allow-net --allow-read --allow-sys test/runtimes/transport-suite.mjs
  *
- * Needs `npm run build` first, and Kafka.
+ * Needs `npm run build` first, Kafka, and NATS with JetStream.
  */
 import assert from 'node:assert/strict'
 import { describe, test as nodeTest } from 'node:test'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
 import { Kafka, logLevel } from 'kafkajs'
 import { ErrorCode, Headers, OutboxKitError } from 'outboxkit'
 import { createKafkaTransport } from 'outboxkit/kafka'
 import { MemoryTransport } from 'outboxkit/memory'
+import { createNatsTransport, NATS_KEY_HEADER } from 'outboxkit/nats'
 import { transportSuite } from 'outboxkit/testing'
 import { kafkaBrokers, uniqueName } from './scenario.mjs'
 
@@ -178,4 +181,69 @@ transportSuite(
     }
   },
   { oversizePayloadBytes: KAFKA_LIMIT + 1 },
+)
+
+// The NATS JetStream transport, one stream per topic, read back message by message from the stream.
+const NATS_LIMIT = 100_000
+const natsServers = (process.env.NATS_SERVERS ?? '127.0.0.1:4222').split(',')
+
+async function readNats(jsm, stream, ids) {
+  const read = []
+  const waiting = new Set(ids)
+  const deadline = Date.now() + 60_000
+  let seq = 1
+  for (;;) {
+    const { state } = await jsm.streams.info(stream)
+    for (; seq <= state.last_seq; seq++) {
+      const message = await jsm.streams.getMessage(stream, { seq }).catch(() => null)
+      if (!message) continue
+      const headers = {}
+      for (const name of message.header?.keys() ?? []) headers[name] = message.header.get(name)
+      const id = headers[Headers.messageId] ?? ''
+      read.push({
+        id,
+        topic: message.subject,
+        key: headers[NATS_KEY_HEADER] ?? '',
+        payload: message.data,
+        headers,
+      })
+      waiting.delete(id)
+    }
+    if (waiting.size === 0) return read
+    if (Date.now() > deadline) throw new Error(`${waiting.size} records did not reach ${stream}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+transportSuite(
+  api,
+  'nats',
+  async () => {
+    const nc = await connect({ servers: natsServers, timeout: 5_000 })
+    const jsm = await jetstreamManager(nc)
+    const streams = []
+    const transports = []
+    const make = (options) => {
+      const transport = createNatsTransport({ maxRecordBytes: NATS_LIMIT, ...options })
+      transports.push(transport)
+      return transport
+    }
+    return {
+      transport: make({ servers: natsServers }),
+      topic: async () => {
+        const topic = uniqueName('suite').replaceAll('_', '-')
+        await jsm.streams.add({ name: topic, subjects: [topic], duplicate_window: 120_000_000_000 })
+        streams.push(topic)
+        return topic
+      },
+      read: (topic, ids) => readNats(jsm, topic, ids),
+      unreachable: async () => make({ servers: '127.0.0.1:1', connectTimeoutMs: 500 }),
+      close: async () => {
+        for (const transport of transports) await transport.close()
+        for (const stream of streams) await jsm.streams.delete(stream).catch(() => {})
+        await nc.close()
+      },
+    }
+  },
+  { oversizePayloadBytes: NATS_LIMIT + 1 },
 )
