@@ -146,42 +146,46 @@ export class NatsConsumerRunner {
           source: 'nats',
         },
       )
-    const { connection, stream, durable } = this.#options
-    const jsm = await jetstreamManager(connection)
-    const exists = await jsm.consumers.info(stream, durable).then(
-      () => true,
-      () => false,
-    )
-    if (!exists) {
-      await jsm.consumers
-        .add(stream, {
-          durable_name: durable,
-          ack_policy: AckPolicy.Explicit,
-          deliver_policy: DeliverPolicy.All,
-          max_ack_pending: this.#maxAckPending,
-          ack_wait: this.#ackWaitMs * 1_000_000,
-          ...(this.#options.filterSubject ? { filter_subject: this.#options.filterSubject } : {}),
-        })
-        .catch(async (error: unknown) => {
-          // Another runner created it meanwhile.
-          if (
-            !(await jsm.consumers.info(stream, durable).then(
-              () => true,
-              () => false,
-            ))
-          )
-            throw error
-        })
-    }
     const stopping = new AbortController()
     this.#stopping = stopping
-    const js = jetstream(connection)
-    const consumer = await js.consumers.get(stream, durable)
-    this.#messages = await consumer.consume({ max_messages: this.#maxAckPending })
-    this.#loop = this.#run(stopping.signal, this.#messages, async () => {
-      this.#messages = await consumer.consume({ max_messages: this.#maxAckPending })
-      return this.#messages
-    })
+    try {
+      const { connection, stream, durable } = this.#options
+      await this.#ensureConsumer()
+      const consumer = await jetstream(connection).consumers.get(stream, durable)
+      const consume = async () => {
+        this.#messages = await consumer.consume({ max_messages: this.#maxAckPending })
+        return this.#messages
+      }
+      this.#loop = this.#run(stopping.signal, await consume(), consume)
+    } catch (error) {
+      // Not running: a later start() may try again.
+      this.#stopping = undefined
+      throw error
+    }
+  }
+
+  /** Creates the durable consumer unless it exists (another runner may create it meanwhile). */
+  async #ensureConsumer(): Promise<void> {
+    const { connection, stream, durable } = this.#options
+    const jsm = await jetstreamManager(connection)
+    const exists = () =>
+      jsm.consumers.info(stream, durable).then(
+        () => true,
+        () => false,
+      )
+    if (await exists()) return
+    try {
+      await jsm.consumers.add(stream, {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        max_ack_pending: this.#maxAckPending,
+        ack_wait: this.#ackWaitMs * 1_000_000,
+        ...(this.#options.filterSubject ? { filter_subject: this.#options.filterSubject } : {}),
+      })
+    } catch (error) {
+      if (!(await exists())) throw error
+    }
   }
 
   async #run(
