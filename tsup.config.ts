@@ -7,6 +7,7 @@ export const entries = {
   'kafka-consumer': 'src/consumers/index.ts',
   kysely: 'src/adapters/kysely/index.ts',
   memory: 'src/adapters/memory/index.ts',
+  nats: 'src/adapters/nats/index.ts',
   otel: 'src/otel/index.ts',
   testing: 'src/testing/index.ts',
 }
@@ -22,5 +23,14 @@ export default defineConfig({
   target: 'es2022',
   platform: 'neutral',
   // Drivers and peers are never bundled: users install the ones they use.
-  external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', /^@electric-sql\//, /^@opentelemetry\//],
+  external: [
+    /^kysely/,
+    'kafkajs',
+    'pg',
+    'postgres',
+    'mysql2',
+    /^@electric-sql\//,
+    /^@opentelemetry\//,
+    /^@nats-io\//,
+  ],
 })

@@ -2,11 +2,14 @@
  * Fails fast, with a message that says what to do, when a service the integration tests need is
  * not reachable. A missing service is a failure, never a skip.
  */
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect as connectNats } from '@nats-io/transport-node'
 import { Kafka, logLevel } from 'kafkajs'
 import mysql from 'mysql2/promise'
 import postgres from 'postgres'
 import { MYSQL_URL, POSTGRES_URL } from '../test/support/databases.js'
 import { kafkaBrokers } from '../test/support/kafka.js'
+import { natsServers } from '../test/support/nats.js'
 
 async function check(name: string, hint: string, probe: () => Promise<void>): Promise<boolean> {
   try {
@@ -55,6 +58,19 @@ const results = await Promise.all([
         await admin.describeCluster()
       } finally {
         await admin.disconnect()
+      }
+    },
+  ),
+  check(
+    `NATS with JetStream at ${natsServers().join(',')}`,
+    'Start nats-server with JetStream (`nats-server -a 127.0.0.1 -p 4222 -js`; .ci/run starts it) or set NATS_SERVERS.',
+    async () => {
+      const nc = await connectNats({ servers: natsServers(), timeout: 10_000 })
+      try {
+        // Answers only when JetStream is enabled.
+        await (await jetstreamManager(nc)).getAccountInfo()
+      } finally {
+        await nc.close()
       }
     },
   ),

@@ -17,6 +17,13 @@ export type PublishOutcome =
 export interface TransportCapabilities {
   /** Each `publish` call is atomic: all of its records become visible to read_committed readers, or none. */
   readonly transactions: boolean
+  /**
+   * The broker drops a record whose message id it already stored (within its dedupe window, e.g.
+   * JetStream's `Nats-Msg-Id` duplicate window), so a record the relay publishes again after a
+   * crash between the broker's ack and the database mark is stored once. Such a repeat is still
+   * reported `published`. Default false: a repeat is stored again, and consumers drop it by id.
+   */
+  readonly deduplicates?: boolean
 }
 
 /**
@@ -35,9 +42,12 @@ export interface Transport {
    * failed), or they would overtake it.
    *
    * Throws (rather than reporting outcomes) when the outcome of the whole call is unknown or the
-   * broker cannot be reached; the relay then treats every record as not published.
+   * broker cannot be reached: an `OutboxKitError` with code `TRANSPORT_FAILED` (retriable), or
+   * `CLOSED` after {@link close}. The relay then treats every record as not published.
+   *
+   * `transportSuite` from `outboxkit/testing` checks all of this against a real broker.
    */
   publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]>
-  /** Releases the broker connection. */
+  /** Releases the broker connection; later publishes are refused with `CLOSED`. Safe to call twice. */
   close(): Promise<void>
 }

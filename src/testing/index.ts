@@ -7,3 +7,9 @@ export {
 } from './outbox-store-suite.js'
 export { type ShardSuiteOptions, shardSuite } from './shard-suite.js'
 export { captureError, type Matchers, skipTest, sleep, type TestApi, type TestFunction } from './test-api.js'
+export {
+  type TransportHarness,
+  type TransportReadRecord,
+  type TransportSuiteOptions,
+  transportSuite,
+} from './transport-suite.js'

@@ -19,9 +19,13 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BIN = join(ROOT, 'node_modules/.bin')
 const manifest = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'))
 // The peers the subpaths import when loaded, at the versions the repository tests with.
-const PEERS = ['kysely', 'kafkajs', '@opentelemetry/api'].map(
-  (name) => `${name}@${manifest.devDependencies[name]}`,
-)
+const PEERS = [
+  'kysely',
+  'kafkajs',
+  '@opentelemetry/api',
+  '@nats-io/transport-node',
+  '@nats-io/jetstream',
+].map((name) => `${name}@${manifest.devDependencies[name]}`)
 
 /** What each subpath must export (a sample of its public functions and classes). */
 const SUBPATHS = {
@@ -35,11 +39,17 @@ const SUBPATHS = {
   'outboxkit/kafka': ['createKafkaTransport', 'KafkaTransport'],
   'outboxkit/kafka-consumer': ['createKafkaConsumerRunner', 'KafkaConsumerRunner'],
   'outboxkit/memory': ['MemoryDatabase', 'MemoryOutboxStore', 'MemoryTransport'],
+  'outboxkit/nats': [
+    'createNatsTransport',
+    'NatsTransport',
+    'createNatsConsumerRunner',
+    'NatsConsumerRunner',
+  ],
   'outboxkit/otel': ['otelTraceCapture', 'otelRelayInstrumentation', 'otelConsumerInstrumentation'],
-  'outboxkit/testing': ['outboxStoreSuite', 'inboxStoreSuite'],
+  'outboxkit/testing': ['outboxStoreSuite', 'inboxStoreSuite', 'transportSuite'],
 }
 const DRIVERS =
-  /\/node_modules\/(kysely|kysely-postgres-js|kafkajs|pg|postgres|mysql2|@electric-sql|@opentelemetry)\//
+  /\/node_modules\/(kysely|kysely-postgres-js|kafkajs|pg|postgres|mysql2|@electric-sql|@opentelemetry|@nats-io)\//
 
 const checks = new Checks()
 const work = mkdtempSync(join(tmpdir(), 'outboxkit-package-'))

@@ -32,3 +32,24 @@ describe('src/core boundaries', () => {
     for (const match of code.matchAll(/from\s+['"](\.[^'"]+)['"]/g)) expect(match[1]).toEndWith('.js')
   })
 })
+
+// The NATS adapter is written as a third party would write it: only outboxkit's public entry
+// points ('outboxkit' is src/index.ts, 'outboxkit/testing' is src/testing/index.ts), its own files
+// and the NATS client.
+const NATS = join(import.meta.dir, '../../src/adapters/nats')
+const NATS_ALLOWED =
+  /^(\.\.\/\.\.\/index\.js|\.\.\/\.\.\/testing\/index\.js|\.\/[\w-]+\.js|@nats-io\/(transport-node|jetstream))$/
+
+describe('src/adapters/nats boundaries', () => {
+  const files = readdirSync(NATS).filter((f) => f.endsWith('.ts'))
+  test('src/adapters/nats has files to check', () => {
+    expect(files.length).toBeGreaterThan(1)
+  })
+  test.each(files)('%s imports only outboxkit public entry points and the NATS client', (file) => {
+    const code = readFileSync(join(NATS, file), 'utf8')
+    const imports = [...code.matchAll(/(?:from|import)\s+['"]([^'"]+)['"]/g)].map((m) => m[1]!)
+    expect(imports.length).toBeGreaterThan(0)
+    for (const specifier of imports)
+      expect([file, specifier, NATS_ALLOWED.test(specifier)]).toEqual([file, specifier, true])
+  })
+})

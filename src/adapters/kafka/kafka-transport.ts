@@ -244,14 +244,19 @@ export class KafkaTransport implements Transport {
     if (this.#fenced) throw this.#fencedError()
     const outcomes: (PublishOutcome | undefined)[] = new Array(records.length)
     const sendable: SendItem[] = []
-    const failedKeys = new Set<string>()
+    // Each key's first failed record: the key's later records are held back, its earlier ones go.
+    const failedAt = new Map<string, number>()
+    const heldBack = (key: string, index: number) => (failedAt.get(key) ?? Number.POSITIVE_INFINITY) < index
+    const fail = (key: string, index: number) => {
+      if (!heldBack(key, index)) failedAt.set(key, index)
+    }
     records.forEach((record, index) => {
       const message = toMessage(record)
       const size = messageSize(record, message)
-      if (failedKeys.has(record.key)) {
+      if (heldBack(record.key, index)) {
         outcomes[index] = notSent()
       } else if (size > this.#maxRecordBytes) {
-        failedKeys.add(record.key)
+        fail(record.key, index)
         outcomes[index] = {
           status: 'failed',
           error: `MESSAGE_TOO_LARGE: the record is about ${size} bytes; the limit (maxRecordBytes) is ${this.#maxRecordBytes}.`,
@@ -279,10 +284,10 @@ export class KafkaTransport implements Transport {
     let held = 0
     for (const item of sendable) {
       const count = partitions.get(item.record.topic)
-      if (failedKeys.has(item.record.key)) {
+      if (heldBack(item.record.key, item.index)) {
         outcomes[item.index] = notSent()
       } else if (typeof count !== 'number') {
-        failedKeys.add(item.record.key)
+        fail(item.record.key, item.index)
         outcomes[item.index] = {
           status: 'failed',
           error: count?.error ?? 'no metadata for the topic',
@@ -295,7 +300,7 @@ export class KafkaTransport implements Transport {
         else {
           // Unsafe on the main producer, impossible on a fresh one: fail now rather than wait.
           held++
-          failedKeys.add(item.record.key)
+          fail(item.record.key, item.index)
           outcomes[item.index] = {
             status: 'failed',
             error: `LEADER_NOT_AVAILABLE: the last send to ${item.record.topic}:${item.message.partition} has an unknown outcome, and the metadata of ${item.record.topic} does not show a leader for each of its partitions; its records are sent again, on a new producer, once it does.`,
@@ -353,13 +358,13 @@ export class KafkaTransport implements Transport {
         continue
       }
       for (const item of group) {
-        if (failedKeys.has(item.record.key)) {
+        if (heldBack(item.record.key, item.index)) {
           outcomes[item.index] = notSent()
           continue
         }
         const [outcome] = await this.#publish([item.record])
         outcomes[item.index] = outcome
-        if (outcome?.status === 'failed') failedKeys.add(item.record.key)
+        if (outcome?.status === 'failed') fail(item.record.key, item.index)
       }
     }
     return outcomes.map((o) => o ?? notSent())
@@ -697,7 +702,8 @@ export class KafkaTransport implements Transport {
       return admin
     })().catch((error) => {
       this.#admin = undefined
-      throw error
+      // An unreachable cluster is an outage like a failed send: a retriable TRANSPORT_FAILED.
+      throw this.#describe(error)
     })
     return this.#admin
   }
@@ -811,7 +817,7 @@ export class KafkaTransport implements Transport {
     if (error instanceof OutboxKitError) return error
     return new OutboxKitError(
       ErrorCode.TransportFailed,
-      `Publishing to Kafka failed${type ? ` (${type})` : ''}: ${describeError(error)}`,
+      `Publishing to Kafka failed${type ? ` (${type})` : ''}: ${describeError(error)}${type === undefined ? ' Check that the brokers are reachable; the records are published again later.' : ''}`,
       {
         source: 'kafka',
         cause: error,

@@ -11,4 +11,4 @@ export {
   memoryShardOf,
   type OutboxRowStatus,
 } from './memory-store.js'
-export { type DeliveredRecord, MemoryTransport } from './memory-transport.js'
+export { type DeliveredRecord, MemoryTransport, type MemoryTransportOptions } from './memory-transport.js'
