@@ -604,6 +604,24 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     return this.db.recordInbox(tx, consumer, messageId)
   }
 
+  async markProcessedMany(
+    tx: MemoryTransaction,
+    consumer: string,
+    messageIds: readonly string[],
+  ): Promise<boolean[]> {
+    for (const messageId of messageIds) {
+      const problem = messageIdProblem(messageId) ?? messageIdProblem(consumer)
+      if (problem !== undefined) {
+        throw new OutboxKitError(ErrorCode.InvalidMessageId, `The inbox cannot store this pair: ${problem}.`, {
+          source: 'memory',
+        })
+      }
+    }
+    const recorded: boolean[] = []
+    for (const messageId of messageIds) recorded.push(await this.db.recordInbox(tx, consumer, messageId))
+    return recorded
+  }
+
   /** The transaction is still open and holds the pair. */
   async confirmProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
     const key = inboxKey(consumer, messageId)
