@@ -617,9 +617,17 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
         })
       }
     }
-    const recorded: boolean[] = []
-    for (const messageId of messageIds) recorded.push(await this.db.recordInbox(tx, consumer, messageId))
-    return recorded
+    // In sorted order, as the SQL store takes its row locks: two lists never wait on each other in a cycle.
+    const recorded = new Set<string>()
+    for (const messageId of [...new Set(messageIds)].sort()) {
+      if (await this.db.recordInbox(tx, consumer, messageId)) recorded.add(messageId)
+    }
+    const answered = new Set<string>()
+    return messageIds.map((id) => {
+      if (answered.has(id)) return false
+      answered.add(id)
+      return recorded.has(id)
+    })
   }
 
   /** The transaction is still open and holds the pair. */
