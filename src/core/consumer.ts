@@ -63,11 +63,36 @@ export interface ConsumerEvents {
   deadLettered: { readonly message: InboundMessage; readonly reason: string }
 }
 
+/** Options of {@link IdempotentConsumer.processBatch}. */
+export interface ProcessBatchOptions {
+  /** Stops waiting (retries, a database outage): the call rejects with `CLOSED`, retriable. */
+  readonly signal?: AbortSignal
+  /**
+   * Called each time a longer prefix of the batch is durable: the outcomes of `messages[0]` to
+   * `messages[count - 1]` are committed (or dead-lettered), so a runner may resolve their offsets
+   * even if the call later rejects.
+   */
+  readonly onDurable?: (count: number) => void
+}
+
 /** What a broker runner drives: an {@link IdempotentConsumer}, or anything that behaves like one. */
 export interface MessageProcessor {
   process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome>
   deadLetter(message: InboundMessage, reason: string, signal?: AbortSignal): Promise<void>
+  /** Processes many messages of one partition, in order; needed by a runner in batch mode. */
+  processBatch?(messages: readonly InboundMessage[], options?: ProcessBatchOptions): Promise<ProcessOutcome[]>
 }
+
+/** How one transaction over a batch ended. */
+type BatchAttempt =
+  | { readonly kind: 'committed'; readonly fresh: readonly boolean[] }
+  /** The handler of `messages[index]` threw: nothing of the batch committed. */
+  | { readonly kind: 'failed'; readonly index: number }
+  /** It failed in a way no single message explains: each message goes through `process` alone. */
+  | { readonly kind: 'oneByOne' }
+
+/** Thrown inside a batch transaction to roll it back when `confirmProcessed` says it already ended. */
+const UNCONFIRMED = Symbol('unconfirmed')
 
 /**
  * Telemetry around processing. `outboxkit/otel` provides one backed by OpenTelemetry: it runs
@@ -232,6 +257,140 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         attempt++
       }
     }
+  }
+
+  /**
+   * Processes the messages of one partition fetch, in order, in as few transactions as it can:
+   * the inbox records the whole batch in one statement (`markProcessedMany`), then each new
+   * message's handler runs in the same transaction, in order, and duplicates are skipped. The
+   * batch commits once, after its last handler.
+   *
+   * When a handler throws, that transaction rolls back as a whole and the batch is split: the
+   * messages before the failing one are processed again as a batch (their writes were rolled
+   * back, so their effects still apply once), the failing one goes through {@link process} alone
+   * with its retries and dead letter, then the rest of the batch goes on as a batch. A database
+   * outage retries the whole batch without spending attempts. A batch whose transaction the
+   * database ended behind the consumer's back (see `confirmProcessed`), or that failed outside
+   * any handler, is processed one message at a time. Messages with ids no inbox can store are
+   * dead-lettered in their place. `maxAttempts` counts the attempts of a message alone.
+   *
+   * Resolves with one outcome per message, in order, once every outcome is durable;
+   * `options.onDurable` reports durable prefixes on the way. Rejects like {@link process}.
+   */
+  async processBatch(
+    messages: readonly InboundMessage[],
+    options: ProcessBatchOptions = {},
+  ): Promise<ProcessOutcome[]> {
+    const outcomes: ProcessOutcome[] = []
+    const { signal, onDurable } = options
+    let start = 0
+    for (let i = 0; i <= messages.length; i++) {
+      if (i < messages.length && unusableIdReason(messages[i]!) === undefined) continue
+      if (i > start) await this.#batch(messages, start, i, outcomes, signal, onDurable)
+      if (i < messages.length) {
+        outcomes[i] = await this.process(messages[i]!, signal)
+        onDurable?.(i + 1)
+      }
+      start = i + 1
+    }
+    return outcomes
+  }
+
+  /** Processes `messages[from]` to `messages[to - 1]` (all with usable ids) into `outcomes`. */
+  async #batch(
+    messages: readonly InboundMessage[],
+    from: number,
+    to: number,
+    outcomes: ProcessOutcome[],
+    signal: AbortSignal | undefined,
+    onDurable: ((count: number) => void) | undefined,
+  ): Promise<void> {
+    const attempt = await this.#batchTransaction(messages.slice(from, to), signal)
+    if (attempt.kind === 'committed') {
+      attempt.fresh.forEach((fresh, k) => {
+        outcomes[from + k] = fresh ? 'processed' : 'duplicate'
+      })
+      onDurable?.(to)
+      return
+    }
+    if (attempt.kind === 'oneByOne') {
+      for (let i = from; i < to; i++) {
+        outcomes[i] = await this.process(messages[i]!, signal)
+        onDurable?.(i + 1)
+      }
+      return
+    }
+    const failing = from + attempt.index
+    if (failing > from) await this.#batch(messages, from, failing, outcomes, signal, onDurable)
+    outcomes[failing] = await this.process(messages[failing]!, signal)
+    onDurable?.(failing + 1)
+    if (failing + 1 < to) await this.#batch(messages, failing + 1, to, outcomes, signal, onDurable)
+  }
+
+  /** One transaction over `batch`, tried again while the database is unavailable. */
+  async #batchTransaction(
+    batch: readonly InboundMessage[],
+    signal: AbortSignal | undefined,
+  ): Promise<BatchAttempt> {
+    const started = Date.now()
+    for (let outages = 1; ; outages++) {
+      let failedAt: number | undefined
+      try {
+        const fresh = await this.#store.transaction(async (tx) => {
+          const marked = await this.#markMany(tx, batch)
+          let firstNew: number | undefined
+          for (let k = 0; k < batch.length; k++) {
+            if (!marked[k]) continue
+            firstNew ??= k
+            failedAt = k
+            await this.#runHandler(batch[k]!, tx)
+          }
+          failedAt = undefined
+          if (
+            firstNew !== undefined &&
+            !(await this.#store.confirmProcessed(tx, this.name, batch[firstNew]!.id))
+          ) {
+            throw UNCONFIRMED
+          }
+          return marked
+        })
+        const durationMs = Date.now() - started
+        fresh.forEach((isNew, k) => {
+          const message = batch[k]!
+          if (isNew) this.#events.emit('processed', { message, attempts: 1, durationMs })
+          else this.#events.emit('duplicate', { message })
+        })
+        return { kind: 'committed', fresh }
+      } catch (error) {
+        if (error === UNCONFIRMED) return { kind: 'oneByOne' }
+        if (isDatabaseOutage(error)) {
+          const retryInMs = backoffDelay(outages, this.#backoff)
+          this.#events.emit('unavailable', { message: batch[failedAt ?? 0]!, outages, error, retryInMs })
+          await this.#pause(retryInMs, signal)
+          continue
+        }
+        return failedAt === undefined ? { kind: 'oneByOne' } : { kind: 'failed', index: failedAt }
+      }
+    }
+  }
+
+  #markMany(tx: Tx, batch: readonly InboundMessage[]): Promise<boolean[]> {
+    const ids = batch.map((message) => message.id)
+    if (this.#store.markProcessedMany) return this.#store.markProcessedMany(tx, this.name, ids)
+    return (async () => {
+      const marked: boolean[] = []
+      for (const id of ids) marked.push(await this.#store.markProcessed(tx, this.name, id))
+      return marked
+    })()
+  }
+
+  /** The handler inside the batch's transaction, in the message's own span when instrumented. */
+  async #runHandler(message: InboundMessage, tx: Tx): Promise<void> {
+    if (!this.#instrumentation) return this.#handler(message, tx)
+    await this.#instrumentation.traceProcess(message, this.name, async () => {
+      await this.#handler(message, tx)
+      return 'processed'
+    })
   }
 
   async #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {

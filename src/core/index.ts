@@ -8,6 +8,7 @@ export {
   inboundMessage,
   type MessageHandler,
   type MessageProcessor,
+  type ProcessBatchOptions,
   type ProcessOutcome,
 } from './consumer.js'
 export { isDatabaseOutage } from './database-outage.js'

@@ -163,71 +163,90 @@ export function inboxStoreSuite<Tx>(
             await fn(h)
           })
 
-    batchTest('markProcessedMany records a list in order and tells which ids were new; a repeated id counts once', async (h) => {
-      const first = await h.store.transaction((tx) => many(h, tx, 'billing', ['m-2', 'm-1', 'm-3']))
-      expect(first).toEqual([true, true, true])
-      await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-5'))
-      const second = await h.store.transaction((tx) =>
-        many(h, tx, 'billing', ['m-4', 'm-1', 'm-4', 'm-5', 'm-6']),
-      )
-      expect(second).toEqual([true, false, false, false, true])
-      const other = await h.store.transaction((tx) => many(h, tx, 'shipping', ['m-1']))
-      expect(other).toEqual([true])
-      expect(await h.store.transaction((tx) => many(h, tx, 'billing', []))).toEqual([])
-      expect(await h.readRows()).toEqual(
-        ['billing/m-1', 'billing/m-2', 'billing/m-3', 'billing/m-4', 'billing/m-5', 'billing/m-6', 'shipping/m-1'],
-      )
-    })
-
-    batchTest('markProcessedMany: confirmProcessed is true in its transaction, and a rollback records none of the list', async (h) => {
-      const confirmed = await h.store.transaction(async (tx) => {
-        await h.store.markProcessed(tx, 'billing', 'm-0')
-        const marked = await many(h, tx, 'billing', ['m-0', 'm-1', 'm-2'])
-        return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-1')]
-      })
-      expect(confirmed).toEqual([[false, true, true], true])
-      const failure = new Error('handler failed')
-      const error = await captureError(() =>
-        h.store.transaction(async (tx) => {
-          await many(h, tx, 'billing', ['m-3', 'm-4'])
-          throw failure
-        }),
-      )
-      expect(error).toBe(failure)
-      expect(await h.readRows()).toEqual(['billing/m-0', 'billing/m-1', 'billing/m-2'])
-      // A list partly recorded before (a batch redelivered): the new ones are recorded, and confirmed.
-      const again = await h.store.transaction(async (tx) => {
-        const marked = await many(h, tx, 'billing', ['m-2', 'm-3', 'm-1', 'm-4'])
-        return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-3')]
-      })
-      expect(again).toEqual([[false, true, false, true], true])
-      expect(await h.readRows()).toHaveLength(5)
-    })
-
-    batchTest('markProcessedMany refuses a list with an id no inbox can store, and writes none of it', async (h) => {
-      for (const bad of ['x'.repeat(256), 'a\u0000b', '']) {
-        const error = await captureError(() =>
-          h.store.transaction((tx) => many(h, tx, 'billing', ['ok-1', bad, 'ok-2'])),
+    batchTest(
+      'markProcessedMany records a list in order and tells which ids were new; a repeated id counts once',
+      async (h) => {
+        const first = await h.store.transaction((tx) => many(h, tx, 'billing', ['m-2', 'm-1', 'm-3']))
+        expect(first).toEqual([true, true, true])
+        await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-5'))
+        const second = await h.store.transaction((tx) =>
+          many(h, tx, 'billing', ['m-4', 'm-1', 'm-4', 'm-5', 'm-6']),
         )
-        expect([bad.length, isOutboxKitError(error)]).toEqual([bad.length, true])
-      }
-      expect(await h.readRows()).toEqual([])
-    })
+        expect(second).toEqual([true, false, false, false, true])
+        const other = await h.store.transaction((tx) => many(h, tx, 'shipping', ['m-1']))
+        expect(other).toEqual([true])
+        expect(await h.store.transaction((tx) => many(h, tx, 'billing', []))).toEqual([])
+        expect(await h.readRows()).toEqual([
+          'billing/m-1',
+          'billing/m-2',
+          'billing/m-3',
+          'billing/m-4',
+          'billing/m-5',
+          'billing/m-6',
+          'shipping/m-1',
+        ])
+      },
+    )
 
-    batchTest('markProcessedMany: confirmProcessed is false once the database ended the transaction', async (h) => {
-      let confirmed: boolean | undefined
-      await h.store
-        .transaction(async (tx) => {
-          await many(h, tx, 'billing', ['m-1', 'm-2'])
-          await h.endTransaction(tx)
-          confirmed = await h.store.confirmProcessed(tx, 'billing', 'm-1')
+    batchTest(
+      'markProcessedMany: confirmProcessed is true in its transaction, and a rollback records none of the list',
+      async (h) => {
+        const confirmed = await h.store.transaction(async (tx) => {
+          await h.store.markProcessed(tx, 'billing', 'm-0')
+          const marked = await many(h, tx, 'billing', ['m-0', 'm-1', 'm-2'])
+          return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-1')]
         })
-        .catch(() => {})
-      expect(confirmed).toBe(false)
-      expect(await h.readRows()).toEqual([])
-    })
+        expect(confirmed).toEqual([[false, true, true], true])
+        const failure = new Error('handler failed')
+        const error = await captureError(() =>
+          h.store.transaction(async (tx) => {
+            await many(h, tx, 'billing', ['m-3', 'm-4'])
+            throw failure
+          }),
+        )
+        expect(error).toBe(failure)
+        expect(await h.readRows()).toEqual(['billing/m-0', 'billing/m-1', 'billing/m-2'])
+        // A list partly recorded before (a batch redelivered): the new ones are recorded, and confirmed.
+        const again = await h.store.transaction(async (tx) => {
+          const marked = await many(h, tx, 'billing', ['m-2', 'm-3', 'm-1', 'm-4'])
+          return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-3')]
+        })
+        expect(again).toEqual([[false, true, false, true], true])
+        expect(await h.readRows()).toHaveLength(5)
+      },
+    )
 
-    const racingMany = 'markProcessedMany: transactions racing on overlapping lists record each id exactly once'
+    batchTest(
+      'markProcessedMany refuses a list with an id no inbox can store, and writes none of it',
+      async (h) => {
+        for (const bad of ['x'.repeat(256), 'a\u0000b', '']) {
+          const error = await captureError(() =>
+            h.store.transaction((tx) => many(h, tx, 'billing', ['ok-1', bad, 'ok-2'])),
+          )
+          expect([bad.length, isOutboxKitError(error)]).toEqual([bad.length, true])
+        }
+        expect(await h.readRows()).toEqual([])
+      },
+    )
+
+    batchTest(
+      'markProcessedMany: confirmProcessed is false once the database ended the transaction',
+      async (h) => {
+        let confirmed: boolean | undefined
+        await h.store
+          .transaction(async (tx) => {
+            await many(h, tx, 'billing', ['m-1', 'm-2'])
+            await h.endTransaction(tx)
+            confirmed = await h.store.confirmProcessed(tx, 'billing', 'm-1')
+          })
+          .catch(() => {})
+        expect(confirmed).toBe(false)
+        expect(await h.readRows()).toEqual([])
+      },
+    )
+
+    const racingMany =
+      'markProcessedMany: transactions racing on overlapping lists record each id exactly once'
     if (!options.concurrentTransactions || options.markProcessedMany === false) {
       skipTest(api, racingMany, 'this backend runs one transaction at a time')
     } else {

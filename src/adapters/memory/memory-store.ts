@@ -612,9 +612,13 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     for (const messageId of messageIds) {
       const problem = messageIdProblem(messageId) ?? messageIdProblem(consumer)
       if (problem !== undefined) {
-        throw new OutboxKitError(ErrorCode.InvalidMessageId, `The inbox cannot store this pair: ${problem}.`, {
-          source: 'memory',
-        })
+        throw new OutboxKitError(
+          ErrorCode.InvalidMessageId,
+          `The inbox cannot store this pair: ${problem}.`,
+          {
+            source: 'memory',
+          },
+        )
       }
     }
     // In sorted order, as the SQL store takes its row locks: two lists never wait on each other in a cycle.
