@@ -41,6 +41,12 @@ export type ProcessOutcome =
 /** Handles one message inside the transaction that records it as processed. */
 export type MessageHandler<Tx> = (message: InboundMessage, tx: Tx) => Promise<void>
 
+/**
+ * Handles the new messages of a batch, in order, inside the one transaction that records them
+ * as processed: e.g. one multi-row INSERT for all of them. Duplicates are already left out.
+ */
+export type BatchMessageHandler<Tx> = (messages: readonly InboundMessage[], tx: Tx) => Promise<void>
+
 export interface ConsumerEvents {
   processed: { readonly message: InboundMessage; readonly attempts: number; readonly durationMs: number }
   duplicate: { readonly message: InboundMessage }
@@ -88,8 +94,13 @@ type BatchAttempt =
   | { readonly kind: 'committed'; readonly fresh: readonly boolean[] }
   /** The handler of `messages[index]` threw: nothing of the batch committed. */
   | { readonly kind: 'failed'; readonly index: number }
+  /** The batch handler threw, for one message or another: nothing of the batch committed. */
+  | { readonly kind: 'failedBatch' }
   /** It failed in a way no single message explains: each message goes through `process` alone. */
   | { readonly kind: 'oneByOne' }
+
+/** `failedAt` while the batch handler runs: the failure is the batch's, not one message's. */
+const BATCH_HANDLER = -1
 
 /** Thrown inside a batch transaction to roll it back when `confirmProcessed` says it already ended. */
 const UNCONFIRMED = Symbol('unconfirmed')
@@ -105,6 +116,16 @@ export interface ConsumerInstrumentation {
     consumerName: string,
     process: () => Promise<ProcessOutcome>,
   ): Promise<ProcessOutcome>
+  /**
+   * Runs a `batchHandler` call over `messages` (the new messages of one batch, in order), e.g.
+   * in one span linked to the context each message carries. Optional: without it the call runs
+   * in the caller's context.
+   */
+  traceBatch?(
+    messages: readonly InboundMessage[],
+    consumerName: string,
+    process: () => Promise<void>,
+  ): Promise<void>
 }
 
 export interface IdempotentConsumerOptions<Tx> {
@@ -112,7 +133,17 @@ export interface IdempotentConsumerOptions<Tx> {
   store: InboxStore<Tx>
   /** The consumer's name: messages are deduplicated per (name, message id). 1–255 characters. */
   name: string
-  handler: MessageHandler<Tx>
+  /**
+   * Handles one message. Needed unless `batchHandler` is given; in `processBatch` it runs once
+   * per new message, in order, in the batch's transaction.
+   */
+  handler?: MessageHandler<Tx>
+  /**
+   * Handles the new messages of a batch in one call (`processBatch`), e.g. with one multi-row
+   * INSERT. A message processed alone (`process`, or a batch split after a failure) goes to
+   * `handler` when given, else to `batchHandler` as a batch of one.
+   */
+  batchHandler?: BatchMessageHandler<Tx>
   /**
    * Attempts before a failing message goes to the dead letter. Default 5. A database outage
    * (`isDatabaseOutage`) spends none: the message waits for the database instead.
@@ -151,6 +182,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   readonly name: string
   readonly #store: InboxStore<Tx>
   readonly #handler: MessageHandler<Tx>
+  readonly #batchHandler: BatchMessageHandler<Tx> | undefined
   readonly #maxAttempts: number
   readonly #backoff: BackoffOptions
   readonly #deadLetter: { topic: string; transport: Transport } | undefined
@@ -170,12 +202,21 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         'IdempotentConsumer needs a `name` of 1–255 characters without NUL or unpaired surrogates.',
       )
     }
-    if (typeof options.handler !== 'function') {
-      throw new OutboxKitError(ErrorCode.InvalidOptions, 'IdempotentConsumer needs a `handler` function.')
+    const { handler, batchHandler } = options
+    if (
+      (handler !== undefined && typeof handler !== 'function') ||
+      (batchHandler !== undefined && typeof batchHandler !== 'function') ||
+      (handler === undefined && batchHandler === undefined)
+    ) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'IdempotentConsumer needs a `handler` function, a `batchHandler` function, or both.',
+      )
     }
     this.name = options.name
     this.#store = options.store
-    this.#handler = options.handler
+    this.#batchHandler = batchHandler
+    this.#handler = handler ?? ((message, tx) => batchHandler!([message], tx))
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 5)
     this.#backoff = backoffOptions('backoff', options.backoff, DEFAULT_CONSUMER_BACKOFF)
     if (options.deadLetter !== undefined) {
@@ -274,6 +315,10 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
    * any handler, is processed one message at a time. Messages with ids no inbox can store are
    * dead-lettered in their place. `maxAttempts` counts the attempts of a message alone.
    *
+   * With a `batchHandler`, the batch's new messages go to it in one call. When it throws, which
+   * message failed is unknown, so the batch is halved and each half processed as a batch (in
+   * order), until the failing message is alone and goes through {@link process}.
+   *
    * Resolves with one outcome per message, in order, once every outcome is durable;
    * `options.onDurable` reports durable prefixes on the way. Rejects like {@link process}.
    */
@@ -305,12 +350,25 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
     signal: AbortSignal | undefined,
     onDurable: ((count: number) => void) | undefined,
   ): Promise<void> {
+    if (to - from === 1) {
+      // A batch of one is a message alone: the single-message path, with its retries.
+      outcomes[from] = await this.process(messages[from]!, signal)
+      onDurable?.(to)
+      return
+    }
     const attempt = await this.#batchTransaction(messages.slice(from, to), signal)
     if (attempt.kind === 'committed') {
       attempt.fresh.forEach((fresh, k) => {
         outcomes[from + k] = fresh ? 'processed' : 'duplicate'
       })
       onDurable?.(to)
+      return
+    }
+    if (attempt.kind === 'failedBatch') {
+      // Which message failed is unknown: halve the batch until the failing one is alone.
+      const middle = from + Math.ceil((to - from) / 2)
+      await this.#batch(messages, from, middle, outcomes, signal, onDurable)
+      await this.#batch(messages, middle, to, outcomes, signal, onDurable)
       return
     }
     if (attempt.kind === 'oneByOne') {
@@ -334,16 +392,24 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   ): Promise<BatchAttempt> {
     const started = Date.now()
     for (let outages = 1; ; outages++) {
+      /** Which handler call was running: a message's index, or BATCH_HANDLER. */
       let failedAt: number | undefined
       try {
         const fresh = await this.#store.transaction(async (tx) => {
           const marked = await this.#markMany(tx, batch)
-          let firstNew: number | undefined
-          for (let k = 0; k < batch.length; k++) {
-            if (!marked[k]) continue
-            firstNew ??= k
-            failedAt = k
-            await this.#runHandler(batch[k]!, tx)
+          const firstNew = marked.indexOf(true) === -1 ? undefined : marked.indexOf(true)
+          if (this.#batchHandler) {
+            const fresh = batch.filter((_, k) => marked[k])
+            if (fresh.length > 0) {
+              failedAt = BATCH_HANDLER
+              await this.#runBatchHandler(this.#batchHandler, fresh, tx)
+            }
+          } else {
+            for (let k = 0; k < batch.length; k++) {
+              if (!marked[k]) continue
+              failedAt = k
+              await this.#runHandler(batch[k]!, tx)
+            }
           }
           failedAt = undefined
           if (
@@ -365,10 +431,12 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         if (error === UNCONFIRMED) return { kind: 'oneByOne' }
         if (isDatabaseOutage(error)) {
           const retryInMs = backoffDelay(outages, this.#backoff)
-          this.#events.emit('unavailable', { message: batch[failedAt ?? 0]!, outages, error, retryInMs })
+          const waiting = failedAt === undefined || failedAt === BATCH_HANDLER ? 0 : failedAt
+          this.#events.emit('unavailable', { message: batch[waiting]!, outages, error, retryInMs })
           await this.#pause(retryInMs, signal)
           continue
         }
+        if (failedAt === BATCH_HANDLER) return { kind: 'failedBatch' }
         return failedAt === undefined ? { kind: 'oneByOne' } : { kind: 'failed', index: failedAt }
       }
     }
@@ -382,6 +450,17 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
       for (const id of ids) marked.push(await this.#store.markProcessed(tx, this.name, id))
       return marked
     })()
+  }
+
+  /** The batch handler inside the batch's transaction, traced as a batch when instrumented. */
+  async #runBatchHandler(
+    handler: BatchMessageHandler<Tx>,
+    messages: readonly InboundMessage[],
+    tx: Tx,
+  ): Promise<void> {
+    const traceBatch = this.#instrumentation?.traceBatch
+    if (!traceBatch) return handler(messages, tx)
+    await traceBatch.call(this.#instrumentation, messages, this.name, () => handler(messages, tx))
   }
 
   /** The handler inside the batch's transaction, in the message's own span when instrumented. */

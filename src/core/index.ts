@@ -1,5 +1,6 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 export {
+  type BatchMessageHandler,
   type ConsumerEvents,
   type ConsumerInstrumentation,
   IdempotentConsumer,

@@ -211,7 +211,9 @@ for (const backend of BACKENDS) {
       const world = await openConsumerWorld(backend, { partitions: 2 })
       const workers: Worker[] = []
       try {
-        const { victim, restarted } = await killAndRestart(world, 'after-commit', workers, { runner: 'batch' })
+        const { victim, restarted } = await killAndRestart(world, 'after-commit', workers, {
+          runner: 'batch',
+        })
         expect(reported(restarted, 'duplicate')).toContain(victim)
         expect(reported(restarted, 'processed')).not.toContain(victim)
       } finally {

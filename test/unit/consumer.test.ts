@@ -248,12 +248,15 @@ describe('IdempotentConsumer.processBatch', () => {
     expect(await consumer.process(message('m-2'))).toBe('processed')
     current = []
     const onCommit = (ids: string[]) => transactions.push(ids)
-    const outcomes = await consumer.processBatch(['m-1', 'm-2', 'm-3', 'm-1', 'm-4'].map((id) => message(id)), {
-      onDurable: () => {
-        onCommit(current)
-        current = []
+    const outcomes = await consumer.processBatch(
+      ['m-1', 'm-2', 'm-3', 'm-1', 'm-4'].map((id) => message(id)),
+      {
+        onDurable: () => {
+          onCommit(current)
+          current = []
+        },
       },
-    })
+    )
     expect(outcomes).toEqual(['processed', 'duplicate', 'processed', 'duplicate', 'processed'])
     expect(effects).toEqual(['m-2', 'm-1', 'm-3', 'm-4'])
     expect(transactions).toEqual([['m-1', 'm-3', 'm-4']])
@@ -306,5 +309,66 @@ describe('IdempotentConsumer.processBatch', () => {
     const outcomes = await consumer.processBatch(['m-1', 'm-2', 'm-3'].map((id) => message(id)))
     expect(outcomes).toEqual(['processed', 'processed', 'processed'])
     expect(effects).toEqual(['m-1', 'm-2', 'm-3'])
+  })
+})
+
+describe('IdempotentConsumer.processBatch with a batchHandler', () => {
+  function batchSetup(poison: string | undefined) {
+    const db = new MemoryDatabase()
+    const effects: string[] = []
+    const calls: string[][] = []
+    const dlq = new MemoryTransport()
+    const consumer = new IdempotentConsumer<MemoryTransaction>({
+      store: new MemoryInboxStore(db),
+      name: 'inventory',
+      maxAttempts: 2,
+      backoff: { initialMs: 1, maxMs: 2 },
+      deadLetter: { topic: 'orders.dlq', transport: dlq },
+      batchHandler: async (messages, tx) => {
+        calls.push(messages.map((m) => m.id))
+        if (messages.some((m) => m.id === poison)) throw new Error('poison')
+        tx.onCommit.push(() => effects.push(...messages.map((m) => m.id)))
+      },
+    })
+    return { consumer, effects, calls, dlq }
+  }
+
+  test('the new messages of a batch go to one call, in order, duplicates left out; a message alone is a batch of one', async () => {
+    const { consumer, effects, calls } = batchSetup(undefined)
+    expect(await consumer.process(message('m-2'))).toBe('processed')
+    const outcomes = await consumer.processBatch(['m-1', 'm-2', 'm-3', 'm-1'].map((id) => message(id)))
+    expect(outcomes).toEqual(['processed', 'duplicate', 'processed', 'duplicate'])
+    expect(calls).toEqual([['m-2'], ['m-1', 'm-3']])
+    expect(effects).toEqual(['m-2', 'm-1', 'm-3'])
+  })
+
+  test('a batch handler that throws: the batch is halved until the poison message is alone; it is dead-lettered, the others applied once, in order', async () => {
+    const ids = ['m-1', 'm-2', 'm-3', 'm-4', 'm-5', 'm-6']
+    const { consumer, effects, calls, dlq } = batchSetup('m-5')
+    const outcomes = await consumer.processBatch(ids.map((id) => message(id)))
+    expect(outcomes).toEqual(['processed', 'processed', 'processed', 'processed', 'dead', 'processed'])
+    expect(effects).toEqual(['m-1', 'm-2', 'm-3', 'm-4', 'm-6'])
+    expect(calls).toEqual([
+      ['m-1', 'm-2', 'm-3', 'm-4', 'm-5', 'm-6'],
+      ['m-1', 'm-2', 'm-3'],
+      ['m-4', 'm-5', 'm-6'],
+      ['m-4', 'm-5'],
+      ['m-4'],
+      ['m-5'],
+      ['m-5'],
+      ['m-6'],
+    ])
+    expect(dlq.delivered.map((m) => m.id)).toEqual(['m-5'])
+  })
+
+  test('a consumer needs a handler or a batchHandler', () => {
+    const store = new MemoryInboxStore(new MemoryDatabase())
+    let error: unknown
+    try {
+      new IdempotentConsumer<MemoryTransaction>({ store, name: 'inventory' })
+    } catch (caught) {
+      error = caught
+    }
+    expect(isOutboxKitError(error) && error.code).toBe(ErrorCode.InvalidOptions)
   })
 })
