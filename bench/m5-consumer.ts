@@ -62,11 +62,25 @@ async function effect(database: BenchDatabase, tx: BenchKysely, message: Inbound
     .execute()
 }
 
+/** The business write of a whole batch as one multi-row INSERT: what a `batchHandler` can do. */
+async function effects(
+  database: BenchDatabase,
+  tx: BenchKysely,
+  messages: readonly InboundMessage[],
+): Promise<void> {
+  await tx
+    .withSchema(database.schema)
+    .insertInto('effects')
+    .values(messages.map((message) => ({ message_id: message.id, detail: message.type ?? '' })))
+    .execute()
+}
+
 /** The batched handler without the inbox: the same writes, one transaction per batch. */
 function batchedWithoutInbox(
   database: BenchDatabase,
   db: BenchKysely,
   counted: () => void,
+  rows: 'statement per message' | 'one statement',
 ): MessageProcessor {
   return {
     async process() {
@@ -75,7 +89,8 @@ function batchedWithoutInbox(
     async deadLetter() {},
     async processBatch(messages, options) {
       await db.transaction().execute(async (tx) => {
-        for (const message of messages) await effect(database, tx, message)
+        if (rows === 'one statement') await effects(database, tx, messages)
+        else for (const message of messages) await effect(database, tx, message)
       })
       options?.onDurable?.(messages.length)
       for (const _ of messages) counted()
@@ -101,28 +116,38 @@ async function until(
 
 export async function runM5(ctx: Context): Promise<MeasurementResult> {
   const count = ctx.sizes.consumeMessages
+  // Batch runs need more messages than per-message ones to time more than the first fetches.
   const batchCount = count * 10
+  const rowsCount = count * 40
   const databases = { postgres: await openDatabase('postgres.js'), mariadb: await openDatabase('mariadb') }
   const topic = await freshTopic('bench-consume', PARTITIONS)
   const batchTopic = await freshTopic('bench-consume-batch', PARTITIONS)
+  const rowsTopic = await freshTopic('bench-consume-rows', PARTITIONS)
   try {
     const producer = await rawProducer(testKafka())
     await sendRaw(producer, topic, 0, count, 500, count)
     await sendRaw(producer, batchTopic, 0, batchCount, 500, batchCount)
+    await sendRaw(producer, rowsTopic, 0, rowsCount, 500, rowsCount)
     await producer.disconnect()
 
     const viaRunner = async (
       processor: (counted: () => void) => MessageProcessor,
       runnerOptions: Pick<KafkaConsumerRunnerOptions, 'mode'> = {},
+      rows = false,
     ): Promise<number> => {
       let handled = 0
       let last = 0
       const kafka = clock()
       const batch = runnerOptions.mode === 'batch'
+      const [feed, messages] = rows
+        ? [rowsTopic, rowsCount]
+        : batch
+          ? [batchTopic, batchCount]
+          : [topic, count]
       const runner = createKafkaConsumerRunner({
         kafka,
         groupId: uniqueName('bench-consume'),
-        topics: [batch ? batchTopic : topic],
+        topics: [feed],
         consumer: processor(() => {
           handled++
           last = now()
@@ -136,7 +161,7 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
       try {
         return await until(
           kafka,
-          batch ? batchCount : count,
+          messages,
           () => handled,
           () => last,
         )
@@ -145,19 +170,29 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
       }
     }
 
-    const idempotent = (database: BenchDatabase, mode: 'message' | 'batch', db: BenchKysely = database.db) =>
+    const idempotent = (
+      database: BenchDatabase,
+      mode: 'message' | 'batch' | 'batch, one statement',
+      db: BenchKysely = database.db,
+    ) =>
       viaRunner(
         (counted) => {
-          const consumer = new IdempotentConsumer({
+          const consumer = new IdempotentConsumer<BenchKysely>({
             store: createKyselyInboxStore({ db, schema: database.schema }),
             // A fresh name per run: the inbox already holds every id from the runs before.
             name: uniqueName('bench'),
-            handler: (message, tx) => effect(database, tx, message),
+            ...(mode === 'batch, one statement'
+              ? {
+                  batchHandler: (messages: readonly InboundMessage[], tx: BenchKysely) =>
+                    effects(database, tx, messages),
+                }
+              : { handler: (message: InboundMessage, tx: BenchKysely) => effect(database, tx, message) }),
           })
           consumer.on('processed', counted)
           return consumer
         },
-        { mode },
+        { mode: mode === 'message' ? 'message' : 'batch' },
+        mode === 'batch, one statement',
       )
 
     const withoutInbox = (database: BenchDatabase, db: BenchKysely = database.db) =>
@@ -171,7 +206,15 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
       }))
 
     const batchWithoutInbox = (database: BenchDatabase, db: BenchKysely = database.db) =>
-      viaRunner((counted) => batchedWithoutInbox(database, db, counted), { mode: 'batch' })
+      viaRunner((counted) => batchedWithoutInbox(database, db, counted, 'statement per message'), {
+        mode: 'batch',
+      })
+    const batchRowsWithoutInbox = (database: BenchDatabase, db: BenchKysely = database.db) =>
+      viaRunner(
+        (counted) => batchedWithoutInbox(database, db, counted, 'one statement'),
+        { mode: 'batch' },
+        true,
+      )
 
     /** Control: no inbox, but a second plain INSERT in the transaction where the inbox row would go. */
     const secondWrite = (database: BenchDatabase, db: BenchKysely = database.db) =>
@@ -224,13 +267,17 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
         secondWrite: () => secondWrite(pg),
         batchWithoutInbox: () => batchWithoutInbox(pg),
         batchIdempotent: () => idempotent(pg, 'batch'),
+        rowsWithoutInbox: () => batchRowsWithoutInbox(pg),
+        rowsIdempotent: () => idempotent(pg, 'batch, one statement'),
         mariadbIdempotent: () => idempotent(maria, 'message'),
         mariadbBatchWithoutInbox: () => batchWithoutInbox(maria),
         mariadbBatchIdempotent: () => idempotent(maria, 'batch'),
+        mariadbRowsWithoutInbox: () => batchRowsWithoutInbox(maria),
+        mariadbRowsIdempotent: () => idempotent(maria, 'batch, one statement'),
       },
       onRound: (round, v) =>
         ctx.log(
-          `  M5 round ${round}: bare ${v.bare.toFixed(0)}, without inbox ${v.withoutInbox.toFixed(0)}, idempotent ${v.idempotent.toFixed(0)}, control ${v.secondWrite.toFixed(0)}, batch without inbox ${v.batchWithoutInbox.toFixed(0)}, batch idempotent ${v.batchIdempotent.toFixed(0)}; mariadb idempotent ${v.mariadbIdempotent.toFixed(0)}, batch without inbox ${v.mariadbBatchWithoutInbox.toFixed(0)}, batch idempotent ${v.mariadbBatchIdempotent.toFixed(0)} msg/s`,
+          `  M5 round ${round}: bare ${v.bare.toFixed(0)}, without inbox ${v.withoutInbox.toFixed(0)}, idempotent ${v.idempotent.toFixed(0)}, control ${v.secondWrite.toFixed(0)}, batch without inbox ${v.batchWithoutInbox.toFixed(0)}, batch idempotent ${v.batchIdempotent.toFixed(0)}, one-statement batch without inbox ${v.rowsWithoutInbox.toFixed(0)}, idempotent ${v.rowsIdempotent.toFixed(0)}; mariadb idempotent ${v.mariadbIdempotent.toFixed(0)}, batch without inbox ${v.mariadbBatchWithoutInbox.toFixed(0)}, batch idempotent ${v.mariadbBatchIdempotent.toFixed(0)}, one-statement batch without inbox ${v.mariadbRowsWithoutInbox.toFixed(0)}, idempotent ${v.mariadbRowsIdempotent.toFixed(0)} msg/s`,
         ),
     })
     // Where the time goes: one more run of each, on a pool that logs, as ms per statement and,
@@ -242,9 +289,28 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
       ['idempotent', pg, (db: BenchKysely) => idempotent(pg, 'message', db), count],
       ['batch without inbox', pg, (db: BenchKysely) => batchWithoutInbox(pg, db), batchCount],
       ['batch idempotent', pg, (db: BenchKysely) => idempotent(pg, 'batch', db), batchCount],
+      ['batchHandler without inbox', pg, (db: BenchKysely) => batchRowsWithoutInbox(pg, db), rowsCount],
+      [
+        'batchHandler idempotent',
+        pg,
+        (db: BenchKysely) => idempotent(pg, 'batch, one statement', db),
+        rowsCount,
+      ],
       ['mariadb idempotent', maria, (db: BenchKysely) => idempotent(maria, 'message', db), count],
       ['mariadb batch without inbox', maria, (db: BenchKysely) => batchWithoutInbox(maria, db), batchCount],
       ['mariadb batch idempotent', maria, (db: BenchKysely) => idempotent(maria, 'batch', db), batchCount],
+      [
+        'mariadb batchHandler without inbox',
+        maria,
+        (db: BenchKysely) => batchRowsWithoutInbox(maria, db),
+        rowsCount,
+      ],
+      [
+        'mariadb batchHandler idempotent',
+        maria,
+        (db: BenchKysely) => idempotent(maria, 'batch, one statement', db),
+        rowsCount,
+      ],
     ] as const) {
       const times = new StatementTimes()
       const pool = database.pool({ log: times.log })
@@ -329,6 +395,26 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
         result.bare,
       ),
       batchFigure(
+        'M5.batchHandler.speedup',
+        'postgres.js: batchHandler (one INSERT per batch) ÷ per-message mode',
+        result.rowsIdempotent,
+        result.idempotent,
+        { op: '>=', value: 10 },
+      ),
+      batchFigure(
+        'M5.batchHandler.plain',
+        'postgres.js: batchHandler ÷ same one-INSERT batches without inbox',
+        result.rowsIdempotent,
+        result.rowsWithoutInbox,
+        { op: '>=', value: 0.85 },
+      ),
+      batchFigure(
+        'M5.batchHandler.bare',
+        'postgres.js: batchHandler ÷ bare kafkajs (no-op)',
+        result.rowsIdempotent,
+        result.bare,
+      ),
+      batchFigure(
         'M5.mariadb.batch.speedup',
         'mariadb: IdempotentConsumer, batch mode ÷ per-message mode',
         result.mariadbBatchIdempotent,
@@ -342,6 +428,20 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
         result.mariadbBatchWithoutInbox,
         { op: '>=', value: 0.85 },
       ),
+      batchFigure(
+        'M5.mariadb.batchHandler.speedup',
+        'mariadb: batchHandler (one INSERT per batch) ÷ per-message mode',
+        result.mariadbRowsIdempotent,
+        result.mariadbIdempotent,
+        { op: '>=', value: 10 },
+      ),
+      batchFigure(
+        'M5.mariadb.batchHandler.plain',
+        'mariadb: batchHandler ÷ same one-INSERT batches without inbox',
+        result.mariadbRowsIdempotent,
+        result.mariadbRowsWithoutInbox,
+        { op: '>=', value: 0.85 },
+      ),
     ]
     const width = Math.max(...Object.keys(statements).map((name) => name.length)) + 1
     return {
@@ -349,6 +449,7 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
       raw: {
         messages: count,
         batchMessages: batchCount,
+        batchHandlerMessages: rowsCount,
         partitions: PARTITIONS,
         concurrency: CONCURRENCY,
         ...result,
@@ -356,7 +457,7 @@ export async function runM5(ctx: Context): Promise<MeasurementResult> {
         driverMsPerMessage: perMessage,
       },
       details: [
-        `M5, ms per statement as the driver saw it (4 partitions handled concurrently; batch runs: ${batchCount} messages):`,
+        `M5, ms per statement as the driver saw it (4 partitions handled concurrently; batch runs: ${batchCount} messages, batchHandler runs: ${rowsCount}):`,
         '',
         ...Object.entries(statements).map(([name, times]) => `  ${name.padEnd(width)} ${formatTimes(times)}`),
         '',
