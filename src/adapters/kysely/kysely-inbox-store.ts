@@ -9,10 +9,8 @@ import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dia
 import type { KyselyStoreOptions } from './kysely-outbox-store.js'
 import type { ResolvedTables } from './schema.js'
 
-/** Set by `markProcessed` on MySQL/MariaDB, released by `confirmProcessed`. */
+/** Set by `markProcessed` and `markProcessedMany` on MySQL/MariaDB, released by `confirmProcessed`. */
 const INBOX_SAVEPOINT = 'outboxkit_inbox'
-/** Set by `markProcessedMany` on MySQL/MariaDB before its `INSERT IGNORE`, to undo it when it recorded only some ids. */
-const INBOX_BATCH_SAVEPOINT = 'outboxkit_inbox_batch'
 /** Records deleted per purge transaction. */
 export const INBOX_PURGE_BATCH_SIZE = 500
 
@@ -144,18 +142,16 @@ export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
       )
       return new Set(result.rows.map((row) => row.message_id))
     }
-    await this.#run('markProcessedMany', () => sql.raw(`SAVEPOINT ${INBOX_BATCH_SAVEPOINT}`).execute(tx))
+    // Set before the INSERT, it serves both to undo a partial one and, as markProcessed's
+    // savepoint, for confirmProcessed: InnoDB rolling the transaction back removes it either way.
+    await this.#run('markProcessedMany', () => sql.raw(`SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx))
     const rows = sql.join(ids.map((id) => sql`(${consumer}, ${id})`))
     const result = await this.#run('markProcessedMany', () =>
       sql`INSERT IGNORE INTO ${inbox} (consumer, message_id) VALUES ${rows}`.execute(tx),
     )
-    if (toNumber(result.numAffectedRows) === ids.length) {
-      // As markProcessed: a mark of this very transaction, checked by confirmProcessed.
-      await this.#run('markProcessedMany', () => sql.raw(`SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx))
-      return new Set(ids)
-    }
+    if (toNumber(result.numAffectedRows) === ids.length) return new Set(ids)
     await this.#run('markProcessedMany', () =>
-      sql.raw(`ROLLBACK TO SAVEPOINT ${INBOX_BATCH_SAVEPOINT}`).execute(tx),
+      sql.raw(`ROLLBACK TO SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx),
     )
     const recorded = new Set<string>()
     for (const id of ids) if (await this.markProcessed(tx, consumer, id)) recorded.add(id)
