@@ -167,6 +167,52 @@ for (const backend of BACKENDS) {
         await world.close()
       }
     }, 90_000)
+
+    test('a batchHandler gets each chunk of batchSize records in one call; a poison message among them is found by halving and dead-lettered, the others applied once, in order', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 1 })
+      try {
+        const table = await createSequence(world)
+        const records = Array.from({ length: 30 }, (_, i) => ({
+          id: uuidv7(),
+          key: `item-${i % 3}`,
+          type: i === 10 ? 'Poison' : 'ItemReserved',
+        }))
+        const poison = records[10]!
+        await produce(world, records)
+        const transactionOf = transactionNumbers()
+        const calls: number[] = []
+        const consumer = world.consumer({
+          maxAttempts: 2,
+          batchHandler: async (messages, tx: Kysely<AnyDB>) => {
+            calls.push(messages.length)
+            const rows = messages.map((m) => sql`(${m.id}, ${m.key ?? ''}, ${transactionOf(tx)})`)
+            await sql`INSERT INTO ${sql.raw(table)} (message_id, k, tx) VALUES ${sql.join(rows)}`.execute(tx)
+            if (messages.some((m) => m.type === 'Poison')) throw new Error('cannot reserve stock')
+          },
+        })
+        let processed = 0
+        let dead = 0
+        consumer.on('processed', () => processed++)
+        consumer.on('deadLettered', () => dead++)
+        await world.run(consumer, undefined, { mode: 'batch', batchSize: 8 })
+        await waitFor(
+          'the others processed and the poison dead-lettered',
+          () => processed === 29 && dead === 1,
+          60_000,
+        )
+        const rows = await world.database.query<{ message_id: string; tx: string }>(
+          `SELECT message_id, tx FROM ${table} ORDER BY n`,
+        )
+        expect(rows.map((r) => r.message_id)).toEqual(records.filter((r) => r !== poison).map((r) => r.id))
+        // Chunks of 8: [0–7] commits; [8–15] fails and is halved: [8–11] fails, [8–9] commits,
+        // [10–11] fails, 10 alone twice (dead), 11 alone; [12–15] commits; then [16–23], [24–29].
+        expect(calls).toEqual([8, 8, 4, 2, 2, 1, 1, 1, 4, 8, 6])
+        expect(new Set(rows.map((r) => r.tx)).size).toBe(6)
+        expect(await world.inboxCount('inventory')).toBe(30)
+      } finally {
+        await world.close()
+      }
+    }, 90_000)
   })
 }
 
