@@ -216,6 +216,19 @@ export function inboxStoreSuite<Tx>(
       },
     )
 
+    batchTest('markProcessedMany records a list of 2 500 ids, half of them recorded before', async (h) => {
+      const ids = Array.from({ length: 2500 }, (_, i) => `bulk-${String(i).padStart(4, '0')}`)
+      const before = ids.filter((_, i) => i % 2 === 0)
+      expect((await h.store.transaction((tx) => many(h, tx, 'billing', before))).every(Boolean)).toBe(true)
+      const marked = await h.store.transaction(async (tx) => {
+        const result = await many(h, tx, 'billing', ids)
+        return [result, await h.store.confirmProcessed(tx, 'billing', ids[1]!)] as const
+      })
+      expect(marked[0]).toEqual(ids.map((_, i) => i % 2 === 1))
+      expect(marked[1]).toBe(true)
+      expect(await h.readRows()).toHaveLength(2500)
+    })
+
     batchTest(
       'markProcessedMany refuses a list with an id no inbox can store, and writes none of it',
       async (h) => {

@@ -11,6 +11,8 @@ import type { ResolvedTables } from './schema.js'
 
 /** Set by `markProcessed` and `markProcessedMany` on MySQL/MariaDB, released by `confirmProcessed`. */
 const INBOX_SAVEPOINT = 'outboxkit_inbox'
+/** Most ids `markProcessedMany` sends in one statement; a longer list takes several. */
+const INBOX_IDS_PER_STATEMENT = 1_000
 /** Records deleted per purge transaction. */
 export const INBOX_PURGE_BATCH_SIZE = 500
 
@@ -123,7 +125,11 @@ export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
     for (const messageId of messageIds) checkId('message id', messageId)
     const unique = [...new Set(messageIds)].sort()
     if (unique.length === 0) return []
-    const recorded = await this.#recordMany(tx, consumer, unique)
+    const recorded = new Set<string>()
+    for (let start = 0; start < unique.length; start += INBOX_IDS_PER_STATEMENT) {
+      const chunk = unique.slice(start, start + INBOX_IDS_PER_STATEMENT)
+      for (const id of await this.#recordMany(tx, consumer, chunk)) recorded.add(id)
+    }
     const answered = new Set<string>()
     return messageIds.map((id) => {
       if (answered.has(id)) return false
