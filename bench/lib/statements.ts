@@ -15,7 +15,9 @@ export function statementKind(text: string): string {
   if (/^SELECT .*claim_token/i.test(sql)) return 'read leased'
   if (/^UPDATE .*status/i.test(sql)) return 'settle'
   if (/^WITH inserted/i.test(sql)) return 'insert outbox + notify'
-  const insert = /^insert into (?:\S+\.)?[`"]?(\w+)[`"]?/i.exec(sql)
+  if (/^SELECT 1 AS found FROM/i.test(sql)) return 'confirm'
+  if (/^(savepoint|release savepoint|rollback to savepoint)/i.test(sql)) return 'savepoint'
+  const insert = /^insert (?:ignore )?into (?:\S+\.)?[`"]?(\w+)[`"]?/i.exec(sql)
   if (insert) return `insert ${insert[1]}`
   return sql.slice(0, 24)
 }
@@ -36,14 +38,19 @@ export class StatementTimes {
     this.#totals.clear()
   }
 
+  /** Total ms per statement kind divided by `messages`: what each message costs, by kind. */
+  totalsPer(messages: number): Record<string, number> {
+    return Object.fromEntries([...this.#totals].map(([kind, { ms }]) => [kind, ms / messages]))
+  }
+
   means(): Record<string, number> {
     return Object.fromEntries([...this.#totals].map(([kind, { count, ms }]) => [kind, ms / count]))
   }
 }
 
 /** `begin 0.31, insert orders 1.20, commit 2.05` */
-export function formatTimes(times: Readonly<Record<string, number>>): string {
+export function formatTimes(times: Readonly<Record<string, number>>, digits = 2): string {
   return Object.entries(times)
-    .map(([kind, ms]) => `${kind} ${ms.toFixed(2)}`)
+    .map(([kind, ms]) => `${kind} ${ms.toFixed(digits)}`)
     .join(', ')
 }

@@ -1,5 +1,6 @@
 export {
   createKafkaConsumerRunner,
+  DEFAULT_CONSUMER_BATCH_SIZE,
   decodeHeaders,
   KafkaConsumerRunner,
   type KafkaConsumerRunnerOptions,

@@ -39,14 +39,29 @@ export interface KafkaConsumerRunnerOptions {
   messageId?: (record: KafkaRecord) => string | undefined
   /** Read each topic from the beginning when the group has no committed offset. Default false. */
   fromBeginning?: boolean
-  /** Partitions processed at the same time (messages within a partition go one by one). Default 4. */
+  /** Partitions processed at the same time (messages within a partition go in order). Default 4. */
   partitionsConcurrently?: number
+  /**
+   * `'message'` (default): one database transaction per message. `'batch'`: the records of a
+   * partition's fetch go to `consumer.processBatch` in chunks of up to `batchSize`, one
+   * transaction per chunk, offsets resolved as each chunk (or, after a failure, each part of it)
+   * commits. Batch mode needs a consumer with `processBatch` (an `IdempotentConsumer` has it).
+   */
+  mode?: 'message' | 'batch'
+  /** Batch mode: most records per transaction. Default {@link DEFAULT_CONSUMER_BATCH_SIZE}. */
+  batchSize?: number
   /** Extra kafkajs consumer settings. Isolation is always read_committed. */
   consumerConfig?: Omit<ConsumerConfig, 'groupId' | 'readUncommitted'>
 }
 
 /** How often a runner heartbeats while one message is in hand (kafkajs throttles it further). */
 const HEARTBEAT_WHILE_BUSY_MS = 1_000
+/**
+ * Batch mode: most records per transaction. Large enough that the transaction's fixed cost
+ * (begin, the inbox statement, commit) is spread thin; small enough that a transaction holds
+ * its locks briefly and a chunk redone after a failure is cheap.
+ */
+export const DEFAULT_CONSUMER_BATCH_SIZE = 500
 
 /**
  * Feeds an `IdempotentConsumer` from Kafka. Offsets are resolved only after a message's
@@ -95,6 +110,21 @@ export class KafkaConsumerRunner {
       )
     }
     positiveInteger('partitionsConcurrently', options.partitionsConcurrently ?? 4, undefined, 'kafka')
+    positiveInteger('batchSize', options.batchSize ?? DEFAULT_CONSUMER_BATCH_SIZE, undefined, 'kafka')
+    if (options.mode !== undefined && options.mode !== 'message' && options.mode !== 'batch') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `createKafkaConsumerRunner: \`mode\` must be 'message' or 'batch', not ${String(options.mode)}.`,
+        { source: 'kafka', details: { option: 'mode' } },
+      )
+    }
+    if (options.mode === 'batch' && typeof options.consumer.processBatch !== 'function') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        "createKafkaConsumerRunner: mode 'batch' needs a consumer with processBatch (an IdempotentConsumer); use mode 'message' for this one.",
+        { source: 'kafka', details: { option: 'mode' } },
+      )
+    }
     this.#options = options
     this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
   }
@@ -125,15 +155,26 @@ export class KafkaConsumerRunner {
         isRunning,
         isStale,
       }) => {
+        if (this.#options.mode === 'batch') {
+          const size = this.#options.batchSize ?? DEFAULT_CONSUMER_BATCH_SIZE
+          for (let start = 0; start < batch.messages.length; start += size) {
+            if (!isRunning() || isStale() || signal.aborted) break
+            const chunk = batch.messages.slice(start, start + size)
+            const inbound = chunk.map((message) => this.#inbound(batch.topic, batch.partition, message))
+            const handled = await this.#whileBeating(signal, heartbeat, (inHand) =>
+              this.#processBatch(inbound, inHand, (count) => resolveOffset(chunk[count - 1]!.offset)),
+            )
+            if (!handled) break
+            await commitOffsetsIfNecessary()
+            await heartbeat()
+          }
+          return
+        }
         for (const message of batch.messages) {
           // After a rebalance or stop, leave the rest to the partition's next owner.
           if (!isRunning() || isStale() || signal.aborted) break
-          const handled = await this.#handleWhileBeating(
-            batch.topic,
-            batch.partition,
-            message,
-            signal,
-            heartbeat,
+          const handled = await this.#whileBeating(signal, heartbeat, (inHand) =>
+            this.#handle(batch.topic, batch.partition, message, inHand),
           )
           if (!handled) break
           resolveOffset(message.offset)
@@ -146,17 +187,16 @@ export class KafkaConsumerRunner {
   }
 
   /**
-   * Handles one record and keeps heartbeating meanwhile, so a message that waits (handler
-   * retries, a database outage) keeps its partition instead of being dropped from the group. A
-   * heartbeat that fails (a rebalance) cuts the wait short and is rethrown for kafkajs to handle.
-   * Resolves false, with the offset left unresolved, when the runner stops mid-message.
+   * Runs `work` (one record, or a batch) and keeps heartbeating meanwhile, so a message that
+   * waits (handler retries, a database outage) keeps its partition instead of being dropped from
+   * the group. A heartbeat that fails (a rebalance) cuts the wait short and is rethrown for
+   * kafkajs to handle. Resolves false, with the offset left unresolved, when the runner stops
+   * mid-message.
    */
-  async #handleWhileBeating(
-    topic: string,
-    partition: number,
-    message: KafkaMessage,
+  async #whileBeating(
     stopping: AbortSignal,
     heartbeat: () => Promise<void>,
+    work: (signal: AbortSignal) => Promise<void>,
   ): Promise<boolean> {
     const inHand = new AbortController()
     const stop = () => inHand.abort()
@@ -169,7 +209,7 @@ export class KafkaConsumerRunner {
       })
     }, HEARTBEAT_WHILE_BUSY_MS)
     try {
-      await this.#handle(topic, partition, message, inHand.signal)
+      await work(inHand.signal)
     } catch (error) {
       if (beatFailure) throw beatFailure.error
       if (stopping.aborted) return false
@@ -182,7 +222,26 @@ export class KafkaConsumerRunner {
     return true
   }
 
+  async #processBatch(
+    messages: readonly InboundMessage[],
+    signal: AbortSignal,
+    onDurable: (count: number) => void,
+  ): Promise<void> {
+    // Checked in the constructor: batch mode has a consumer with processBatch.
+    await this.#options.consumer.processBatch!(messages, { signal, onDurable })
+  }
+
   async #handle(topic: string, partition: number, message: KafkaMessage, signal: AbortSignal): Promise<void> {
+    const inbound = this.#inbound(topic, partition, message)
+    const unusable = unusableIdReason(inbound)
+    if (unusable !== undefined) {
+      await this.#options.consumer.deadLetter(inbound, unusable, signal)
+      return
+    }
+    await this.#options.consumer.process(inbound, signal)
+  }
+
+  #inbound(topic: string, partition: number, message: KafkaMessage): InboundMessage {
     const record: KafkaRecord = {
       topic,
       partition,
@@ -192,7 +251,7 @@ export class KafkaConsumerRunner {
       value: message.value === null ? new Uint8Array(0) : new Uint8Array(message.value),
     }
     const id = this.#messageId(record)
-    const inbound: InboundMessage = inboundMessage({
+    return inboundMessage({
       id: typeof id === 'string' ? id : '',
       topic,
       key: record.key,
@@ -200,12 +259,6 @@ export class KafkaConsumerRunner {
       headers: record.headers,
       position: { partition, offset: message.offset },
     })
-    const unusable = unusableIdReason(inbound)
-    if (unusable !== undefined) {
-      await this.#options.consumer.deadLetter(inbound, unusable, signal)
-      return
-    }
-    await this.#options.consumer.process(inbound, signal)
   }
 
   /**

@@ -41,6 +41,12 @@ export type ProcessOutcome =
 /** Handles one message inside the transaction that records it as processed. */
 export type MessageHandler<Tx> = (message: InboundMessage, tx: Tx) => Promise<void>
 
+/**
+ * Handles the new messages of a batch, in order, inside the one transaction that records them
+ * as processed: e.g. one multi-row INSERT for all of them. Duplicates are already left out.
+ */
+export type BatchMessageHandler<Tx> = (messages: readonly InboundMessage[], tx: Tx) => Promise<void>
+
 export interface ConsumerEvents {
   processed: { readonly message: InboundMessage; readonly attempts: number; readonly durationMs: number }
   duplicate: { readonly message: InboundMessage }
@@ -63,11 +69,41 @@ export interface ConsumerEvents {
   deadLettered: { readonly message: InboundMessage; readonly reason: string }
 }
 
+/** Options of {@link IdempotentConsumer.processBatch}. */
+export interface ProcessBatchOptions {
+  /** Stops waiting (retries, a database outage): the call rejects with `CLOSED`, retriable. */
+  readonly signal?: AbortSignal
+  /**
+   * Called each time a longer prefix of the batch is durable: the outcomes of `messages[0]` to
+   * `messages[count - 1]` are committed (or dead-lettered), so a runner may resolve their offsets
+   * even if the call later rejects.
+   */
+  readonly onDurable?: (count: number) => void
+}
+
 /** What a broker runner drives: an {@link IdempotentConsumer}, or anything that behaves like one. */
 export interface MessageProcessor {
   process(message: InboundMessage, signal?: AbortSignal): Promise<ProcessOutcome>
   deadLetter(message: InboundMessage, reason: string, signal?: AbortSignal): Promise<void>
+  /** Processes many messages of one partition, in order; needed by a runner in batch mode. */
+  processBatch?(messages: readonly InboundMessage[], options?: ProcessBatchOptions): Promise<ProcessOutcome[]>
 }
+
+/** How one transaction over a batch ended. */
+type BatchAttempt =
+  | { readonly kind: 'committed'; readonly fresh: readonly boolean[] }
+  /** The handler of `messages[index]` threw: nothing of the batch committed. */
+  | { readonly kind: 'failed'; readonly index: number }
+  /** The batch handler threw, for one message or another: nothing of the batch committed. */
+  | { readonly kind: 'failedBatch' }
+  /** It failed in a way no single message explains: each message goes through `process` alone. */
+  | { readonly kind: 'oneByOne' }
+
+/** `failedAt` while the batch handler runs: the failure is the batch's, not one message's. */
+const BATCH_HANDLER = -1
+
+/** Thrown inside a batch transaction to roll it back when `confirmProcessed` says it already ended. */
+const UNCONFIRMED = Symbol('unconfirmed')
 
 /**
  * Telemetry around processing. `outboxkit/otel` provides one backed by OpenTelemetry: it runs
@@ -80,6 +116,16 @@ export interface ConsumerInstrumentation {
     consumerName: string,
     process: () => Promise<ProcessOutcome>,
   ): Promise<ProcessOutcome>
+  /**
+   * Runs a `batchHandler` call over `messages` (the new messages of one batch, in order), e.g.
+   * in one span linked to the context each message carries. Optional: without it the call runs
+   * in the caller's context.
+   */
+  traceBatch?(
+    messages: readonly InboundMessage[],
+    consumerName: string,
+    process: () => Promise<void>,
+  ): Promise<void>
 }
 
 export interface IdempotentConsumerOptions<Tx> {
@@ -87,7 +133,17 @@ export interface IdempotentConsumerOptions<Tx> {
   store: InboxStore<Tx>
   /** The consumer's name: messages are deduplicated per (name, message id). 1–255 characters. */
   name: string
-  handler: MessageHandler<Tx>
+  /**
+   * Handles one message. Needed unless `batchHandler` is given; in `processBatch` it runs once
+   * per new message, in order, in the batch's transaction.
+   */
+  handler?: MessageHandler<Tx>
+  /**
+   * Handles the new messages of a batch in one call (`processBatch`), e.g. with one multi-row
+   * INSERT. A message processed alone (`process`, or a batch split after a failure) goes to
+   * `handler` when given, else to `batchHandler` as a batch of one.
+   */
+  batchHandler?: BatchMessageHandler<Tx>
   /**
    * Attempts before a failing message goes to the dead letter. Default 5. A database outage
    * (`isDatabaseOutage`) spends none: the message waits for the database instead.
@@ -126,6 +182,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
   readonly name: string
   readonly #store: InboxStore<Tx>
   readonly #handler: MessageHandler<Tx>
+  readonly #batchHandler: BatchMessageHandler<Tx> | undefined
   readonly #maxAttempts: number
   readonly #backoff: BackoffOptions
   readonly #deadLetter: { topic: string; transport: Transport } | undefined
@@ -145,12 +202,21 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         'IdempotentConsumer needs a `name` of 1–255 characters without NUL or unpaired surrogates.',
       )
     }
-    if (typeof options.handler !== 'function') {
-      throw new OutboxKitError(ErrorCode.InvalidOptions, 'IdempotentConsumer needs a `handler` function.')
+    const { handler, batchHandler } = options
+    if (
+      (handler !== undefined && typeof handler !== 'function') ||
+      (batchHandler !== undefined && typeof batchHandler !== 'function') ||
+      (handler === undefined && batchHandler === undefined)
+    ) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'IdempotentConsumer needs a `handler` function, a `batchHandler` function, or both.',
+      )
     }
     this.name = options.name
     this.#store = options.store
-    this.#handler = options.handler
+    this.#batchHandler = batchHandler
+    this.#handler = handler ?? ((message, tx) => batchHandler!([message], tx))
     this.#maxAttempts = positiveInteger('maxAttempts', options.maxAttempts ?? 5)
     this.#backoff = backoffOptions('backoff', options.backoff, DEFAULT_CONSUMER_BACKOFF)
     if (options.deadLetter !== undefined) {
@@ -232,6 +298,178 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
         attempt++
       }
     }
+  }
+
+  /**
+   * Processes the messages of one partition fetch, in order, in as few transactions as it can:
+   * the inbox records the whole batch in one statement (`markProcessedMany`), then each new
+   * message's handler runs in the same transaction, in order, and duplicates are skipped. The
+   * batch commits once, after its last handler.
+   *
+   * When a handler throws, that transaction rolls back as a whole and the batch is split: the
+   * messages before the failing one are processed again as a batch (their writes were rolled
+   * back, so their effects still apply once), the failing one goes through {@link process} alone
+   * with its retries and dead letter, then the rest of the batch goes on as a batch. A database
+   * outage retries the whole batch without spending attempts. A batch whose transaction the
+   * database ended behind the consumer's back (see `confirmProcessed`), or that failed outside
+   * any handler, is processed one message at a time. Messages with ids no inbox can store are
+   * dead-lettered in their place. `maxAttempts` counts the attempts of a message alone.
+   *
+   * With a `batchHandler`, the batch's new messages go to it in one call. When it throws, which
+   * message failed is unknown, so the batch is halved and each half processed as a batch (in
+   * order), until the failing message is alone and goes through {@link process}.
+   *
+   * Resolves with one outcome per message, in order, once every outcome is durable;
+   * `options.onDurable` reports durable prefixes on the way. Rejects like {@link process}.
+   */
+  async processBatch(
+    messages: readonly InboundMessage[],
+    options: ProcessBatchOptions = {},
+  ): Promise<ProcessOutcome[]> {
+    const outcomes: ProcessOutcome[] = []
+    const { signal, onDurable } = options
+    let start = 0
+    for (let i = 0; i <= messages.length; i++) {
+      if (i < messages.length && unusableIdReason(messages[i]!) === undefined) continue
+      if (i > start) await this.#batch(messages, start, i, outcomes, signal, onDurable)
+      if (i < messages.length) {
+        outcomes[i] = await this.process(messages[i]!, signal)
+        onDurable?.(i + 1)
+      }
+      start = i + 1
+    }
+    return outcomes
+  }
+
+  /** Processes `messages[from]` to `messages[to - 1]` (all with usable ids) into `outcomes`. */
+  async #batch(
+    messages: readonly InboundMessage[],
+    from: number,
+    to: number,
+    outcomes: ProcessOutcome[],
+    signal: AbortSignal | undefined,
+    onDurable: ((count: number) => void) | undefined,
+  ): Promise<void> {
+    if (to - from === 1) {
+      // A batch of one is a message alone: the single-message path, with its retries.
+      outcomes[from] = await this.process(messages[from]!, signal)
+      onDurable?.(to)
+      return
+    }
+    const attempt = await this.#batchTransaction(messages.slice(from, to), signal)
+    if (attempt.kind === 'committed') {
+      attempt.fresh.forEach((fresh, k) => {
+        outcomes[from + k] = fresh ? 'processed' : 'duplicate'
+      })
+      onDurable?.(to)
+      return
+    }
+    if (attempt.kind === 'failedBatch') {
+      // Which message failed is unknown: halve the batch until the failing one is alone.
+      const middle = from + Math.ceil((to - from) / 2)
+      await this.#batch(messages, from, middle, outcomes, signal, onDurable)
+      await this.#batch(messages, middle, to, outcomes, signal, onDurable)
+      return
+    }
+    if (attempt.kind === 'oneByOne') {
+      for (let i = from; i < to; i++) {
+        outcomes[i] = await this.process(messages[i]!, signal)
+        onDurable?.(i + 1)
+      }
+      return
+    }
+    const failing = from + attempt.index
+    if (failing > from) await this.#batch(messages, from, failing, outcomes, signal, onDurable)
+    outcomes[failing] = await this.process(messages[failing]!, signal)
+    onDurable?.(failing + 1)
+    if (failing + 1 < to) await this.#batch(messages, failing + 1, to, outcomes, signal, onDurable)
+  }
+
+  /** One transaction over `batch`, tried again while the database is unavailable. */
+  async #batchTransaction(
+    batch: readonly InboundMessage[],
+    signal: AbortSignal | undefined,
+  ): Promise<BatchAttempt> {
+    const started = Date.now()
+    for (let outages = 1; ; outages++) {
+      /** Which handler call was running: a message's index, or BATCH_HANDLER. */
+      let failedAt: number | undefined
+      try {
+        const fresh = await this.#store.transaction(async (tx) => {
+          const marked = await this.#markMany(tx, batch)
+          const firstNew = marked.indexOf(true) === -1 ? undefined : marked.indexOf(true)
+          if (this.#batchHandler) {
+            const fresh = batch.filter((_, k) => marked[k])
+            if (fresh.length > 0) {
+              failedAt = BATCH_HANDLER
+              await this.#runBatchHandler(this.#batchHandler, fresh, tx)
+            }
+          } else {
+            for (let k = 0; k < batch.length; k++) {
+              if (!marked[k]) continue
+              failedAt = k
+              await this.#runHandler(batch[k]!, tx)
+            }
+          }
+          failedAt = undefined
+          if (
+            firstNew !== undefined &&
+            !(await this.#store.confirmProcessed(tx, this.name, batch[firstNew]!.id))
+          ) {
+            throw UNCONFIRMED
+          }
+          return marked
+        })
+        const durationMs = Date.now() - started
+        fresh.forEach((isNew, k) => {
+          const message = batch[k]!
+          if (isNew) this.#events.emit('processed', { message, attempts: 1, durationMs })
+          else this.#events.emit('duplicate', { message })
+        })
+        return { kind: 'committed', fresh }
+      } catch (error) {
+        if (error === UNCONFIRMED) return { kind: 'oneByOne' }
+        if (isDatabaseOutage(error)) {
+          const retryInMs = backoffDelay(outages, this.#backoff)
+          const waiting = failedAt === undefined || failedAt === BATCH_HANDLER ? 0 : failedAt
+          this.#events.emit('unavailable', { message: batch[waiting]!, outages, error, retryInMs })
+          await this.#pause(retryInMs, signal)
+          continue
+        }
+        if (failedAt === BATCH_HANDLER) return { kind: 'failedBatch' }
+        return failedAt === undefined ? { kind: 'oneByOne' } : { kind: 'failed', index: failedAt }
+      }
+    }
+  }
+
+  #markMany(tx: Tx, batch: readonly InboundMessage[]): Promise<boolean[]> {
+    const ids = batch.map((message) => message.id)
+    if (this.#store.markProcessedMany) return this.#store.markProcessedMany(tx, this.name, ids)
+    return (async () => {
+      const marked: boolean[] = []
+      for (const id of ids) marked.push(await this.#store.markProcessed(tx, this.name, id))
+      return marked
+    })()
+  }
+
+  /** The batch handler inside the batch's transaction, traced as a batch when instrumented. */
+  async #runBatchHandler(
+    handler: BatchMessageHandler<Tx>,
+    messages: readonly InboundMessage[],
+    tx: Tx,
+  ): Promise<void> {
+    const traceBatch = this.#instrumentation?.traceBatch
+    if (!traceBatch) return handler(messages, tx)
+    await traceBatch.call(this.#instrumentation, messages, this.name, () => handler(messages, tx))
+  }
+
+  /** The handler inside the batch's transaction, in the message's own span when instrumented. */
+  async #runHandler(message: InboundMessage, tx: Tx): Promise<void> {
+    if (!this.#instrumentation) return this.#handler(message, tx)
+    await this.#instrumentation.traceProcess(message, this.name, async () => {
+      await this.#handler(message, tx)
+      return 'processed'
+    })
   }
 
   async #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {

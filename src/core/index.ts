@@ -1,5 +1,6 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 export {
+  type BatchMessageHandler,
   type ConsumerEvents,
   type ConsumerInstrumentation,
   IdempotentConsumer,
@@ -8,6 +9,7 @@ export {
   inboundMessage,
   type MessageHandler,
   type MessageProcessor,
+  type ProcessBatchOptions,
   type ProcessOutcome,
 } from './consumer.js'
 export { isDatabaseOutage } from './database-outage.js'

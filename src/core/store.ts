@@ -249,6 +249,19 @@ export interface InboxStore<Tx> extends TransactionRunner<Tx> {
    * again instead of reporting success.
    */
   confirmProcessed(tx: Tx, consumer: string, messageId: string): Promise<boolean>
+  /**
+   * Records many message ids of `consumer` inside `tx`, in one statement where the backend can,
+   * and answers for each id, in the order given, whether this call recorded it (`true`) or it
+   * was already recorded by a committed transaction (`false`, nothing written). An id given
+   * twice is recorded once: its first occurrence answers `true` (when new), later ones `false`.
+   * A concurrent transaction recording one of the pairs makes this call wait for it, as
+   * {@link markProcessed} does. `confirmProcessed` with any id that answered `true` then tells
+   * whether `tx` is still the transaction that recorded them. Every id is checked before
+   * anything is written: one unstorable id refuses the whole call (`INVALID_MESSAGE_ID`).
+   *
+   * Optional: without it, `IdempotentConsumer.processBatch` calls `markProcessed` once per id.
+   */
+  markProcessedMany?(tx: Tx, consumer: string, messageIds: readonly string[]): Promise<boolean[]>
   /** Whether `consumer` has processed `messageId` (committed). */
   isProcessed(consumer: string, messageId: string): Promise<boolean>
   /** Deletes records older than `olderThanMs` (for one consumer, or all); returns how many. */

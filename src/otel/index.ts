@@ -277,5 +277,48 @@ export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): 
         span.end()
       }
     },
+
+    // One span for a batch handler's call, linked to the context of each message (the messaging
+    // conventions for batch processing): a handler run once for many messages has no one parent.
+    async traceBatch(
+      messages: readonly InboundMessage[],
+      consumerName: string,
+      process: () => Promise<void>,
+    ) {
+      const first = messages[0]
+      const topics = new Set(messages.map((message) => message.topic))
+      const topic = topics.size === 1 && first ? first.topic : 'multiple'
+      const group = options.groupName ?? consumerName
+      const attributes: Attributes = {
+        'messaging.system': system,
+        'messaging.operation.type': 'process',
+        'messaging.operation.name': 'process',
+        'messaging.destination.name': topic,
+        'messaging.consumer.group.name': group,
+        'messaging.batch.message_count': messages.length,
+      }
+      const partition = first?.position?.['partition']
+      if (partition !== undefined) attributes['messaging.destination.partition.id'] = String(partition)
+      const links: Link[] = []
+      for (const message of messages) {
+        const carried = extractContext(message.headers)
+        const carriedSpan = carried && trace.getSpanContext(carried)
+        if (carriedSpan)
+          links.push({ context: carriedSpan, attributes: { 'messaging.message.id': message.id } })
+      }
+      const span = tracer.startSpan(
+        `process ${topic}`,
+        { kind: SpanKind.CONSUMER, attributes, links },
+        ROOT_CONTEXT,
+      )
+      try {
+        await context.with(trace.setSpan(ROOT_CONTEXT, span), process)
+      } catch (error) {
+        recordFailure(span, error)
+        throw error
+      } finally {
+        span.end()
+      }
+    },
   }
 }

@@ -24,6 +24,11 @@ export interface InboxStoreHarness<Tx> {
 export interface InboxStoreSuiteOptions {
   /** Whether two transactions can be open at once (false for PGlite). */
   readonly concurrentTransactions: boolean
+  /**
+   * Whether the store implements the optional `markProcessedMany`. Default true: a store without
+   * it then fails those tests; pass false to skip them.
+   */
+  readonly markProcessedMany?: boolean
 }
 
 export function inboxStoreSuite<Tx>(
@@ -144,6 +149,137 @@ export function inboxStoreSuite<Tx>(
       expect(await h.store.isProcessed('billing ', 'abc ')).toBe(false)
       expect(await h.readRows()).toEqual(['billing /abc', 'billing/abc', 'billing/abc '].sort())
     })
+
+    const many = (h: InboxStoreHarness<Tx>, tx: Tx, consumer: string, ids: readonly string[]) => {
+      const markMany = h.store.markProcessedMany
+      if (!markMany) throw new Error('unreachable: the store has no markProcessedMany')
+      return markMany.call(h.store, tx, consumer, ids)
+    }
+    const batchTest = (title: string, fn: (h: InboxStoreHarness<Tx>) => Promise<void>) =>
+      options.markProcessedMany === false
+        ? skipTest(api, title, 'the store does not implement markProcessedMany')
+        : test(title, async (h) => {
+            expect(typeof h.store.markProcessedMany).toBe('function')
+            await fn(h)
+          })
+
+    batchTest(
+      'markProcessedMany records a list in order and tells which ids were new; a repeated id counts once',
+      async (h) => {
+        const first = await h.store.transaction((tx) => many(h, tx, 'billing', ['m-2', 'm-1', 'm-3']))
+        expect(first).toEqual([true, true, true])
+        await h.store.transaction((tx) => h.store.markProcessed(tx, 'billing', 'm-5'))
+        const second = await h.store.transaction((tx) =>
+          many(h, tx, 'billing', ['m-4', 'm-1', 'm-4', 'm-5', 'm-6']),
+        )
+        expect(second).toEqual([true, false, false, false, true])
+        const other = await h.store.transaction((tx) => many(h, tx, 'shipping', ['m-1']))
+        expect(other).toEqual([true])
+        expect(await h.store.transaction((tx) => many(h, tx, 'billing', []))).toEqual([])
+        expect(await h.readRows()).toEqual([
+          'billing/m-1',
+          'billing/m-2',
+          'billing/m-3',
+          'billing/m-4',
+          'billing/m-5',
+          'billing/m-6',
+          'shipping/m-1',
+        ])
+      },
+    )
+
+    batchTest(
+      'markProcessedMany: confirmProcessed is true in its transaction, and a rollback records none of the list',
+      async (h) => {
+        const confirmed = await h.store.transaction(async (tx) => {
+          await h.store.markProcessed(tx, 'billing', 'm-0')
+          const marked = await many(h, tx, 'billing', ['m-0', 'm-1', 'm-2'])
+          return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-1')]
+        })
+        expect(confirmed).toEqual([[false, true, true], true])
+        const failure = new Error('handler failed')
+        const error = await captureError(() =>
+          h.store.transaction(async (tx) => {
+            await many(h, tx, 'billing', ['m-3', 'm-4'])
+            throw failure
+          }),
+        )
+        expect(error).toBe(failure)
+        expect(await h.readRows()).toEqual(['billing/m-0', 'billing/m-1', 'billing/m-2'])
+        // A list partly recorded before (a batch redelivered): the new ones are recorded, and confirmed.
+        const again = await h.store.transaction(async (tx) => {
+          const marked = await many(h, tx, 'billing', ['m-2', 'm-3', 'm-1', 'm-4'])
+          return [marked, await h.store.confirmProcessed(tx, 'billing', 'm-3')]
+        })
+        expect(again).toEqual([[false, true, false, true], true])
+        expect(await h.readRows()).toHaveLength(5)
+      },
+    )
+
+    batchTest('markProcessedMany records a list of 2 500 ids, half of them recorded before', async (h) => {
+      const ids = Array.from({ length: 2500 }, (_, i) => `bulk-${String(i).padStart(4, '0')}`)
+      const before = ids.filter((_, i) => i % 2 === 0)
+      expect((await h.store.transaction((tx) => many(h, tx, 'billing', before))).every(Boolean)).toBe(true)
+      const marked = await h.store.transaction(async (tx) => {
+        const result = await many(h, tx, 'billing', ids)
+        return [result, await h.store.confirmProcessed(tx, 'billing', ids[1]!)] as const
+      })
+      expect(marked[0]).toEqual(ids.map((_, i) => i % 2 === 1))
+      expect(marked[1]).toBe(true)
+      expect(await h.readRows()).toHaveLength(2500)
+    })
+
+    batchTest(
+      'markProcessedMany refuses a list with an id no inbox can store, and writes none of it',
+      async (h) => {
+        for (const bad of ['x'.repeat(256), 'a\u0000b', '']) {
+          const error = await captureError(() =>
+            h.store.transaction((tx) => many(h, tx, 'billing', ['ok-1', bad, 'ok-2'])),
+          )
+          expect([bad.length, isOutboxKitError(error)]).toEqual([bad.length, true])
+        }
+        expect(await h.readRows()).toEqual([])
+      },
+    )
+
+    batchTest(
+      'markProcessedMany: confirmProcessed is false once the database ended the transaction',
+      async (h) => {
+        let confirmed: boolean | undefined
+        await h.store
+          .transaction(async (tx) => {
+            await many(h, tx, 'billing', ['m-1', 'm-2'])
+            await h.endTransaction(tx)
+            confirmed = await h.store.confirmProcessed(tx, 'billing', 'm-1')
+          })
+          .catch(() => {})
+        expect(confirmed).toBe(false)
+        expect(await h.readRows()).toEqual([])
+      },
+    )
+
+    const racingMany =
+      'markProcessedMany: transactions racing on overlapping lists record each id exactly once'
+    if (!options.concurrentTransactions || options.markProcessedMany === false) {
+      skipTest(api, racingMany, 'this backend runs one transaction at a time')
+    } else {
+      batchTest(racingMany, async (h) => {
+        const ids = Array.from({ length: 30 }, (_, i) => `race-${String(i).padStart(2, '0')}`)
+        const lists = [ids.slice(0, 20), ids.slice(10, 30), [...ids].reverse()]
+        const results = await Promise.all(
+          lists.map((list) => h.store.transaction((tx) => many(h, tx, 'billing', list))),
+        )
+        const winners = new Map<string, number>()
+        results.forEach((marked, i) => {
+          marked.forEach((won, j) => {
+            if (won) winners.set(lists[i]![j]!, (winners.get(lists[i]![j]!) ?? 0) + 1)
+          })
+        })
+        expect([...winners.keys()].sort()).toEqual(ids)
+        expect([...winners.values()].every((n) => n === 1)).toBe(true)
+        expect(await h.readRows()).toHaveLength(30)
+      })
+    }
 
     test('retention purge removes only records older than the horizon', async (h) => {
       await h.store.transaction(async (tx) => {

@@ -97,17 +97,31 @@ async function produceIds(world: ConsumerWorld, ids: readonly string[]): Promise
   }
 }
 
+interface KillOptions {
+  /** The runner's mode in both processes. Default 'message'. */
+  readonly runner?: 'message' | 'batch'
+  /** Which of the 20 records the process dies at. Default 4 (the 5th). */
+  readonly victimIndex?: number
+  /** Make the victim a poison message (its handler always throws), dead-lettered after 2 attempts. */
+  readonly poison?: boolean
+}
+
 /**
- * Runs a consumer process that kills itself at the 5th of 20 records (`mode` says where), restarts
- * it in the same group, checks that every side effect was applied once, and returns the restarted
- * worker for the caller's checks of what it saw.
+ * Runs a consumer process that kills itself at one of 20 records (`mode` says where), restarts
+ * it in the same group, checks that every side effect was applied once (none for a poison
+ * message), and returns the restarted worker for the caller's checks of what it saw.
  */
 async function killAndRestart(
   world: ConsumerWorld,
-  mode: 'after-commit' | 'before-commit',
+  mode: 'after-commit' | 'before-commit' | 'at-failure',
   workers: Worker[],
+  options: KillOptions = {},
 ): Promise<{ ids: string[]; victim: string; restarted: Worker }> {
+  const ids = Array.from({ length: 20 }, () => uuidv7())
+  const victim = ids[options.victimIndex ?? 4]!
   const env = {
+    MODE: options.runner ?? 'message',
+    ...(options.poison ? { POISON: victim, MAX_ATTEMPTS: '2' } : {}),
     BACKEND: world.database.backend,
     SCHEMA: world.database.schema,
     BROKERS: world.brokers.join(','),
@@ -117,8 +131,6 @@ async function killAndRestart(
     SESSION_TIMEOUT_MS,
   }
   // The worker is running before the records exist, so it cannot die before it reports ready.
-  const ids = Array.from({ length: 20 }, () => uuidv7())
-  const victim = ids[4]!
   const first = await startWorker('consumer-worker', { ...env, KILL_AT: `${mode}:${victim}` })
   workers.push(first)
   await produceIds(world, ids)
@@ -128,6 +140,10 @@ async function killAndRestart(
   if (mode === 'after-commit') {
     expect(await effectsOf(world, [victim])).toEqual([1])
     expect(await inboxHas(world, victim)).toBe(true)
+  } else if (mode === 'at-failure') {
+    // Died while the poison message waited for its retry: nothing of it was committed.
+    expect(await inboxHas(world, victim)).toBe(false)
+    expect(await effectsOf(world, [victim])).toEqual([0])
   } else {
     expect(reported(first, 'processed')).not.toContain(victim)
     // The killed transaction wrote the side effect and the inbox row; neither committed.
@@ -137,13 +153,14 @@ async function killAndRestart(
 
   const restarted = await startWorker('consumer-worker', env)
   workers.push(restarted)
-  await waitFor('every side effect applied', () => covers(world, ids), 90_000)
+  const applied = options.poison ? ids.filter((id) => id !== victim) : ids
+  await waitFor('every side effect applied', () => covers(world, applied), 90_000)
   // The redeliveries were handled too (the victim's among them) before counting.
   const handledFirst = new Set(reported(first, 'processed'))
   await waitFor(
     'every record handled',
     () => {
-      const handled = new Set([...reported(restarted, 'processed'), ...reported(restarted, 'duplicate')])
+      const handled = new Set(['processed', 'duplicate', 'dead'].flatMap((word) => reported(restarted, word)))
       return handled.has(victim) && ids.every((id) => handledFirst.has(id) || handled.has(id))
     },
     30_000,
@@ -151,8 +168,8 @@ async function killAndRestart(
   await restarted.kill('SIGTERM')
   expect(restarted.process.exitCode).toBe(0)
 
-  expect(await effectsOf(world, ids)).toEqual(ids.map(() => 1))
-  expect((await world.effects()).size).toBe(ids.length)
+  expect(await effectsOf(world, ids)).toEqual(ids.map((id) => (options.poison && id === victim ? 0 : 1)))
+  expect((await world.effects()).size).toBe(applied.length)
   expect(await world.inboxCount(CONSUMER)).toBe(ids.length)
   return { ids, victim, restarted }
 }
@@ -181,6 +198,65 @@ for (const backend of BACKENDS) {
         // Nothing of the killed attempt survived: the restarted process applied it for real.
         expect(reported(restarted, 'processed')).toContain(victim)
         expect(reported(restarted, 'duplicate')).not.toContain(victim)
+      } finally {
+        for (const worker of workers) await worker.kill('SIGKILL')
+        await world.close()
+      }
+    }, 240_000)
+
+    // Batch mode: one transaction holds the records of a partition's fetch, so a kill inside it
+    // loses (and redoes) the whole batch's uncommitted work, and a kill after it redelivers the
+    // whole batch, which the inbox turns into duplicates.
+    test('batch mode: a consumer killed after the batch committed but before the offset commit applies each side effect once', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const workers: Worker[] = []
+      try {
+        const { victim, restarted } = await killAndRestart(world, 'after-commit', workers, {
+          runner: 'batch',
+        })
+        expect(reported(restarted, 'duplicate')).toContain(victim)
+        expect(reported(restarted, 'processed')).not.toContain(victim)
+      } finally {
+        for (const worker of workers) await worker.kill('SIGKILL')
+        await world.close()
+      }
+    }, 240_000)
+
+    for (const [where, victimIndex] of [
+      ['at the first record of a batch (after its inbox statement)', 0],
+      ['in the middle of a batch', 9],
+    ] as const) {
+      test(`batch mode: a consumer killed ${where}, before the commit, applies every side effect exactly once after restart`, async () => {
+        const world = await openConsumerWorld(backend, { partitions: 2 })
+        const workers: Worker[] = []
+        try {
+          const { ids, victim, restarted } = await killAndRestart(world, 'before-commit', workers, {
+            runner: 'batch',
+            victimIndex,
+          })
+          expect(reported(restarted, 'processed')).toContain(victim)
+          expect(reported(restarted, 'duplicate')).not.toContain(victim)
+          // No record of the killed batch was committed: the restarted process applied them all.
+          const processedFirst = new Set(reported(workers[0]!, 'processed'))
+          expect(processedFirst.size).toBeLessThan(ids.length)
+        } finally {
+          for (const worker of workers) await worker.kill('SIGKILL')
+          await world.close()
+        }
+      }, 240_000)
+    }
+
+    test('batch mode: a consumer killed while a poison message waits for its retry (the records before it committed) loses nothing, redoes nothing, and dead-letters it', async () => {
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const workers: Worker[] = []
+      try {
+        const { victim, restarted } = await killAndRestart(world, 'at-failure', workers, {
+          runner: 'batch',
+          victimIndex: 9,
+          poison: true,
+        })
+        expect(reported(restarted, 'dead')).toEqual([victim])
+        expect(reported(restarted, 'processed')).not.toContain(victim)
       } finally {
         for (const worker of workers) await worker.kill('SIGKILL')
         await world.close()

@@ -9,7 +9,11 @@ import {
   createKyselyOutboxStore,
   ensureOutboxSchema,
 } from '../../src/adapters/kysely/index.js'
-import { createKafkaConsumerRunner, type KafkaConsumerRunner } from '../../src/consumers/index.js'
+import {
+  createKafkaConsumerRunner,
+  type KafkaConsumerRunner,
+  type KafkaConsumerRunnerOptions,
+} from '../../src/consumers/index.js'
 import {
   IdempotentConsumer,
   type IdempotentConsumerOptions,
@@ -34,7 +38,11 @@ export interface ConsumerWorld {
       Pick<IdempotentConsumerOptions<Kysely<AnyDB>>, 'handler'>,
   ): IdempotentConsumer<Kysely<AnyDB>>
   /** A started runner for `consumer` on the world's topic (fresh group unless given). */
-  run(consumer: IdempotentConsumer<Kysely<AnyDB>>, groupId?: string): Promise<KafkaConsumerRunner>
+  run(
+    consumer: IdempotentConsumer<Kysely<AnyDB>>,
+    groupId?: string,
+    options?: Pick<KafkaConsumerRunnerOptions, 'mode' | 'batchSize'>,
+  ): Promise<KafkaConsumerRunner>
   outbox: Outbox<Kysely<AnyDB>>
   close(): Promise<void>
 }
@@ -86,8 +94,9 @@ export async function openConsumerWorld(
         ...consumerOptions,
       })
     },
-    async run(consumer, groupId = uniqueName('group')) {
+    async run(consumer, groupId = uniqueName('group'), runnerOptions = {}) {
       const runner = createKafkaConsumerRunner({
+        ...runnerOptions,
         kafka: testKafka(brokers),
         groupId,
         topics: [topic],

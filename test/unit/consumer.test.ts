@@ -237,3 +237,138 @@ describe('IdempotentConsumer', () => {
     }
   })
 })
+
+describe('IdempotentConsumer.processBatch', () => {
+  test('a batch runs in one transaction, in order; duplicates (earlier or within the batch) are skipped', async () => {
+    const transactions: string[][] = []
+    let current: string[] = []
+    const { consumer, effects } = setup(async (_tx, id) => {
+      current.push(id)
+    })
+    expect(await consumer.process(message('m-2'))).toBe('processed')
+    current = []
+    const onCommit = (ids: string[]) => transactions.push(ids)
+    const outcomes = await consumer.processBatch(
+      ['m-1', 'm-2', 'm-3', 'm-1', 'm-4'].map((id) => message(id)),
+      {
+        onDurable: () => {
+          onCommit(current)
+          current = []
+        },
+      },
+    )
+    expect(outcomes).toEqual(['processed', 'duplicate', 'processed', 'duplicate', 'processed'])
+    expect(effects).toEqual(['m-2', 'm-1', 'm-3', 'm-4'])
+    expect(transactions).toEqual([['m-1', 'm-3', 'm-4']])
+  })
+
+  test('a poison message: the messages before it commit once, it is dead-lettered alone, the rest go on; each effect once', async () => {
+    const runs: string[] = []
+    const { consumer, effects, dlq } = setup(
+      async (_tx, id) => {
+        runs.push(id)
+        if (id === 'm-3') throw new Error('poison')
+      },
+      { maxAttempts: 2 },
+    )
+    const durable: number[] = []
+    const ids = ['m-1', 'm-2', 'm-3', 'm-4', 'm-5']
+    const outcomes = await consumer.processBatch(
+      ids.map((id) => message(id)),
+      { onDurable: (count) => durable.push(count) },
+    )
+    expect(outcomes).toEqual(['processed', 'processed', 'dead', 'processed', 'processed'])
+    expect(effects).toEqual(['m-1', 'm-2', 'm-4', 'm-5'])
+    // The batch, its prefix again (the first try rolled back), the poison alone twice, the rest.
+    expect(runs).toEqual(['m-1', 'm-2', 'm-3', 'm-1', 'm-2', 'm-3', 'm-3', 'm-4', 'm-5'])
+    expect(durable).toEqual([2, 3, 5])
+    expect(dlq.delivered.map((m) => m.id)).toEqual(['m-3'])
+    // Redelivered: every message is a duplicate, nothing runs again.
+    runs.length = 0
+    expect(await consumer.processBatch(ids.map((id) => message(id)))).toEqual(Array(5).fill('duplicate'))
+    expect(runs).toEqual([])
+  })
+
+  test('a message id no inbox can store is dead-lettered in its place; the messages around it are processed', async () => {
+    const { consumer, effects, dlq } = setup(async () => {})
+    const outcomes = await consumer.processBatch([message('m-1'), message('x'.repeat(300)), message('m-2')])
+    expect(outcomes).toEqual(['processed', 'dead', 'processed'])
+    expect(effects).toEqual(['m-1', 'm-2'])
+    expect(dlq.delivered).toHaveLength(1)
+  })
+
+  test('a batch whose transaction the database ended is processed one message at a time, each once', async () => {
+    let ended = false
+    const { consumer, effects } = setup(async (tx, id) => {
+      // What a deadlock does to a MariaDB transaction whose handler caught the error.
+      if (id === 'm-2' && !ended) {
+        ended = true
+        tx.state = 'rolled back'
+      }
+    })
+    const outcomes = await consumer.processBatch(['m-1', 'm-2', 'm-3'].map((id) => message(id)))
+    expect(outcomes).toEqual(['processed', 'processed', 'processed'])
+    expect(effects).toEqual(['m-1', 'm-2', 'm-3'])
+  })
+})
+
+describe('IdempotentConsumer.processBatch with a batchHandler', () => {
+  function batchSetup(poison: string | undefined) {
+    const db = new MemoryDatabase()
+    const effects: string[] = []
+    const calls: string[][] = []
+    const dlq = new MemoryTransport()
+    const consumer = new IdempotentConsumer<MemoryTransaction>({
+      store: new MemoryInboxStore(db),
+      name: 'inventory',
+      maxAttempts: 2,
+      backoff: { initialMs: 1, maxMs: 2 },
+      deadLetter: { topic: 'orders.dlq', transport: dlq },
+      batchHandler: async (messages, tx) => {
+        calls.push(messages.map((m) => m.id))
+        if (messages.some((m) => m.id === poison)) throw new Error('poison')
+        tx.onCommit.push(() => effects.push(...messages.map((m) => m.id)))
+      },
+    })
+    return { consumer, effects, calls, dlq }
+  }
+
+  test('the new messages of a batch go to one call, in order, duplicates left out; a message alone is a batch of one', async () => {
+    const { consumer, effects, calls } = batchSetup(undefined)
+    expect(await consumer.process(message('m-2'))).toBe('processed')
+    const outcomes = await consumer.processBatch(['m-1', 'm-2', 'm-3', 'm-1'].map((id) => message(id)))
+    expect(outcomes).toEqual(['processed', 'duplicate', 'processed', 'duplicate'])
+    expect(calls).toEqual([['m-2'], ['m-1', 'm-3']])
+    expect(effects).toEqual(['m-2', 'm-1', 'm-3'])
+  })
+
+  test('a batch handler that throws: the batch is halved until the poison message is alone; it is dead-lettered, the others applied once, in order', async () => {
+    const ids = ['m-1', 'm-2', 'm-3', 'm-4', 'm-5', 'm-6']
+    const { consumer, effects, calls, dlq } = batchSetup('m-5')
+    const outcomes = await consumer.processBatch(ids.map((id) => message(id)))
+    expect(outcomes).toEqual(['processed', 'processed', 'processed', 'processed', 'dead', 'processed'])
+    expect(effects).toEqual(['m-1', 'm-2', 'm-3', 'm-4', 'm-6'])
+    expect(calls).toEqual([
+      ['m-1', 'm-2', 'm-3', 'm-4', 'm-5', 'm-6'],
+      ['m-1', 'm-2', 'm-3'],
+      ['m-4', 'm-5', 'm-6'],
+      ['m-4', 'm-5'],
+      ['m-4'],
+      ['m-5'],
+      ['m-5'],
+      ['m-6'],
+    ])
+    expect(dlq.delivered.map((m) => m.id)).toEqual(['m-5'])
+  })
+
+  test('a consumer needs a handler or a batchHandler', () => {
+    const store = new MemoryInboxStore(new MemoryDatabase())
+    let error: unknown
+    try {
+      new IdempotentConsumer<MemoryTransaction>({ store, name: 'inventory' })
+    } catch (caught) {
+      error = caught
+    }
+    expect(isOutboxKitError(error) && error.code).toBe(ErrorCode.InvalidOptions)
+  })
+})

@@ -75,6 +75,52 @@ describe('OpenTelemetry instrumentation', () => {
     )
   })
 
+  test('processBatch: each handler call runs in its message span; a batch handler runs in one span linked to every message', async () => {
+    const t = telemetry()
+    const parents = ['0af7651916cd43dd8448eb211c80319c', '1af7651916cd43dd8448eb211c80319d'].map(
+      (traceId, i) => ({
+        traceId,
+        spanId: `b7ad6b716920333${i}`,
+      }),
+    )
+    const messages = parents.map((p, i) =>
+      inboundMessage({
+        id: `m-${i}`,
+        topic: 'orders',
+        key: 'k',
+        payload: new Uint8Array(0),
+        headers: { traceparent: `00-${p.traceId}-${p.spanId}-01`, 'outboxkit-type': 'A' },
+      }),
+    )
+    const seen: (string | undefined)[] = []
+    const perMessage = new IdempotentConsumer({
+      store: new MemoryInboxStore(new MemoryDatabase()),
+      name: 'inventory',
+      instrumentation: otelConsumerInstrumentation({ tracer: t.tracer, meter: t.meter }),
+      handler: async () => {
+        seen.push(trace.getActiveSpan()?.spanContext().traceId)
+      },
+    })
+    await perMessage.processBatch(messages)
+    expect(seen).toEqual(parents.map((p) => p.traceId))
+
+    const batched = new IdempotentConsumer({
+      store: new MemoryInboxStore(new MemoryDatabase()),
+      name: 'inventory',
+      instrumentation: otelConsumerInstrumentation({ tracer: t.tracer, meter: t.meter }),
+      batchHandler: async () => {
+        seen.push(trace.getActiveSpan()?.spanContext().spanId)
+      },
+    })
+    t.spans.reset()
+    await batched.processBatch(messages)
+    const [span] = t.spans.getFinishedSpans()
+    expect(span?.name).toBe('process orders')
+    expect(span?.attributes['messaging.batch.message_count']).toBe(2)
+    expect(span?.links.map((l) => l.context.spanId)).toEqual(parents.map((p) => p.spanId))
+    expect(seen[2]).toBe(span?.spanContext().spanId)
+  })
+
   test('without a registered SDK nothing is captured and nothing fails', async () => {
     const store = new MemoryOutboxStore(new MemoryDatabase())
     const outbox = new Outbox({ store, tracing: otelTraceCapture() })

@@ -9,8 +9,10 @@ import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dia
 import type { KyselyStoreOptions } from './kysely-outbox-store.js'
 import type { ResolvedTables } from './schema.js'
 
-/** Set by `markProcessed` on MySQL/MariaDB, released by `confirmProcessed`. */
+/** Set by `markProcessed` and `markProcessedMany` on MySQL/MariaDB, released by `confirmProcessed`. */
 const INBOX_SAVEPOINT = 'outboxkit_inbox'
+/** Most ids `markProcessedMany` sends in one statement; a longer list takes several. */
+const INBOX_IDS_PER_STATEMENT = 1_000
 /** Records deleted per purge transaction. */
 export const INBOX_PURGE_BATCH_SIZE = 500
 
@@ -103,6 +105,63 @@ export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
         ON CONFLICT DO NOTHING`.execute(tx),
     )
     return toNumber(result.numAffectedRows) === 1
+  }
+
+  /**
+   * One statement for the whole list in the common case. Postgres: `INSERT ... SELECT unnest(...)
+   * ON CONFLICT DO NOTHING RETURNING message_id` names the ids it recorded. MySQL/MariaDB:
+   * `INSERT IGNORE` with one row per id; when it records them all (a fresh batch) that is the
+   * answer. When it records fewer (some were processed before, e.g. a batch redelivered after a
+   * crash), it cannot say which, so the statement is rolled back to a savepoint and the ids are
+   * recorded one by one as {@link markProcessed} does. The ids go in sorted, so two transactions
+   * recording overlapping lists take their row locks in the same order.
+   */
+  async markProcessedMany(
+    tx: Transaction<DB>,
+    consumer: string,
+    messageIds: readonly string[],
+  ): Promise<boolean[]> {
+    checkId('consumer name', consumer)
+    for (const messageId of messageIds) checkId('message id', messageId)
+    const unique = [...new Set(messageIds)].sort()
+    if (unique.length === 0) return []
+    const recorded = new Set<string>()
+    for (let start = 0; start < unique.length; start += INBOX_IDS_PER_STATEMENT) {
+      const chunk = unique.slice(start, start + INBOX_IDS_PER_STATEMENT)
+      for (const id of await this.#recordMany(tx, consumer, chunk)) recorded.add(id)
+    }
+    const answered = new Set<string>()
+    return messageIds.map((id) => {
+      if (answered.has(id)) return false
+      answered.add(id)
+      return recorded.has(id)
+    })
+  }
+
+  async #recordMany(tx: Transaction<DB>, consumer: string, ids: readonly string[]): Promise<Set<string>> {
+    const inbox = sql.raw(this.tables.inbox)
+    if (this.tables.dialect !== 'mysql') {
+      const result = await this.#run('markProcessedMany', () =>
+        sql<{ message_id: string }>`INSERT INTO ${inbox} (consumer, message_id)
+          SELECT ${consumer}, m FROM unnest(${sql.val(ids)}::text[]) WITH ORDINALITY AS u(m, n) ORDER BY n
+          ON CONFLICT DO NOTHING RETURNING message_id`.execute(tx),
+      )
+      return new Set(result.rows.map((row) => row.message_id))
+    }
+    // Set before the INSERT, it serves both to undo a partial one and, as markProcessed's
+    // savepoint, for confirmProcessed: InnoDB rolling the transaction back removes it either way.
+    await this.#run('markProcessedMany', () => sql.raw(`SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx))
+    const rows = sql.join(ids.map((id) => sql`(${consumer}, ${id})`))
+    const result = await this.#run('markProcessedMany', () =>
+      sql`INSERT IGNORE INTO ${inbox} (consumer, message_id) VALUES ${rows}`.execute(tx),
+    )
+    if (toNumber(result.numAffectedRows) === ids.length) return new Set(ids)
+    await this.#run('markProcessedMany', () =>
+      sql.raw(`ROLLBACK TO SAVEPOINT ${INBOX_SAVEPOINT}`).execute(tx),
+    )
+    const recorded = new Set<string>()
+    for (const id of ids) if (await this.markProcessed(tx, consumer, id)) recorded.add(id)
+    return recorded
   }
 
   /**

@@ -604,6 +604,36 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
     return this.db.recordInbox(tx, consumer, messageId)
   }
 
+  async markProcessedMany(
+    tx: MemoryTransaction,
+    consumer: string,
+    messageIds: readonly string[],
+  ): Promise<boolean[]> {
+    for (const messageId of messageIds) {
+      const problem = messageIdProblem(messageId) ?? messageIdProblem(consumer)
+      if (problem !== undefined) {
+        throw new OutboxKitError(
+          ErrorCode.InvalidMessageId,
+          `The inbox cannot store this pair: ${problem}.`,
+          {
+            source: 'memory',
+          },
+        )
+      }
+    }
+    // In sorted order, as the SQL store takes its row locks: two lists never wait on each other in a cycle.
+    const recorded = new Set<string>()
+    for (const messageId of [...new Set(messageIds)].sort()) {
+      if (await this.db.recordInbox(tx, consumer, messageId)) recorded.add(messageId)
+    }
+    const answered = new Set<string>()
+    return messageIds.map((id) => {
+      if (answered.has(id)) return false
+      answered.add(id)
+      return recorded.has(id)
+    })
+  }
+
   /** The transaction is still open and holds the pair. */
   async confirmProcessed(tx: MemoryTransaction, consumer: string, messageId: string): Promise<boolean> {
     const key = inboxKey(consumer, messageId)
