@@ -11,16 +11,31 @@ export const entries = {
   testing: 'src/testing/index.ts',
 }
 
-export default defineConfig({
-  entry: entries,
-  format: ['esm', 'cjs'],
-  dts: true,
-  sourcemap: true,
-  clean: true,
-  splitting: true,
-  treeshake: true,
-  target: 'es2022',
-  platform: 'neutral',
-  // Drivers and peers are never bundled: users install the ones they use.
-  external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', /^@electric-sql\//, /^@opentelemetry\//],
-})
+export default defineConfig([
+  {
+    entry: entries,
+    format: ['esm', 'cjs'],
+    dts: true,
+    sourcemap: true,
+    // The command's bundle, built by the config below, stays.
+    clean: ['!cli.js', '!cli.js.map'],
+    splitting: true,
+    treeshake: true,
+    target: 'es2022',
+    platform: 'neutral',
+    // Drivers and peers are never bundled: users install the ones they use.
+    external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', /^@electric-sql\//, /^@opentelemetry\//],
+  },
+  {
+    // The `outboxkit` command (package.json "bin"): Node only, ESM, one file. No export imports it.
+    entry: { cli: 'src/cli/main.ts' },
+    format: ['esm'],
+    dts: false,
+    sourcemap: true,
+    clean: false,
+    splitting: false,
+    target: 'node20',
+    platform: 'node',
+    external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', 'commander', 'cli-progress'],
+  },
+])
