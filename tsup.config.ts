@@ -1,4 +1,4 @@
-import { defineConfig } from 'tsup'
+import { defineConfig, type Options } from 'tsup'
 
 /** One entry per subpath export; package.json "exports" lists the same names. */
 export const entries = {
@@ -9,6 +9,19 @@ export const entries = {
   memory: 'src/adapters/memory/index.ts',
   otel: 'src/otel/index.ts',
   testing: 'src/testing/index.ts',
+}
+
+/** The `outboxkit` command (package.json "bin"): Node only, ESM, one file. No export imports it. */
+export const cliConfig: Options = {
+  entry: { cli: 'src/cli/main.ts' },
+  format: ['esm'],
+  dts: false,
+  sourcemap: true,
+  clean: false,
+  splitting: false,
+  target: 'node20',
+  platform: 'node',
+  external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', 'commander', 'cli-progress'],
 }
 
 export default defineConfig([
@@ -26,16 +39,5 @@ export default defineConfig([
     // Drivers and peers are never bundled: users install the ones they use.
     external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', /^@electric-sql\//, /^@opentelemetry\//],
   },
-  {
-    // The `outboxkit` command (package.json "bin"): Node only, ESM, one file. No export imports it.
-    entry: { cli: 'src/cli/main.ts' },
-    format: ['esm'],
-    dts: false,
-    sourcemap: true,
-    clean: false,
-    splitting: false,
-    target: 'node20',
-    platform: 'node',
-    external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', 'commander', 'cli-progress'],
-  },
+  cliConfig,
 ])

@@ -7,7 +7,8 @@ import { Command, CommanderError, Option } from 'commander'
 import { type Database, type DatabaseOptions, openDatabase } from './connection.js'
 import { CliError, ExitCode } from './exit-codes.js'
 import { migrate } from './migrate.js'
-import { emit, type OutputOptions, reportError } from './output.js'
+import { emit, type OutputOptions, parseDuration, reportError } from './output.js'
+import { formatStatus, status } from './status.js'
 
 interface GlobalOptions extends DatabaseOptions, OutputOptions {}
 
@@ -85,7 +86,58 @@ export function buildProgram(): Command {
         }),
       ),
     )
+  program
+    .command('status')
+    .description('backlog, oldest pending age, blocked keys, dead rows, claims, shard owners, inbox size')
+    .option('--watch [interval]', 'refresh every interval (default 2s) until interrupted')
+    .action(
+      action(async (options: GlobalOptions & { watch?: string | boolean }) =>
+        withDatabase(options, async (database) => {
+          if (options.watch === undefined || options.watch === false) {
+            const report = await status(database)
+            emit(options, report, () => formatStatus(report))
+            return ExitCode.ok
+          }
+          const intervalMs = options.watch === true ? 2000 : parseDuration('--watch', options.watch)
+          await watch(intervalMs, async () => {
+            const report = await status(database)
+            if (options.json) process.stdout.write(`${JSON.stringify(report)}\n`)
+            else if (process.stdout.isTTY)
+              process.stdout.write(`\x1b[2J\x1b[H${new Date().toISOString()}\n${formatStatus(report)}\n`)
+            else process.stdout.write(`${new Date().toISOString()}\n${formatStatus(report)}\n\n`)
+          })
+          return ExitCode.ok
+        }),
+      ),
+    )
+
   return program
+}
+
+/** Runs `tick` every `intervalMs` until SIGINT or SIGTERM. */
+async function watch(intervalMs: number, tick: () => Promise<void>): Promise<void> {
+  let stop: () => void = () => {}
+  const stopped = new Promise<void>((resolve) => {
+    stop = resolve
+  })
+  let done = false
+  const onSignal = () => {
+    done = true
+    stop()
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    while (!done) {
+      await tick()
+      let timer: ReturnType<typeof setTimeout> | undefined
+      await Promise.race([stopped, new Promise((resolve) => (timer = setTimeout(resolve, intervalMs)))])
+      clearTimeout(timer)
+    }
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
