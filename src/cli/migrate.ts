@@ -19,7 +19,7 @@ import {
   PostgresQueryCompiler,
   type QueryResult,
 } from 'kysely'
-import { outboxMigrations } from '../adapters/kysely/migrations.js'
+import { ensureOutboxSchema, outboxMigrations } from '../adapters/kysely/migrations.js'
 import { type AnyDB, type Database, describe } from './connection.js'
 import { CliError, ExitCode } from './exit-codes.js'
 import { appliedMigrations, existingTables, migrationTables } from './schema-state.js'
@@ -42,6 +42,12 @@ export async function migrate(database: Database, dryRun: boolean): Promise<Migr
   const names = Object.keys(migrations).sort()
   const tables = await existingTables(database)
   const applied = new Set((await appliedMigrations(database, tables)) ?? [])
+  if (tables.has(database.tables.outboxName) && !applied.has(names[0]!)) {
+    // Tables made another way (ensureOutboxSchema, outboxSchemaSql) at any earlier version: the
+    // first migration's DDL assumes no table or a current one, so it brings them to the current
+    // layout the way ensureOutboxSchema does; the later migrations then find nothing to do.
+    migrations[names[0]!] = { up: (db) => ensureOutboxSchema(db, database.options) }
+  }
   const pending = names.filter((n) => !applied.has(n))
   const alreadyApplied = names.filter((n) => applied.has(n))
   if (dryRun) {

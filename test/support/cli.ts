@@ -25,7 +25,10 @@ export interface CliRun {
 }
 
 /** Runs the command to its end. `env` adds to (or, with undefined values, removes from) the environment. */
-export function runCli(args: readonly string[], env: Record<string, string | undefined> = {}): Promise<CliRun> {
+export function runCli(
+  args: readonly string[],
+  env: Record<string, string | undefined> = {},
+): Promise<CliRun> {
   const merged: Record<string, string> = {}
   for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) merged[k] = v
   return new Promise((resolve, reject) => {

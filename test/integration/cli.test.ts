@@ -1,0 +1,290 @@
+/**
+ * The `outboxkit` command end to end: the built bin (dist/cli.js) run as a user runs it, against
+ * real Postgres and MariaDB (and Kafka for doctor). Assertions read the tables directly.
+ */
+import { beforeAll, describe, expect, test } from 'bun:test'
+import { sql } from 'kysely'
+import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { MYSQL_NO_PAD, schemaSql } from '../../src/adapters/kysely/schema.js'
+import { Outbox } from '../../src/core/outbox.js'
+import { buildCli, runCli, startCli } from '../support/cli.js'
+import {
+  assertReachable,
+  type Backend,
+  MYSQL_URL,
+  mysqlBackend,
+  POSTGRES_URL,
+  postgresJsBackend,
+  type TestDatabase,
+} from '../support/databases.js'
+
+const BACKENDS: readonly { backend: Backend; url: string }[] = [
+  { backend: postgresJsBackend, url: POSTGRES_URL },
+  { backend: mysqlBackend, url: MYSQL_URL },
+]
+
+beforeAll(async () => {
+  for (const { backend } of BACKENDS) await assertReachable(backend)
+  await buildCli()
+}, 120_000)
+
+/** Opens a fresh schema and returns a runner of the command pointed at it. */
+async function open(backend: Backend, url: string) {
+  const database = await backend.open()
+  const cli = (args: readonly string[], env: Record<string, string | undefined> = {}) =>
+    runCli([...args, '--schema', database.schema], { DATABASE_URL: url, ...env })
+  const json = async (args: readonly string[]) => {
+    const run = await cli([...args, '--json'])
+    if (run.code !== 0) throw new Error(`outboxkit ${args.join(' ')} exited ${run.code}: ${run.stderr}`)
+    return JSON.parse(run.stdout)
+  }
+  return { database, cli, json }
+}
+
+async function tablesOf(database: TestDatabase): Promise<string[]> {
+  const rows = await sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables
+    WHERE table_schema = ${database.schema} ORDER BY table_name`.execute(database.db)
+  return rows.rows.map((r) => String(r.name))
+}
+
+async function addEvents(database: TestDatabase, events: readonly { key: string; type?: string }[]) {
+  const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
+  const outbox = new Outbox({ store })
+  await database.db.transaction().execute(async (trx) => {
+    for (const [i, e] of events.entries()) {
+      await outbox.add(trx, { topic: 'orders', key: e.key, type: e.type ?? `E${i}`, payload: { i } })
+    }
+  })
+  return store
+}
+
+for (const { backend, url } of BACKENDS) {
+  describe(`outboxkit migrate: ${backend.name}`, () => {
+    test('--dry-run prints the SQL of every migration and creates nothing', async () => {
+      const { database, cli } = await open(backend, url)
+      try {
+        const run = await cli(['migrate', '--dry-run'])
+        expect(run.code).toBe(0)
+        expect(run.stdout).toContain('-- outboxkit_0001_outbox')
+        expect(run.stdout).toContain('CREATE TABLE IF NOT EXISTS')
+        expect(run.stdout).toContain('-- outboxkit_0004_outbox_shards')
+        expect(await tablesOf(database)).toEqual([])
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('creates the tables at the current version; a second run has nothing to do', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        const first = await json(['migrate'])
+        expect(first.migrations.map((m: { name: string }) => m.name)).toEqual([
+          'outboxkit_0001_outbox',
+          'outboxkit_0002_outbox_nopad',
+          'outboxkit_0003_outbox_pending_keys',
+          'outboxkit_0004_outbox_shards',
+        ])
+        expect(await tablesOf(database)).toEqual([
+          'outbox',
+          'outbox_inbox',
+          'outbox_migration',
+          'outbox_migration_lock',
+          'outbox_relays',
+          'outbox_shards',
+        ])
+        const second = await json(['migrate'])
+        expect(second.migrations).toEqual([])
+        expect(second.alreadyApplied).toHaveLength(4)
+        const dry = await json(['migrate', '--dry-run'])
+        expect(dry.migrations).toEqual([])
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('upgrades tables an earlier version created, keeping their rows; --dry-run shows the ALTER first', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        const old = schemaSql({ dialect: backend.dialect, schema: database.schema }, false).map((s) =>
+          s.replaceAll(` ${MYSQL_NO_PAD}`, ''),
+        )
+        for (const statement of old) await sql.raw(statement).execute(database.db)
+        await database.query(
+          `INSERT INTO ${q(backend, database.schema)}.${q(backend, 'outbox')} (id, topic, ${q(backend, 'key')}, type, payload, headers)
+           VALUES ('0193a000-0000-7000-8000-000000000001', 'orders', 'k1', 'E', 'x', '{}')`,
+        )
+        const dry = await cli(['migrate', '--dry-run'])
+        expect(dry.code).toBe(0)
+        expect(dry.stdout).toMatch(/ALTER TABLE .*outbox.* ADD (COLUMN )?(IF NOT EXISTS )?.shard/)
+        expect(await tablesOf(database)).not.toContain('outbox_shards')
+        await json(['migrate'])
+        const rows = await database.query<{ shard: unknown }>(
+          `SELECT shard FROM ${q(backend, database.schema)}.${q(backend, 'outbox')}`,
+        )
+        expect(rows).toHaveLength(1)
+        expect(rows[0]!.shard).not.toBeNull()
+        expect(await tablesOf(database)).toContain('outbox_shards')
+      } finally {
+        await database.close()
+      }
+    })
+  })
+
+  describe(`outboxkit status: ${backend.name}`, () => {
+    test('counts the backlog, the keys blocked behind a failed head, dead rows and the inbox', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        await addEvents(database, [{ key: 'k1' }, { key: 'k1' }, { key: 'k1' }, { key: 'k2' }, { key: 'k3' }])
+        const o = `${q(backend, database.schema)}.${q(backend, 'outbox')}`
+        const key = q(backend, 'key')
+        // k1's head failed and waits an hour for its retry; k3's only row is dead.
+        const later = backend.dialect === 'mysql' ? 'NOW(6) + INTERVAL 1 HOUR' : "now() + interval '1 hour'"
+        await database.query(
+          `UPDATE ${o} SET attempts = 3, last_error = 'broker said no', available_at = ${later}
+           WHERE seq = (SELECT m FROM (SELECT min(seq) AS m FROM ${o} WHERE ${key} = 'k1') x)`,
+        )
+        await database.query(`UPDATE ${o} SET status = 2, last_error = 'too large' WHERE ${key} = 'k3'`)
+        const inbox = `${q(backend, database.schema)}.${q(backend, 'outbox_inbox')}`
+        await database.query(
+          `INSERT INTO ${inbox} (consumer, message_id) VALUES ('billing', 'a'), ('billing', 'b'), ('shipping', 'a')`,
+        )
+        const report = await json(['status'])
+        expect(report.outbox).toMatchObject({ pending: 4, ready: 3, claimed: 0, waitingRetry: 1, dead: 1 })
+        expect(report.outbox.oldestPendingAgeMs).toBeGreaterThanOrEqual(0)
+        expect(report.blockedKeys.count).toBe(1)
+        expect(report.blockedKeys.keys[0]).toMatchObject({
+          key: 'k1',
+          attempts: 3,
+          behind: 2,
+          lastError: 'broker said no',
+        })
+        expect(report.shards).toMatchObject({ total: 64, unowned: 64, owners: [], relays: [] })
+        expect(report.inbox).toEqual({
+          table: 'outbox_inbox',
+          rows: 3,
+          consumers: [
+            { consumer: 'billing', rows: 2, lastProcessedAt: expect.any(String) },
+            { consumer: 'shipping', rows: 1, lastProcessedAt: expect.any(String) },
+          ],
+        })
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('shows the live claims of the rows relays and the shard owners', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const store = await addEvents(database, [{ key: 'a' }, { key: 'a' }, { key: 'b' }])
+        const claim = await store.claim({ limit: 10, leaseMs: 60_000 })
+        await store.syncShards('relay-1', { leaseMs: 60_000, fairShare: 64 })
+        const report = await json(['status'])
+        expect(report.claims).toEqual([
+          { token: claim.token, rows: 3, keys: 2, leaseUntil: expect.any(String) },
+        ])
+        expect(report.outbox).toMatchObject({ pending: 3, claimed: 3, ready: 0 })
+        expect(report.shards.owners).toEqual([
+          { relayId: 'relay-1', shards: 64, leaseUntil: expect.any(String) },
+        ])
+        expect(report.shards.relays.map((r: { relayId: string }) => r.relayId)).toEqual(['relay-1'])
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('a human report on stdout; --watch --json prints a report per refresh until SIGTERM, then exits 0', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const human = await cli(['status'])
+        expect(human.code).toBe(0)
+        expect(human.stdout).toContain('pending   0')
+        const child = startCli(['status', '--watch', '100ms', '--json', '--schema', database.schema], {
+          DATABASE_URL: url,
+        })
+        let out = ''
+        await new Promise<void>((resolve) => {
+          child.stdout.on('data', (d) => {
+            out += d
+            if (out.split('\n').filter(Boolean).length >= 2) resolve()
+          })
+        })
+        child.kill('SIGTERM')
+        const code = await new Promise((resolve) => child.on('close', resolve))
+        expect(code).toBe(0)
+        const reports = out
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l))
+        expect(reports[0].outbox.pending).toBe(0)
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('missing tables: exit 4 and says to run migrate', async () => {
+      const { database, cli } = await open(backend, url)
+      try {
+        const run = await cli(['status'])
+        expect(run.code).toBe(4)
+        expect(run.stderr).toContain('does not exist: run outboxkit migrate')
+        const asJson = await cli(['status', '--json'])
+        expect(asJson.code).toBe(4)
+        expect(JSON.parse(asJson.stdout).error).toMatchObject({ reason: 'tables_missing', exitCode: 4 })
+      } finally {
+        await database.close()
+      }
+    })
+  })
+}
+
+describe('outboxkit errors', () => {
+  test('an unreachable database: exit 3, with the URL (password hidden) and what to check', async () => {
+    const run = await runCli(['status', '--database-url', 'postgres://postgres:secret@127.0.0.1:1/test'])
+    expect(run.code).toBe(3)
+    expect(run.stderr).toContain('Cannot reach the database at postgres://postgres:***@127.0.0.1:1/test')
+    expect(run.stderr).not.toContain('secret')
+    const mysql = await runCli(['migrate', '--json'], { DATABASE_URL: 'mysql://root@127.0.0.1:1/test' })
+    expect(mysql.code).toBe(3)
+    expect(JSON.parse(mysql.stdout).error.reason).toBe('database_unreachable')
+  })
+
+  test('an unknown database or user on a live server is unreachable too (exit 3)', async () => {
+    const run = await runCli(['status'], { DATABASE_URL: 'postgres://nobody_here@127.0.0.1:5432/no_such_db' })
+    expect(run.code).toBe(3)
+    expect(run.stderr).toContain('Cannot reach the database')
+  })
+
+  test('bad usage: exit 2 with a message (unknown command, unknown flag, bad values, no URL)', async () => {
+    const cases: [string[], Record<string, string | undefined>, string][] = [
+      [['frobnicate'], {}, "unknown command 'frobnicate'"],
+      [['status', '--bogus'], {}, "unknown option '--bogus'"],
+      [['status'], { DATABASE_URL: undefined }, 'No database: pass --database-url'],
+      [['status', '--database-url', 'redis://x'], {}, 'scheme "redis:" is not supported'],
+      [['status', '--outbox-table', 'x;drop table y'], { DATABASE_URL: POSTGRES_URL }, 'is not allowed'],
+      [
+        ['status', '--layout', 'mine'],
+        { DATABASE_URL: POSTGRES_URL },
+        'Allowed choices are outboxkit, debezium',
+      ],
+      [['status', '--watch', 'soon'], { DATABASE_URL: POSTGRES_URL }, '--watch must be a duration'],
+    ]
+    for (const [args, env, message] of cases) {
+      const run = await runCli(args, env)
+      expect({ args, code: run.code }).toEqual({ args, code: 2 })
+      expect(run.stderr).toContain(message)
+    }
+  })
+
+  test('--help lists the commands and exits 0', async () => {
+    const run = await runCli(['--help'])
+    expect(run.code).toBe(0)
+    for (const command of ['migrate', 'status']) expect(run.stdout).toContain(command)
+  })
+})
+
+function q(backend: Backend, name: string): string {
+  return backend.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`
+}
