@@ -5,9 +5,17 @@
  */
 import { Command, CommanderError, Option } from 'commander'
 import { type Database, type DatabaseOptions, openDatabase } from './connection.js'
+import { type DeadChange, type DeadFilter, dropDead, listDead, requeueDead, showDead } from './dead.js'
 import { CliError, ExitCode } from './exit-codes.js'
 import { migrate } from './migrate.js'
-import { emit, type OutputOptions, parseDuration, reportError } from './output.js'
+import {
+  emit,
+  type OutputOptions,
+  parseDuration,
+  parsePositiveInteger,
+  reportError,
+  table,
+} from './output.js'
 import { formatStatus, status } from './status.js'
 
 interface GlobalOptions extends DatabaseOptions, OutputOptions {}
@@ -111,7 +119,132 @@ export function buildProgram(): Command {
       ),
     )
 
+  const dead = program.command('dead').description('dead rows: list, show, requeue, drop')
+  const filters = (command: Command) =>
+    command
+      .option('--topic <topic>', 'only rows of this topic')
+      .option('--key <key>', 'only rows of this key')
+  filters(dead.command('list').description('list dead rows, oldest first'))
+    .option('--limit <n>', 'rows to list (default 50)')
+    .action(
+      action(async (options: GlobalOptions & DeadFilter & { limit?: string }) => {
+        const limit =
+          options.limit === undefined ? 50 : parsePositiveInteger('--limit', options.limit, 100_000)
+        return withDatabase(options, async (database) => {
+          const result = await listDead(database, filterOf(options), limit)
+          emit(options, result, () => {
+            if (result.total === 0) return 'No dead rows.'
+            const rows = table(
+              ['ID', 'TOPIC', 'KEY', 'TYPE', 'ATTEMPTS', 'CREATED', 'LAST ERROR'],
+              result.rows.map((r) => [
+                r.id,
+                r.topic,
+                r.key,
+                r.type,
+                String(r.attempts),
+                r.createdAt,
+                clip(r.lastError ?? '', 60),
+              ]),
+            )
+            const more =
+              result.total > result.rows.length
+                ? `\n(${result.total - result.rows.length} more; --limit)`
+                : ''
+            return `${rows}${more}`
+          })
+          return ExitCode.ok
+        })
+      }),
+    )
+  dead
+    .command('show')
+    .description('one dead row in full: columns, headers, payload')
+    .argument('<id>', 'message id')
+    .action(
+      action(async (options: GlobalOptions, id: string) =>
+        withDatabase(options, async (database) => {
+          const row = await showDead(database, id)
+          emit(options, row, () =>
+            [
+              `id         ${row.id}`,
+              `topic      ${row.topic}`,
+              `key        ${row.key}`,
+              `type       ${row.type}`,
+              `seq        ${row.seq}`,
+              `attempts   ${row.attempts}`,
+              `created    ${row.createdAt}`,
+              `last error ${row.lastError ?? '-'}`,
+              'headers',
+              ...Object.entries(row.headers).map(([k, v]) => `  ${k}: ${v}`),
+              `payload (${row.payloadEncoding})`,
+              row.payload,
+            ].join('\n'),
+          )
+          return ExitCode.ok
+        }),
+      ),
+    )
+  const change = (name: 'requeue' | 'drop', description: string, run: typeof requeueDead) =>
+    filters(dead.command(name).description(description))
+      .argument('[ids...]', 'message ids')
+      .option('--all', 'every dead row (matching --topic/--key)')
+      .option('--yes', name === 'drop' ? 'confirm dropping with --all' : 'accepted for symmetry with drop')
+      .action(
+        action(
+          async (options: GlobalOptions & DeadFilter & { all?: boolean; yes?: boolean }, ids: string[]) => {
+            if (ids.length > 0 && options.all) {
+              throw new CliError(ExitCode.usage, 'bad_flag', `dead ${name}: give ids or --all, not both.`)
+            }
+            if (ids.length === 0 && !options.all) {
+              throw new CliError(
+                ExitCode.usage,
+                'bad_flag',
+                `dead ${name}: give the ids of dead rows, or --all.`,
+              )
+            }
+            if (name === 'drop' && options.all && !options.yes) {
+              throw new CliError(
+                ExitCode.usage,
+                'confirm',
+                'dead drop --all deletes every matching dead row for good: add --yes to confirm.',
+              )
+            }
+            return withDatabase(options, async (database) => {
+              const result: DeadChange = await run(database, options.all ? filterOf(options) : ids)
+              const done = (name === 'requeue' ? result.requeued : result.dropped) ?? []
+              emit(options, result, () =>
+                [
+                  `${name === 'requeue' ? 'requeued' : 'dropped'} ${done.length}`,
+                  ...done.map((id) => `  ${id}`),
+                  ...(result.skipped.length > 0
+                    ? [
+                        `skipped ${result.skipped.length} (not dead or unknown)`,
+                        ...result.skipped.map((id) => `  ${id}`),
+                      ]
+                    : []),
+                ].join('\n'),
+              )
+              return result.skipped.length > 0 ? ExitCode.problems : ExitCode.ok
+            })
+          },
+        ),
+      )
+  change('requeue', 'make dead rows pending again, each at the end of its key', requeueDead)
+  change('drop', 'delete dead rows for good', dropDead)
+
   return program
+}
+
+function filterOf(options: DeadFilter): DeadFilter {
+  const filter: DeadFilter = {}
+  if (options.topic !== undefined) filter.topic = options.topic
+  if (options.key !== undefined) filter.key = options.key
+  return filter
+}
+
+function clip(text: string, width: number): string {
+  const line = text.replace(/\s+/g, ' ')
+  return line.length <= width ? line : `${line.slice(0, width - 1)}…`
 }
 
 /** Runs `tick` every `intervalMs` until SIGINT or SIGTERM. */

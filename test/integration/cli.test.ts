@@ -238,6 +238,129 @@ for (const { backend, url } of BACKENDS) {
       }
     })
   })
+
+  describe(`outboxkit dead: ${backend.name}`, () => {
+    /** k: e0..e3 in write order; `dead` of them made dead; l: one pending row. */
+    async function withDeadRows(database: TestDatabase, dead: readonly string[]) {
+      const store = await addEvents(database, [
+        { key: 'k', type: 'e0' },
+        { key: 'k', type: 'e1' },
+        { key: 'k', type: 'e2' },
+        { key: 'k', type: 'e3' },
+        { key: 'l', type: 'l0' },
+      ])
+      const o = `${q(backend, database.schema)}.${q(backend, 'outbox')}`
+      const list = dead.map((t) => `'${t}'`).join(', ')
+      await database.query(
+        `UPDATE ${o} SET status = 2, attempts = 5, last_error = 'MESSAGE_TOO_LARGE' WHERE type IN (${list})`,
+      )
+      const ids = await database.query<{ id: string; type: string }>(`SELECT id, type FROM ${o} ORDER BY seq`)
+      return { store, id: (type: string) => String(ids.find((r) => r.type === type)!.id) }
+    }
+
+    test('list and show dead rows; show of a row that is not dead exits 1', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { id } = await withDeadRows(database, ['e0', 'e2'])
+        const listed = await json(['dead', 'list'])
+        expect(listed.total).toBe(2)
+        expect(listed.rows.map((r: { type: string }) => r.type)).toEqual(['e0', 'e2'])
+        expect(listed.rows[0]).toMatchObject({
+          key: 'k',
+          topic: 'orders',
+          attempts: 5,
+          lastError: 'MESSAGE_TOO_LARGE',
+        })
+        expect((await json(['dead', 'list', '--key', 'l'])).total).toBe(0)
+        expect((await json(['dead', 'list', '--limit', '1'])).rows).toHaveLength(1)
+        const shown = await json(['dead', 'show', id('e2')])
+        expect(shown).toMatchObject({ id: id('e2'), type: 'e2', payload: '{"i":2}', payloadEncoding: 'utf8' })
+        expect(shown.headers['content-type']).toBe('application/json')
+        const human = await cli(['dead', 'list'])
+        expect(human.stdout).toContain(id('e0'))
+        const pending = await cli(['dead', 'show', id('e1')])
+        expect(pending.code).toBe(1)
+        expect(pending.stderr).toContain(`No dead row has the id ${id('e1')}`)
+        expect((await cli(['dead', 'show', 'not-an-id'])).code).toBe(1)
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('requeue puts the row at the end of its key: claimed after the rows pending then, never beside a claim holding the key', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { store, id } = await withDeadRows(database, ['e0'])
+        // A relay holds k's pending rows while the dead head is requeued.
+        const first = await store.claim({ limit: 10, leaseMs: 60_000 })
+        expect(first.records.map((r) => r.type)).toEqual(['e1', 'e2', 'e3', 'l0'])
+        const run = await json(['dead', 'requeue', id('e0')])
+        expect(run).toEqual({ requeued: [id('e0')], skipped: [] })
+        expect((await store.claim({ limit: 10, leaseMs: 60_000 })).records).toEqual([])
+        await store.markPublished(
+          first.token,
+          first.records.map((r) => r.id),
+        )
+        const next = await store.claim({ limit: 10, leaseMs: 60_000 })
+        expect(next.records.map((r) => [r.type, r.id, r.attempts])).toEqual([['e0', id('e0'), 1]])
+        // Not dead any more: a second requeue skips it and exits 1.
+        const again = await cli(['dead', 'requeue', id('e0')])
+        expect(again.code).toBe(1)
+        expect(again.stdout).toContain('skipped 1')
+      } finally {
+        await database.close()
+      }
+    })
+
+    test("requeue --all keeps the order of one key's dead rows, behind its pending ones", async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { store, id } = await withDeadRows(database, ['e0', 'e2'])
+        const run = await json(['dead', 'requeue', '--all', '--key', 'k'])
+        expect(run).toEqual({ requeued: [id('e0'), id('e2')], skipped: [] })
+        const claim = await store.claim({ limit: 10, leaseMs: 60_000 })
+        expect(claim.records.filter((r) => r.key === 'k').map((r) => r.type)).toEqual([
+          'e1',
+          'e3',
+          'e0',
+          'e2',
+        ])
+        expect((await json(['dead', 'list'])).total).toBe(0)
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('drop deletes dead rows only; --all needs --yes; ids or --all, not neither', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { id } = await withDeadRows(database, ['e0', 'e2', 'l0'])
+        const mixed = await cli(['dead', 'drop', id('e0'), id('e1'), '--json'])
+        expect(mixed.code).toBe(1)
+        expect(JSON.parse(mixed.stdout)).toEqual({ dropped: [id('e0')], skipped: [id('e1')] })
+        const o = `${q(backend, database.schema)}.${q(backend, 'outbox')}`
+        expect(
+          (await database.query<{ type: string }>(`SELECT type FROM ${o} ORDER BY seq`)).map((r) => r.type),
+        ).toEqual(['e1', 'e2', 'e3', 'l0'])
+        const unconfirmed = await cli(['dead', 'drop', '--all'])
+        expect(unconfirmed.code).toBe(2)
+        expect(unconfirmed.stderr).toContain('add --yes')
+        expect((await cli(['dead', 'requeue'])).code).toBe(2)
+        expect((await cli(['dead', 'drop', id('e2'), '--all', '--yes'])).code).toBe(2)
+        expect(await json(['dead', 'drop', '--all', '--yes', '--topic', 'orders'])).toEqual({
+          dropped: [id('e2'), id('l0')],
+          skipped: [],
+        })
+        expect((await database.query(`SELECT id FROM ${o}`)).length).toBe(2)
+      } finally {
+        await database.close()
+      }
+    })
+  })
 }
 
 describe('outboxkit errors', () => {
