@@ -10,12 +10,14 @@ import { CliError, ExitCode } from './exit-codes.js'
 import { migrate } from './migrate.js'
 import {
   emit,
+  formatDuration,
   type OutputOptions,
   parseDuration,
   parsePositiveInteger,
   reportError,
   table,
 } from './output.js'
+import { purge } from './purge.js'
 import { formatStatus, status } from './status.js'
 
 interface GlobalOptions extends DatabaseOptions, OutputOptions {}
@@ -35,12 +37,12 @@ async function withDatabase(
   }
 }
 
-function action<A extends unknown[]>(
-  body: (options: GlobalOptions, ...args: A) => Promise<number | undefined>,
+function action<O extends GlobalOptions, A extends unknown[]>(
+  body: (options: O, ...args: A) => Promise<number | undefined>,
 ): (...args: unknown[]) => Promise<void> {
   return async (...args: unknown[]) => {
     const command = args[args.length - 1] as Command
-    const options = command.optsWithGlobals<GlobalOptions>()
+    const options = command.optsWithGlobals<O>()
     outputMode = options
     process.exitCode = (await body(options, ...(args.slice(0, -2) as A))) ?? ExitCode.ok
   }
@@ -231,6 +233,66 @@ export function buildProgram(): Command {
       )
   change('requeue', 'make dead rows pending again, each at the end of its key', requeueDead)
   change('drop', 'delete dead rows for good', dropDead)
+
+  program
+    .command('purge')
+    .description(
+      'delete published (and, with --include-dead, dead) outbox rows and inbox rows older than a horizon',
+    )
+    .requiredOption(
+      '--older-than <duration>',
+      'outbox rows created longer ago than this: 90s, 15m, 12h, 7d, 2w',
+    )
+    .option('--include-dead', 'also delete dead outbox rows older than the horizon')
+    .option(
+      '--inbox-older-than <duration>',
+      'inbox rows processed longer ago than this (default: --older-than)',
+    )
+    .option('--consumer <name>', "only this consumer's inbox rows")
+    .option('--no-inbox', 'leave the inbox alone')
+    .option('--batch <n>', 'rows per store purge call (default 10000)')
+    .action(
+      action(
+        async (
+          options: GlobalOptions & {
+            olderThan: string
+            includeDead?: boolean
+            inboxOlderThan?: string
+            consumer?: string
+            inbox: boolean
+            batch?: string
+          },
+        ) => {
+          const olderThanMs = parseDuration('--older-than', options.olderThan)
+          const inboxOlderThanMs = !options.inbox
+            ? undefined
+            : options.inboxOlderThan === undefined
+              ? olderThanMs
+              : parseDuration('--inbox-older-than', options.inboxOlderThan)
+          const batch =
+            options.batch === undefined ? 10_000 : parsePositiveInteger('--batch', options.batch, 1_000_000)
+          return withDatabase(options, async (database) => {
+            const result = await purge(database, {
+              olderThanMs,
+              includeDead: options.includeDead === true,
+              inboxOlderThanMs,
+              consumer: options.consumer,
+              batch,
+              progress: process.stderr.isTTY === true && !options.json,
+            })
+            emit(options, result, () =>
+              [
+                `outbox: purged ${result.outbox.purged} ${result.outbox.includeDead ? 'published and dead' : 'published'} rows older than ${formatDuration(result.outbox.olderThanMs)}`,
+                result.inbox
+                  ? `inbox: purged ${result.inbox.purged} rows older than ${formatDuration(result.inbox.olderThanMs)}${result.inbox.consumer ? ` of ${result.inbox.consumer}` : ''}`
+                  : 'inbox: left alone',
+              ].join('\n'),
+            )
+            return ExitCode.ok
+          })
+        },
+      ),
+    )
 
   return program
 }

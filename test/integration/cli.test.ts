@@ -2,12 +2,14 @@
  * The `outboxkit` command end to end: the built bin (dist/cli.js) run as a user runs it, against
  * real Postgres and MariaDB (and Kafka for doctor). Assertions read the tables directly.
  */
+
 import { beforeAll, describe, expect, test } from 'bun:test'
+import { spawnSync } from 'node:child_process'
 import { sql } from 'kysely'
 import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { MYSQL_NO_PAD, schemaSql } from '../../src/adapters/kysely/schema.js'
 import { Outbox } from '../../src/core/outbox.js'
-import { buildCli, runCli, startCli } from '../support/cli.js'
+import { buildCli, CLI, runCli, startCli } from '../support/cli.js'
 import {
   assertReachable,
   type Backend,
@@ -179,7 +181,7 @@ for (const { backend, url } of BACKENDS) {
         await json(['migrate'])
         const store = await addEvents(database, [{ key: 'a' }, { key: 'a' }, { key: 'b' }])
         const claim = await store.claim({ limit: 10, leaseMs: 60_000 })
-        await store.syncShards('relay-1', { leaseMs: 60_000, fairShare: 64 })
+        await store.syncShards('relay-1', { leaseMs: 60_000 })
         const report = await json(['status'])
         expect(report.claims).toEqual([
           { token: claim.token, rows: 3, keys: 2, leaseUntil: expect.any(String) },
@@ -356,6 +358,108 @@ for (const { backend, url } of BACKENDS) {
           skipped: [],
         })
         expect((await database.query(`SELECT id FROM ${o}`)).length).toBe(2)
+      } finally {
+        await database.close()
+      }
+    })
+  })
+
+  describe(`outboxkit purge: ${backend.name}`, () => {
+    /** Old (10 days) and new rows of every status, and old and new inbox rows of two consumers. */
+    async function withHistory(database: TestDatabase) {
+      await addEvents(
+        database,
+        ['pub-old', 'pub-old', 'pub-old', 'pub-old', 'pub-old', 'pub-new', 'dead-old', 'pending-old'].map(
+          (type, i) => ({
+            key: `k${i}`,
+            type,
+          }),
+        ),
+      )
+      const o = `${q(backend, database.schema)}.${q(backend, 'outbox')}`
+      const i = `${q(backend, database.schema)}.${q(backend, 'outbox_inbox')}`
+      const old = backend.dialect === 'mysql' ? 'NOW(6) - INTERVAL 10 DAY' : "now() - interval '10 days'"
+      await database.query(`UPDATE ${o} SET status = 1 WHERE type LIKE 'pub-%'`)
+      await database.query(`UPDATE ${o} SET status = 2 WHERE type = 'dead-old'`)
+      await database.query(`UPDATE ${o} SET created_at = ${old} WHERE type LIKE '%-old'`)
+      await database.query(
+        `INSERT INTO ${i} (consumer, message_id, processed_at) VALUES
+         ('billing', 'a', ${old}), ('billing', 'b', ${old}), ('billing', 'c', ${backend.dialect === 'mysql' ? 'NOW(6)' : 'now()'}),
+         ('shipping', 'a', ${old})`,
+      )
+      return {
+        types: async () =>
+          (await database.query<{ type: string }>(`SELECT type FROM ${o} ORDER BY seq`)).map((r) => r.type),
+        inbox: async () =>
+          (
+            await database.query<{ c: string; m: string }>(
+              `SELECT consumer AS c, message_id AS m FROM ${i} ORDER BY consumer, message_id`,
+            )
+          ).map((r) => `${r.c}/${r.m}`),
+      }
+    }
+
+    test('deletes published rows and inbox rows past the horizon, in batches; dead rows only with --include-dead; pending never', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { types, inbox } = await withHistory(database)
+        const first = await json(['purge', '--older-than', '7d', '--batch', '2'])
+        expect(first).toEqual({
+          outbox: { purged: 5, olderThanMs: 7 * 86_400_000, includeDead: false },
+          inbox: { purged: 3, olderThanMs: 7 * 86_400_000, consumer: null },
+        })
+        expect(await types()).toEqual(['pub-new', 'dead-old', 'pending-old'])
+        expect(await inbox()).toEqual(['billing/c'])
+        const second = await cli(['purge', '--older-than', '7d', '--include-dead'])
+        expect(second.code).toBe(0)
+        expect(second.stdout).toContain('outbox: purged 1 published and dead rows older than 7d')
+        // Not a terminal: no progress bar.
+        expect(second.stderr).toBe('')
+        expect(await types()).toEqual(['pub-new', 'pending-old'])
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('--consumer and --inbox-older-than narrow the inbox purge; --no-inbox leaves it alone', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const { inbox } = await withHistory(database)
+        const none = await json(['purge', '--older-than', '7d', '--no-inbox'])
+        expect(none.inbox).toBeNull()
+        expect(await inbox()).toHaveLength(4)
+        const longer = await json(['purge', '--older-than', '7d', '--inbox-older-than', '30d'])
+        expect(longer.inbox.purged).toBe(0)
+        const shipping = await json(['purge', '--older-than', '7d', '--consumer', 'shipping'])
+        expect(shipping.inbox).toEqual({ purged: 1, olderThanMs: 7 * 86_400_000, consumer: 'shipping' })
+        expect(await inbox()).toEqual(['billing/a', 'billing/b', 'billing/c'])
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('on a terminal, a progress bar; a missing or bad horizon is bad usage (exit 2)', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        await withHistory(database)
+        const command = ['node', CLI, 'purge', '--older-than', '7d', '--schema', database.schema].join(' ')
+        const tty = spawnSync('script', ['-qec', command, '/dev/null'], {
+          encoding: 'utf8',
+          env: { ...process.env, DATABASE_URL: url },
+        })
+        expect(tty.status).toBe(0)
+        expect(tty.stdout).toMatch(/outbox \[[^\]]*\] 5\/5 rows/)
+        expect(tty.stdout).toMatch(/inbox +\[[^\]]*\] 3\/3 rows/)
+        const missing = await cli(['purge'])
+        expect(missing.code).toBe(2)
+        expect(missing.stderr).toContain("required option '--older-than <duration>' not specified")
+        const bad = await cli(['purge', '--older-than', 'last week'])
+        expect(bad.code).toBe(2)
+        expect(bad.stderr).toContain('--older-than must be a duration')
+        expect((await cli(['purge', '--older-than', '7d', '--batch', '0'])).code).toBe(2)
       } finally {
         await database.close()
       }
