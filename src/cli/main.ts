@@ -6,6 +6,7 @@
 import { Command, CommanderError, Option } from 'commander'
 import { type Database, type DatabaseOptions, openDatabase } from './connection.js'
 import { type DeadChange, type DeadFilter, dropDead, listDead, requeueDead, showDead } from './dead.js'
+import { doctor, formatDoctor } from './doctor.js'
 import { CliError, ExitCode } from './exit-codes.js'
 import { migrate } from './migrate.js'
 import {
@@ -294,7 +295,38 @@ export function buildProgram(): Command {
       ),
     )
 
+  program
+    .command('doctor')
+    .description(
+      'check the database, the tables, the broker and the topic settings; say how to fix what is wrong',
+    )
+    .option('--brokers <list>', 'Kafka bootstrap brokers, host:port,... (default: $KAFKA_BROKERS)')
+    .option(
+      '--topic <topic>',
+      'a topic to check (repeatable; default: the topics in the outbox)',
+      collect,
+      [],
+    )
+    .option('--max-record-bytes <n>', "the relay's maxRecordBytes (default 1000000, the Kafka transport's)")
+    .action(
+      action(
+        async (options: GlobalOptions & { brokers?: string; topic: string[]; maxRecordBytes?: string }) => {
+          const maxRecordBytes =
+            options.maxRecordBytes === undefined
+              ? 1_000_000
+              : parsePositiveInteger('--max-record-bytes', options.maxRecordBytes)
+          const { report, exitCode } = await doctor({ ...options, topics: options.topic, maxRecordBytes })
+          emit(options, report, () => formatDoctor(report))
+          return exitCode
+        },
+      ),
+    )
+
   return program
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value]
 }
 
 function filterOf(options: DeadFilter): DeadFilter {

@@ -19,6 +19,7 @@ import {
   postgresJsBackend,
   type TestDatabase,
 } from '../support/databases.js'
+import { createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
 
 const BACKENDS: readonly { backend: Backend; url: string }[] = [
   { backend: postgresJsBackend, url: POSTGRES_URL },
@@ -465,9 +466,113 @@ for (const { backend, url } of BACKENDS) {
       }
     })
   })
+
+  describe(`outboxkit doctor: ${backend.name}`, () => {
+    test('checks the tables and each outbox topic against the relay limits; exit 1 with the fix when a topic is too small', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const brokers = kafkaBrokers()
+        const small = uniqueTopic('cli-small')
+        const fine = uniqueTopic('cli-fine')
+        const strict = uniqueTopic('cli-isr')
+        await createTopic(brokers, small, { configEntries: { 'max.message.bytes': '500000' } })
+        await createTopic(brokers, fine)
+        await createTopic(brokers, strict, { configEntries: { 'min.insync.replicas': '2' } })
+        const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
+        const outbox = new Outbox({ store })
+        await database.db.transaction().execute(async (trx) => {
+          for (const topic of [small, fine, strict])
+            await outbox.add(trx, { topic, key: 'k', type: 'E', payload: {} })
+        })
+        const run = await cli(['doctor', '--brokers', brokers.join(','), '--json'])
+        expect(run.code).toBe(1)
+        const report = JSON.parse(run.stdout)
+        expect(report.ok).toBe(false)
+        const byName = new Map(report.checks.map((c: { name: string }) => [c.name, c]))
+        for (const name of ['database', 'tables', 'migrations', 'broker', `topic ${fine}`]) {
+          expect({ name, status: (byName.get(name) as { status: string }).status }).toEqual({
+            name,
+            status: 'ok',
+          })
+        }
+        expect(byName.get(`topic ${small}`)).toMatchObject({
+          status: 'fail',
+          message: expect.stringContaining('max.message.bytes is 500000'),
+          fix: expect.stringContaining(`--entity-name ${small} --add-config max.message.bytes=`),
+        })
+        expect(byName.get(`topic ${strict}`)).toMatchObject({
+          status: 'fail',
+          message: expect.stringContaining('min.insync.replicas is 2'),
+        })
+        // A relay configured for smaller records fits the small topic; --topic narrows the check.
+        const fits = await cli([
+          'doctor',
+          '--brokers',
+          brokers.join(','),
+          '--topic',
+          small,
+          '--max-record-bytes',
+          '400000',
+        ])
+        expect(fits.code).toBe(0)
+        expect(fits.stdout).toContain('No problem found.')
+        const missingTopic = await json([
+          'doctor',
+          '--brokers',
+          brokers.join(','),
+          '--topic',
+          uniqueTopic('cli-none'),
+        ])
+        expect(missingTopic.checks.at(-1)).toMatchObject({
+          status: 'warn',
+          fix: expect.stringContaining('kafka-topics.sh --create'),
+        })
+      } finally {
+        await database.close()
+      }
+    })
+
+    test('missing tables exit 4; an outdated layout exits 4; an unreachable broker exits 5; each says how to fix it', async () => {
+      const { database, cli, json } = await open(backend, url)
+      try {
+        const empty = await cli(['doctor'], { KAFKA_BROKERS: undefined })
+        expect(empty.code).toBe(4)
+        expect(empty.stdout).toContain('FAIL  tables: missing')
+        expect(empty.stdout).toContain('fix: run outboxkit migrate')
+        expect(empty.stdout).toContain('skip  broker: no broker given')
+        const old = schemaSql({ dialect: backend.dialect, schema: database.schema }, false).map((s) =>
+          s.replaceAll(` ${MYSQL_NO_PAD}`, ''),
+        )
+        for (const statement of old) await sql.raw(statement).execute(database.db)
+        const outdated = await json(['doctor']).catch((e: Error) => e)
+        expect(String(outdated)).toContain('exited 4')
+        await json(['migrate'])
+        expect((await cli(['doctor'], { KAFKA_BROKERS: undefined })).code).toBe(0)
+        const noBroker = await cli(['doctor', '--brokers', '127.0.0.1:1'])
+        expect(noBroker.code).toBe(5)
+        expect(noBroker.stdout).toContain('FAIL  broker: cannot reach the broker at 127.0.0.1:1')
+      } finally {
+        await database.close()
+      }
+    })
+  })
 }
 
 describe('outboxkit errors', () => {
+  test('doctor with the database unreachable exits 3 and still checks the broker', async () => {
+    const run = await runCli(['doctor', '--json', '--brokers', kafkaBrokers().join(',')], {
+      DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test',
+    })
+    expect(run.code).toBe(3)
+    const report = JSON.parse(run.stdout)
+    expect(report.checks.map((c: { name: string; status: string }) => `${c.name}:${c.status}`)).toEqual([
+      'database:fail',
+      'broker:ok',
+      'topics:skip',
+    ])
+  })
+
   test('an unreachable database: exit 3, with the URL (password hidden) and what to check', async () => {
     const run = await runCli(['status', '--database-url', 'postgres://postgres:secret@127.0.0.1:1/test'])
     expect(run.code).toBe(3)
