@@ -11,9 +11,13 @@ export const entries = {
   testing: 'src/testing/index.ts',
 }
 
-/** The `outboxkit` command (package.json "bin"): Node only, ESM, one file. No export imports it. */
+/**
+ * The `outboxkit` command (package.json "bin"): Node only, ESM. `cli.js` imports nothing but
+ * Node and loads `cli-program.js` once it has found Kysely; `relay` alone loads `cli-relay.js`
+ * (and kafkajs). No export imports any of them.
+ */
 export const cliConfig: Options = {
-  entry: { cli: 'src/cli/main.ts' },
+  entry: { cli: 'src/cli/main.ts', 'cli-program': 'src/cli/program.ts', 'cli-relay': 'src/cli/relay.ts' },
   format: ['esm'],
   dts: false,
   sourcemap: true,
@@ -21,7 +25,16 @@ export const cliConfig: Options = {
   splitting: false,
   target: 'node20',
   platform: 'node',
-  external: [/^kysely/, 'kafkajs', 'pg', 'postgres', 'mysql2', 'commander', 'cli-progress'],
+  external: [
+    /^kysely/,
+    'kafkajs',
+    'pg',
+    'postgres',
+    'mysql2',
+    'commander',
+    'cli-progress',
+    './cli-program.js',
+  ],
 }
 
 export default defineConfig([
@@ -31,7 +44,14 @@ export default defineConfig([
     dts: true,
     sourcemap: true,
     // The command's bundle, built by the config below, stays.
-    clean: ['!cli.js', '!cli.js.map'],
+    clean: [
+      '!cli.js',
+      '!cli.js.map',
+      '!cli-program.js',
+      '!cli-program.js.map',
+      '!cli-relay.js',
+      '!cli-relay.js.map',
+    ],
     splitting: true,
     treeshake: true,
     target: 'es2022',

@@ -4,7 +4,7 @@
  */
 import { sql } from 'kysely'
 import { type Database, type DatabaseOptions, describe, openDatabase } from './connection.js'
-import { CliError, ExitCode } from './exit-codes.js'
+import { CliError, ExitCode, isCliError } from './exit-codes.js'
 import { schemaState } from './schema-state.js'
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip'
@@ -125,7 +125,7 @@ export async function doctor(request: DoctorRequest): Promise<{ report: DoctorRe
     }
     if (topics.length === 0 && state.outbox) topics = await outboxTopics(database)
   } catch (error) {
-    if (!(error instanceof CliError) || error.exitCode === ExitCode.failed) throw error
+    if (!isCliError(error) || error.exitCode === ExitCode.failed) throw error
     checks.push({
       name: 'database',
       status: 'fail',

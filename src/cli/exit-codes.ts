@@ -18,15 +18,25 @@ export const ExitCode = {
 
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode]
 
-/** An error that ends the command with an exit code and a message saying what to do. */
+const BRAND = Symbol.for('outboxkit.cli-error')
+
+/**
+ * An error that ends the command with an exit code and a message saying what to do. The command's
+ * bundles each have a copy of this class: recognise it with {@link isCliError}, not instanceof.
+ */
 export class CliError extends Error {
   override readonly name = 'CliError'
   readonly exitCode: ExitCode
   readonly reason: string
+  readonly [BRAND] = true
 
   constructor(exitCode: ExitCode, reason: string, message: string, options?: { cause?: unknown }) {
     super(message, options)
     this.exitCode = exitCode
     this.reason = reason
   }
+}
+
+export function isCliError(error: unknown): error is CliError {
+  return typeof error === 'object' && error !== null && (error as { [BRAND]?: unknown })[BRAND] === true
 }

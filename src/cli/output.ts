@@ -1,5 +1,5 @@
 /** Human output on a terminal, one JSON document with `--json`; errors on stderr. */
-import { CliError, ExitCode } from './exit-codes.js'
+import { CliError, ExitCode, isCliError } from './exit-codes.js'
 
 export interface OutputOptions {
   json?: boolean
@@ -12,10 +12,9 @@ export function emit(options: OutputOptions, value: unknown, human: () => string
 
 /** Prints an error the way the output mode wants it and returns its exit code. */
 export function reportError(options: OutputOptions, error: unknown): number {
-  const cli =
-    error instanceof CliError
-      ? error
-      : new CliError(ExitCode.failed, 'unexpected', error instanceof Error ? error.message : String(error))
+  const cli = isCliError(error)
+    ? error
+    : new CliError(ExitCode.failed, 'unexpected', error instanceof Error ? error.message : String(error))
   if (options.json) {
     process.stdout.write(
       `${JSON.stringify({ error: { reason: cli.reason, message: cli.message, exitCode: cli.exitCode } })}\n`,

@@ -19,7 +19,7 @@ import {
   postgresJsBackend,
   type TestDatabase,
 } from '../support/databases.js'
-import { createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
+import { consumeMessages, createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
 
 const BACKENDS: readonly { backend: Backend; url: string }[] = [
   { backend: postgresJsBackend, url: POSTGRES_URL },
@@ -557,9 +557,116 @@ for (const { backend, url } of BACKENDS) {
       }
     })
   })
+
+  describe(`outboxkit relay: ${backend.name}`, () => {
+    /** Starts `outboxkit relay --json` and collects its event lines. */
+    function startRelay(schema: string, args: readonly string[]) {
+      const child = startCli(['relay', '--json', '--schema', schema, '--poll-interval', '50ms', ...args], {
+        DATABASE_URL: url,
+        KAFKA_BROKERS: kafkaBrokers().join(','),
+      })
+      const events: { event: string; [field: string]: unknown }[] = []
+      let buffer = ''
+      let stderr = ''
+      child.stdout.on('data', (d) => {
+        buffer += d
+        const lines = buffer.split('\n')
+        buffer = lines.pop() ?? ''
+        for (const line of lines) if (line) events.push(JSON.parse(line))
+      })
+      child.stderr.on('data', (d) => (stderr += d))
+      const closed = new Promise<number | null>((resolve) => child.on('close', resolve))
+      const until = async (event: string) => {
+        for (let i = 0; i < 600 && !events.some((e) => e.event === event); i++) {
+          await new Promise((resolve) => setTimeout(resolve, 50))
+        }
+        if (!events.some((e) => e.event === event)) throw new Error(`no ${event} event; stderr: ${stderr}`)
+      }
+      return { child, events, closed, until, stderr: () => stderr }
+    }
+
+    test('publishes the outbox to Kafka in key order until SIGTERM, then stops cleanly and exits 0', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const topic = uniqueTopic('cli-relay')
+        await createTopic(kafkaBrokers(), topic, { partitions: 2 })
+        const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
+        const outbox = new Outbox({ store })
+        await database.db.transaction().execute(async (trx) => {
+          for (let i = 0; i < 20; i++)
+            await outbox.add(trx, { topic, key: `k${i % 3}`, type: 'E', payload: { i } })
+        })
+        const relay = startRelay(database.schema, [])
+        const received = await consumeMessages(kafkaBrokers(), { topic, count: 20 })
+        for (const key of ['k0', 'k1', 'k2']) {
+          const values = received
+            .filter((m) => String(m.key) === key)
+            .map((m) => JSON.parse(String(m.value)).i)
+          expect(values).toEqual([...values].sort((a, b) => a - b))
+        }
+        await relay.until('published')
+        relay.child.kill('SIGTERM')
+        expect(await relay.closed).toBe(0)
+        expect(relay.events.map((e) => e.event)).toContain('started')
+        expect(relay.events.slice(-2).map((e) => e.event)).toEqual(['stopping', 'stopped'])
+        const report = await json(['status'])
+        expect(report.outbox).toMatchObject({ pending: 0, claimed: 0, dead: 0 })
+      } finally {
+        await database.close()
+      }
+    }, 120_000)
+
+    test('ownership shards: owns every shard while it runs, gives them back on SIGTERM', async () => {
+      const { database, json } = await open(backend, url)
+      try {
+        await json(['migrate'])
+        const relay = startRelay(database.schema, ['--ownership', 'shards', '--relay-id', 'cli-relay-1'])
+        await relay.until('started')
+        let owners: { relayId: string; shards: number; leaseUntil?: string }[] = []
+        for (let i = 0; i < 200 && owners[0]?.shards !== 64; i++) {
+          owners = (await json(['status'])).shards.owners
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+        expect(owners).toEqual([{ relayId: 'cli-relay-1', shards: 64, leaseUntil: expect.any(String) }])
+        relay.child.kill('SIGINT')
+        expect(await relay.closed).toBe(0)
+        const after = await json(['status'])
+        expect(after.shards.owners).toEqual([])
+        expect(after.shards.relays).toEqual([])
+      } finally {
+        await database.close()
+      }
+    }, 120_000)
+  })
 }
 
 describe('outboxkit errors', () => {
+  test('relay without a broker, or with a bad ownership, is bad usage (exit 2)', async () => {
+    const noBroker = await runCli(['relay'], { DATABASE_URL: POSTGRES_URL, KAFKA_BROKERS: undefined })
+    expect(noBroker.code).toBe(2)
+    expect(noBroker.stderr).toContain('No broker: pass --brokers')
+    const bad = await runCli(['relay', '--ownership', 'mine'], { DATABASE_URL: POSTGRES_URL })
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain('Allowed choices are rows, shards')
+  })
+
+  test('relay on a schema without the tables exits 4 and says to run migrate', async () => {
+    const database = await postgresJsBackend.open()
+    try {
+      const run = await runCli(
+        ['relay', '--schema', database.schema, '--brokers', kafkaBrokers().join(',')],
+        {
+          DATABASE_URL: POSTGRES_URL,
+        },
+      )
+      expect(run.code).toBe(4)
+      expect(run.stderr).toContain('run outboxkit migrate')
+    } finally {
+      await database.close()
+    }
+  })
+
   test('doctor with the database unreachable exits 3 and still checks the broker', async () => {
     const run = await runCli(['doctor', '--json', '--brokers', kafkaBrokers().join(',')], {
       DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test',
