@@ -717,10 +717,20 @@ describe('outboxkit errors', () => {
     }
   })
 
+  test('with --json, a usage error is also a JSON document on stdout', async () => {
+    const run = await runCli(['status', '--bogus', '--json'], { DATABASE_URL: POSTGRES_URL })
+    expect(run.code).toBe(2)
+    expect(JSON.parse(run.stdout).error).toMatchObject({ reason: 'usage', exitCode: 2 })
+    const noUrl = await runCli(['status', '--json'], { DATABASE_URL: undefined })
+    expect(noUrl.code).toBe(2)
+    expect(JSON.parse(noUrl.stdout).error).toMatchObject({ reason: 'no_database_url', exitCode: 2 })
+  })
+
   test('--help lists the commands and exits 0', async () => {
     const run = await runCli(['--help'])
     expect(run.code).toBe(0)
-    for (const command of ['migrate', 'status']) expect(run.stdout).toContain(command)
+    for (const command of ['migrate', 'status', 'dead', 'purge', 'doctor', 'relay'])
+      expect(run.stdout).toContain(command)
   })
 })
 
