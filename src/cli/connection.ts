@@ -21,6 +21,8 @@ export interface DatabaseOptions {
   outboxTable?: string
   inboxTable?: string
   layout?: string
+  /** `postgres` (postgres.js) or `pg`; default postgres.js when installed, else pg. */
+  pgDriver?: string
 }
 
 export interface Database {
@@ -72,14 +74,31 @@ interface Mysql2Module {
   createPool: (config: Record<string, unknown>) => unknown
 }
 
-async function postgresKysely(url: string): Promise<Kysely<AnyDB>> {
-  const postgres = await tryLoad<PostgresJsModule>('postgres')
+async function postgresKysely(url: string, driver: string | undefined): Promise<Kysely<AnyDB>> {
+  if (driver !== undefined && driver !== 'postgres' && driver !== 'pg') {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      `--pg-driver must be postgres (postgres.js) or pg, got ${JSON.stringify(driver)}.`,
+    )
+  }
+  const postgres = driver === 'pg' ? undefined : await tryLoad<PostgresJsModule>('postgres')
   const postgresDialect = postgres ? await tryLoad<PostgresJsDialectModule>('kysely-postgres-js') : undefined
+  if (driver === 'postgres' && !(postgres && postgresDialect)) {
+    throw new CliError(
+      ExitCode.usage,
+      'driver_missing',
+      '--pg-driver postgres needs postgres.js and its Kysely dialect: npm install postgres kysely-postgres-js.',
+    )
+  }
   if (postgres && postgresDialect) {
     const client = postgres.default(url, { max: 4, onnotice: () => {}, connect_timeout: 10 })
     return new Kysely<AnyDB>({ dialect: new postgresDialect.PostgresJSDialect({ postgres: client }) })
   }
   const pg = await tryLoad<PgModule>('pg')
+  if (!pg && driver === 'pg') {
+    throw new CliError(ExitCode.usage, 'driver_missing', '--pg-driver pg needs pg: npm install pg.')
+  }
   if (pg) {
     const pool = new pg.default.Pool({ connectionString: url, max: 4, connectionTimeoutMillis: 10_000 })
     // biome-ignore lint/suspicious/noExplicitAny: Kysely types only the part of pg's Pool it uses.
@@ -163,7 +182,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   }
   const dialect = dialectOf(url)
   const table = tableOptions(dialect, options)
-  const db = dialect === 'postgres' ? await postgresKysely(url) : await mysqlKysely(url)
+  const db = dialect === 'postgres' ? await postgresKysely(url, options.pgDriver) : await mysqlKysely(url)
   let schemaName: string
   try {
     const current =

@@ -66,6 +66,11 @@ export function buildProgram(): Command {
     .addOption(
       new Option('--layout <layout>', 'column layout of the outbox table').choices(['outboxkit', 'debezium']),
     )
+    .addOption(
+      new Option('--pg-driver <driver>', 'Postgres driver (default: postgres.js when installed, else pg)')
+        .choices(['postgres', 'pg'])
+        .env('OUTBOXKIT_PG_DRIVER'),
+    )
     .option('--json', 'print one JSON document (for scripts) instead of text')
 
   program

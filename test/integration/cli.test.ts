@@ -16,14 +16,17 @@ import {
   MYSQL_URL,
   mysqlBackend,
   POSTGRES_URL,
+  pgBackend,
   postgresJsBackend,
   type TestDatabase,
 } from '../support/databases.js'
 import { consumeMessages, createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
 
-const BACKENDS: readonly { backend: Backend; url: string }[] = [
-  { backend: postgresJsBackend, url: POSTGRES_URL },
-  { backend: mysqlBackend, url: MYSQL_URL },
+/** The command picks postgres.js when installed; OUTBOXKIT_PG_DRIVER=pg runs the same tests through pg. */
+const BACKENDS: readonly { backend: Backend; url: string; env: Record<string, string> }[] = [
+  { backend: postgresJsBackend, url: POSTGRES_URL, env: { OUTBOXKIT_PG_DRIVER: 'postgres' } },
+  { backend: pgBackend, url: POSTGRES_URL, env: { OUTBOXKIT_PG_DRIVER: 'pg' } },
+  { backend: mysqlBackend, url: MYSQL_URL, env: {} },
 ]
 
 beforeAll(async () => {
@@ -32,10 +35,10 @@ beforeAll(async () => {
 }, 120_000)
 
 /** Opens a fresh schema and returns a runner of the command pointed at it. */
-async function open(backend: Backend, url: string) {
+async function open(backend: Backend, url: string, driverEnv: Record<string, string>) {
   const database = await backend.open()
   const cli = (args: readonly string[], env: Record<string, string | undefined> = {}) =>
-    runCli([...args, '--schema', database.schema], { DATABASE_URL: url, ...env })
+    runCli([...args, '--schema', database.schema], { DATABASE_URL: url, ...driverEnv, ...env })
   const json = async (args: readonly string[]) => {
     const run = await cli([...args, '--json'])
     if (run.code !== 0) throw new Error(`outboxkit ${args.join(' ')} exited ${run.code}: ${run.stderr}`)
@@ -61,10 +64,10 @@ async function addEvents(database: TestDatabase, events: readonly { key: string;
   return store
 }
 
-for (const { backend, url } of BACKENDS) {
+for (const { backend, url, env: driverEnv } of BACKENDS) {
   describe(`outboxkit migrate: ${backend.name}`, () => {
     test('--dry-run prints the SQL of every migration and creates nothing', async () => {
-      const { database, cli } = await open(backend, url)
+      const { database, cli } = await open(backend, url, driverEnv)
       try {
         const run = await cli(['migrate', '--dry-run'])
         expect(run.code).toBe(0)
@@ -78,7 +81,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('creates the tables at the current version; a second run has nothing to do', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         const first = await json(['migrate'])
         expect(first.migrations.map((m: { name: string }) => m.name)).toEqual([
@@ -106,7 +109,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('upgrades tables an earlier version created, keeping their rows; --dry-run shows the ALTER first', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         const old = schemaSql({ dialect: backend.dialect, schema: database.schema }, false).map((s) =>
           s.replaceAll(` ${MYSQL_NO_PAD}`, ''),
@@ -135,7 +138,7 @@ for (const { backend, url } of BACKENDS) {
 
   describe(`outboxkit status: ${backend.name}`, () => {
     test('counts the backlog, the keys blocked behind a failed head, dead rows and the inbox', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         await addEvents(database, [{ key: 'k1' }, { key: 'k1' }, { key: 'k1' }, { key: 'k2' }, { key: 'k3' }])
@@ -177,7 +180,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('shows the live claims of the rows relays and the shard owners', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const store = await addEvents(database, [{ key: 'a' }, { key: 'a' }, { key: 'b' }])
@@ -198,7 +201,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('a human report on stdout; --watch --json prints a report per refresh until SIGTERM, then exits 0', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const human = await cli(['status'])
@@ -206,6 +209,7 @@ for (const { backend, url } of BACKENDS) {
         expect(human.stdout).toContain('pending   0')
         const child = startCli(['status', '--watch', '100ms', '--json', '--schema', database.schema], {
           DATABASE_URL: url,
+          ...driverEnv,
         })
         let out = ''
         await new Promise<void>((resolve) => {
@@ -228,7 +232,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('missing tables: exit 4 and says to run migrate', async () => {
-      const { database, cli } = await open(backend, url)
+      const { database, cli } = await open(backend, url, driverEnv)
       try {
         const run = await cli(['status'])
         expect(run.code).toBe(4)
@@ -262,7 +266,7 @@ for (const { backend, url } of BACKENDS) {
     }
 
     test('list and show dead rows; show of a row that is not dead exits 1', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { id } = await withDeadRows(database, ['e0', 'e2'])
@@ -292,7 +296,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('requeue puts the row at the end of its key: claimed after the rows pending then, never beside a claim holding the key', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { store, id } = await withDeadRows(database, ['e0'])
@@ -318,7 +322,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test("requeue --all keeps the order of one key's dead rows, behind its pending ones", async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { store, id } = await withDeadRows(database, ['e0', 'e2'])
@@ -338,7 +342,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('drop deletes dead rows only; --all needs --yes; ids or --all, not neither', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { id } = await withDeadRows(database, ['e0', 'e2', 'l0'])
@@ -401,7 +405,7 @@ for (const { backend, url } of BACKENDS) {
     }
 
     test('deletes published rows and inbox rows past the horizon, in batches; dead rows only with --include-dead; pending never', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { types, inbox } = await withHistory(database)
@@ -424,7 +428,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('--consumer and --inbox-older-than narrow the inbox purge; --no-inbox leaves it alone', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { inbox } = await withHistory(database)
@@ -442,7 +446,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('on a terminal, a progress bar; a missing or bad horizon is bad usage (exit 2)', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         await withHistory(database)
@@ -469,7 +473,7 @@ for (const { backend, url } of BACKENDS) {
 
   describe(`outboxkit doctor: ${backend.name}`, () => {
     test('checks the tables and each outbox topic against the relay limits; exit 1 with the fix when a topic is too small', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const brokers = kafkaBrokers()
@@ -534,7 +538,7 @@ for (const { backend, url } of BACKENDS) {
     })
 
     test('missing tables exit 4; an outdated layout exits 4; an unreachable broker exits 5; each says how to fix it', async () => {
-      const { database, cli, json } = await open(backend, url)
+      const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         const empty = await cli(['doctor'], { KAFKA_BROKERS: undefined })
         expect(empty.code).toBe(4)
@@ -563,6 +567,7 @@ for (const { backend, url } of BACKENDS) {
     function startRelay(schema: string, args: readonly string[]) {
       const child = startCli(['relay', '--json', '--schema', schema, '--poll-interval', '50ms', ...args], {
         DATABASE_URL: url,
+        ...driverEnv,
         KAFKA_BROKERS: kafkaBrokers().join(','),
       })
       const events: { event: string; [field: string]: unknown }[] = []
@@ -586,7 +591,7 @@ for (const { backend, url } of BACKENDS) {
     }
 
     test('publishes the outbox to Kafka in key order until SIGTERM, then stops cleanly and exits 0', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const topic = uniqueTopic('cli-relay')
@@ -618,7 +623,7 @@ for (const { backend, url } of BACKENDS) {
     }, 120_000)
 
     test('ownership shards: owns every shard while it runs, gives them back on SIGTERM', async () => {
-      const { database, json } = await open(backend, url)
+      const { database, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const relay = startRelay(database.schema, ['--ownership', 'shards', '--relay-id', 'cli-relay-1'])
@@ -709,6 +714,7 @@ describe('outboxkit errors', () => {
         'Allowed choices are outboxkit, debezium',
       ],
       [['status', '--watch', 'soon'], { DATABASE_URL: POSTGRES_URL }, '--watch must be a duration'],
+      [['status', '--pg-driver', 'odbc'], { DATABASE_URL: POSTGRES_URL }, 'Allowed choices are postgres, pg'],
     ]
     for (const [args, env, message] of cases) {
       const run = await runCli(args, env)
