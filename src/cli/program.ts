@@ -52,7 +52,7 @@ export function buildProgram(): Command {
   const program = new Command('outboxkit')
   program
     .description(
-      'Operate an outboxkit outbox: migrate its tables, inspect the backlog, requeue dead rows, purge.',
+      'Operate an outboxkit outbox: migrate its tables, inspect the backlog, requeue dead rows, purge, check the setup, run a relay.',
     )
     .exitOverride()
     .showHelpAfterError('(run outboxkit --help for usage)')

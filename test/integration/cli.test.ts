@@ -136,6 +136,42 @@ for (const { backend, url, env: driverEnv } of BACKENDS) {
     })
   })
 
+  describe(`outboxkit table options: ${backend.name}`, () => {
+    test('--outbox-table, --inbox-table and --layout debezium name the tables and columns the store uses', async () => {
+      const { database, json } = await open(backend, url, driverEnv)
+      try {
+        const names = ['--outbox-table', 'events', '--inbox-table', 'events_seen', '--layout', 'debezium']
+        await json(['migrate', ...names])
+        expect(await tablesOf(database)).toEqual([
+          'events',
+          'events_migration',
+          'events_migration_lock',
+          'events_relays',
+          'events_seen',
+          'events_shards',
+        ])
+        const options = { schema: database.schema, outboxTable: 'events', layout: 'debezium' } as const
+        const store = createKyselyOutboxStore({ db: database.db, ...options })
+        await database.db.transaction().execute(async (trx) => {
+          await new Outbox({ store }).add(trx, { topic: 'orders', key: 'o-1', type: 'E', payload: {} })
+        })
+        const e = `${q(backend, database.schema)}.${q(backend, 'events')}`
+        await database.query(`UPDATE ${e} SET status = 2, last_error = 'x'`)
+        const listed = await json(['dead', 'list', ...names])
+        expect(listed.rows[0]).toMatchObject({ topic: 'orders', key: 'o-1' })
+        const report = await json(['status', ...names])
+        expect(report.outbox).toMatchObject({ table: 'events', dead: 1, pending: 0 })
+        expect(report.inbox.table).toBe('events_seen')
+        const requeued = await json(['dead', 'requeue', '--all', ...names])
+        expect(requeued.requeued).toHaveLength(1)
+        const claim = await store.claim({ limit: 10, leaseMs: 60_000 })
+        expect(claim.records.map((r) => [r.topic, r.key])).toEqual([['orders', 'o-1']])
+      } finally {
+        await database.close()
+      }
+    })
+  })
+
   describe(`outboxkit status: ${backend.name}`, () => {
     test('counts the backlog, the keys blocked behind a failed head, dead rows and the inbox', async () => {
       const { database, json } = await open(backend, url, driverEnv)
