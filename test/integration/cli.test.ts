@@ -751,6 +751,8 @@ describe('outboxkit errors', () => {
       ],
       [['status', '--watch', 'soon'], { DATABASE_URL: POSTGRES_URL }, '--watch must be a duration'],
       [['status', '--pg-driver', 'odbc'], { DATABASE_URL: POSTGRES_URL }, 'Allowed choices are postgres, pg'],
+      [['status'], { DATABASE_URL: 'mysql://root@127.0.0.1:3306' }, 'The database URL names no database'],
+      [['dead', 'list', '--limit', 'many'], { DATABASE_URL: POSTGRES_URL }, '--limit must be an integer'],
     ]
     for (const [args, env, message] of cases) {
       const run = await runCli(args, env)
