@@ -1,4 +1,4 @@
-import { defineConfig } from 'tsup'
+import { defineConfig, type Options } from 'tsup'
 
 /** One entry per subpath export; package.json "exports" lists the same names. */
 export const entries = {
@@ -12,25 +12,62 @@ export const entries = {
   testing: 'src/testing/index.ts',
 }
 
-export default defineConfig({
-  entry: entries,
-  format: ['esm', 'cjs'],
-  dts: true,
+/**
+ * The `outboxkit` command (package.json "bin"): Node only, ESM. `cli.js` imports nothing but
+ * Node and loads `cli-program.js` once it has found Kysely; `relay` alone loads `cli-relay.js`
+ * (and kafkajs). No export imports any of them.
+ */
+export const cliConfig: Options = {
+  entry: { cli: 'src/cli/main.ts', 'cli-program': 'src/cli/program.ts', 'cli-relay': 'src/cli/relay.ts' },
+  format: ['esm'],
+  dts: false,
   sourcemap: true,
-  clean: true,
-  splitting: true,
-  treeshake: true,
-  target: 'es2022',
-  platform: 'neutral',
-  // Drivers and peers are never bundled: users install the ones they use.
+  clean: false,
+  splitting: false,
+  target: 'node20',
+  platform: 'node',
   external: [
     /^kysely/,
     'kafkajs',
     'pg',
     'postgres',
     'mysql2',
-    /^@electric-sql\//,
-    /^@opentelemetry\//,
-    /^@nats-io\//,
+    'commander',
+    'cli-progress',
+    './cli-program.js',
   ],
-})
+}
+
+export default defineConfig([
+  {
+    entry: entries,
+    format: ['esm', 'cjs'],
+    dts: true,
+    sourcemap: true,
+    // The command's bundle, built by the config below, stays.
+    clean: [
+      '!cli.js',
+      '!cli.js.map',
+      '!cli-program.js',
+      '!cli-program.js.map',
+      '!cli-relay.js',
+      '!cli-relay.js.map',
+    ],
+    splitting: true,
+    treeshake: true,
+    target: 'es2022',
+    platform: 'neutral',
+    // Drivers and peers are never bundled: users install the ones they use.
+    external: [
+      /^kysely/,
+      'kafkajs',
+      'pg',
+      'postgres',
+      'mysql2',
+      /^@electric-sql\//,
+      /^@opentelemetry\//,
+      /^@nats-io\//,
+    ],
+  },
+  cliConfig,
+])

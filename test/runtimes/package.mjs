@@ -215,11 +215,27 @@ try {
     app,
   )
 
+  checkRun(
+    'the installed outboxkit command prints its help',
+    join(app, 'node_modules/.bin/outboxkit'),
+    ['--help'],
+    app,
+  )
+
   const bare = scratchProject('no-peers', tarball, [])
   checkRun('without any peer installed, Node ESM imports outboxkit', node, ['no-peers.mjs'], bare)
   checkRun('without any peer installed, Node CJS requires outboxkit', node, ['no-peers.cjs'], bare)
   checkRun('without any peer installed, Bun imports outboxkit', bun, ['no-peers.mjs'], bare)
   checkRun('without any peer installed, Deno imports outboxkit', deno, [...DENO_RUN, 'no-peers.mjs'], bare)
+  const noKysely = spawnSync(join(bare, 'node_modules/.bin/outboxkit'), ['status'], {
+    cwd: bare,
+    encoding: 'utf8',
+  })
+  checks.check(
+    'without Kysely installed, the outboxkit command exits 2 and says what to install',
+    noKysely.status === 2 && noKysely.stderr.includes('npm install kysely'),
+    `exit ${noKysely.status}: ${noKysely.stderr}`,
+  )
 } catch (error) {
   checks.crash(error)
 } finally {

@@ -1,0 +1,480 @@
+/**
+ * The `outboxkit` command's program: its commands, flags and exit codes. Loaded by main.ts once
+ * Kysely is known to be installed.
+ */
+import { Command, CommanderError, Option } from 'commander'
+import { type Database, type DatabaseOptions, openDatabase } from './connection.js'
+import { type DeadChange, type DeadFilter, dropDead, listDead, requeueDead, showDead } from './dead.js'
+import { doctor, formatDoctor } from './doctor.js'
+import { CliError, ExitCode } from './exit-codes.js'
+import { migrate } from './migrate.js'
+import {
+  emit,
+  formatDuration,
+  type OutputOptions,
+  parseDuration,
+  parsePositiveInteger,
+  reportError,
+  table,
+} from './output.js'
+import { purge } from './purge.js'
+import { formatStatus, status } from './status.js'
+
+interface GlobalOptions extends DatabaseOptions, OutputOptions {}
+
+let outputMode: OutputOptions = {}
+
+/** Runs a command's body with the database open, and always closes it. */
+async function withDatabase(
+  options: GlobalOptions,
+  body: (database: Database) => Promise<number | undefined>,
+) {
+  const database = await openDatabase(options)
+  try {
+    return (await body(database)) ?? ExitCode.ok
+  } finally {
+    await database.close().catch(() => {})
+  }
+}
+
+function action<O extends GlobalOptions, A extends unknown[]>(
+  body: (options: O, ...args: A) => Promise<number | undefined>,
+): (...args: unknown[]) => Promise<void> {
+  return async (...args: unknown[]) => {
+    const command = args[args.length - 1] as Command
+    const options = command.optsWithGlobals<O>()
+    outputMode = options
+    process.exitCode = (await body(options, ...(args.slice(0, -2) as A))) ?? ExitCode.ok
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('outboxkit')
+  program
+    .description(
+      'Operate an outboxkit outbox: migrate its tables, inspect the backlog, requeue dead rows, purge, check the setup, run a relay.',
+    )
+    .exitOverride()
+    .showHelpAfterError('(run outboxkit --help for usage)')
+    .addOption(new Option('--database-url <url>', 'postgres://… or mysql://… (default: $DATABASE_URL)'))
+    .option(
+      '--schema <name>',
+      "Postgres schema or MySQL database holding the tables (default: the connection's)",
+    )
+    .option('--outbox-table <name>', 'outbox table name (default: outbox)')
+    .option('--inbox-table <name>', 'inbox table name (default: outbox_inbox)')
+    .addOption(
+      new Option('--layout <layout>', 'column layout of the outbox table').choices(['outboxkit', 'debezium']),
+    )
+    .addOption(
+      new Option('--pg-driver <driver>', 'Postgres driver (default: postgres.js when installed, else pg)')
+        .choices(['postgres', 'pg'])
+        .env('OUTBOXKIT_PG_DRIVER'),
+    )
+    .option('--json', 'print one JSON document (for scripts) instead of text')
+
+  program
+    .command('migrate')
+    .description('create or upgrade the outbox and inbox tables')
+    .option('--dry-run', 'print the SQL the pending migrations would run, and run nothing')
+    .action(
+      action(async (options: GlobalOptions & { dryRun?: boolean }) =>
+        withDatabase(options, async (database) => {
+          const result = await migrate(database, options.dryRun === true)
+          emit(options, result, () => {
+            if (result.dryRun) {
+              if (result.migrations.length === 0)
+                return 'Nothing to migrate: the tables are at the current version.'
+              return result.migrations
+                .map((m) =>
+                  m.statements.length === 0
+                    ? `-- ${m.name}: nothing to change`
+                    : `-- ${m.name}\n${m.statements.map((s) => `${s};`).join('\n\n')}`,
+                )
+                .join('\n\n')
+            }
+            if (result.migrations.length === 0)
+              return 'Nothing to migrate: the tables are at the current version.'
+            return result.migrations.map((m) => `applied ${m.name}`).join('\n')
+          })
+          return ExitCode.ok
+        }),
+      ),
+    )
+  program
+    .command('status')
+    .description('backlog, oldest pending age, blocked keys, dead rows, claims, shard owners, inbox size')
+    .option('--watch [interval]', 'refresh every interval (default 2s) until interrupted')
+    .action(
+      action(async (options: GlobalOptions & { watch?: string | boolean }) =>
+        withDatabase(options, async (database) => {
+          if (options.watch === undefined || options.watch === false) {
+            const report = await status(database)
+            emit(options, report, () => formatStatus(report))
+            return ExitCode.ok
+          }
+          const intervalMs = options.watch === true ? 2000 : parseDuration('--watch', options.watch)
+          await watch(intervalMs, async () => {
+            const report = await status(database)
+            if (options.json) process.stdout.write(`${JSON.stringify(report)}\n`)
+            else if (process.stdout.isTTY)
+              process.stdout.write(`\x1b[2J\x1b[H${new Date().toISOString()}\n${formatStatus(report)}\n`)
+            else process.stdout.write(`${new Date().toISOString()}\n${formatStatus(report)}\n\n`)
+          })
+          return ExitCode.ok
+        }),
+      ),
+    )
+
+  const dead = program.command('dead').description('dead rows: list, show, requeue, drop')
+  const filters = (command: Command) =>
+    command
+      .option('--topic <topic>', 'only rows of this topic')
+      .option('--key <key>', 'only rows of this key')
+  filters(dead.command('list').description('list dead rows, oldest first'))
+    .option('--limit <n>', 'rows to list (default 50)')
+    .action(
+      action(async (options: GlobalOptions & DeadFilter & { limit?: string }) => {
+        const limit =
+          options.limit === undefined ? 50 : parsePositiveInteger('--limit', options.limit, 100_000)
+        return withDatabase(options, async (database) => {
+          const result = await listDead(database, filterOf(options), limit)
+          emit(options, result, () => {
+            if (result.total === 0) return 'No dead rows.'
+            const rows = table(
+              ['ID', 'TOPIC', 'KEY', 'TYPE', 'ATTEMPTS', 'CREATED', 'LAST ERROR'],
+              result.rows.map((r) => [
+                r.id,
+                r.topic,
+                r.key,
+                r.type,
+                String(r.attempts),
+                r.createdAt,
+                clip(r.lastError ?? '', 60),
+              ]),
+            )
+            const more =
+              result.total > result.rows.length
+                ? `\n(${result.total - result.rows.length} more; --limit)`
+                : ''
+            return `${rows}${more}`
+          })
+          return ExitCode.ok
+        })
+      }),
+    )
+  dead
+    .command('show')
+    .description('one dead row in full: columns, headers, payload')
+    .argument('<id>', 'message id')
+    .action(
+      action(async (options: GlobalOptions, id: string) =>
+        withDatabase(options, async (database) => {
+          const row = await showDead(database, id)
+          emit(options, row, () =>
+            [
+              `id         ${row.id}`,
+              `topic      ${row.topic}`,
+              `key        ${row.key}`,
+              `type       ${row.type}`,
+              `seq        ${row.seq}`,
+              `attempts   ${row.attempts}`,
+              `created    ${row.createdAt}`,
+              `last error ${row.lastError ?? '-'}`,
+              'headers',
+              ...Object.entries(row.headers).map(([k, v]) => `  ${k}: ${v}`),
+              `payload (${row.payloadEncoding})`,
+              row.payload,
+            ].join('\n'),
+          )
+          return ExitCode.ok
+        }),
+      ),
+    )
+  const change = (name: 'requeue' | 'drop', description: string, run: typeof requeueDead) =>
+    filters(dead.command(name).description(description))
+      .argument('[ids...]', 'message ids')
+      .option('--all', 'every dead row (matching --topic/--key)')
+      .option('--yes', name === 'drop' ? 'confirm dropping with --all' : 'accepted for symmetry with drop')
+      .action(
+        action(
+          async (options: GlobalOptions & DeadFilter & { all?: boolean; yes?: boolean }, ids: string[]) => {
+            if (ids.length > 0 && options.all) {
+              throw new CliError(ExitCode.usage, 'bad_flag', `dead ${name}: give ids or --all, not both.`)
+            }
+            if (ids.length === 0 && !options.all) {
+              throw new CliError(
+                ExitCode.usage,
+                'bad_flag',
+                `dead ${name}: give the ids of dead rows, or --all.`,
+              )
+            }
+            if (name === 'drop' && options.all && !options.yes) {
+              throw new CliError(
+                ExitCode.usage,
+                'confirm',
+                'dead drop --all deletes every matching dead row for good: add --yes to confirm.',
+              )
+            }
+            return withDatabase(options, async (database) => {
+              const result: DeadChange = await run(database, options.all ? filterOf(options) : ids)
+              const done = (name === 'requeue' ? result.requeued : result.dropped) ?? []
+              emit(options, result, () =>
+                [
+                  `${name === 'requeue' ? 'requeued' : 'dropped'} ${done.length}`,
+                  ...done.map((id) => `  ${id}`),
+                  ...(result.skipped.length > 0
+                    ? [
+                        `skipped ${result.skipped.length} (not dead or unknown)`,
+                        ...result.skipped.map((id) => `  ${id}`),
+                      ]
+                    : []),
+                ].join('\n'),
+              )
+              return result.skipped.length > 0 ? ExitCode.problems : ExitCode.ok
+            })
+          },
+        ),
+      )
+  change('requeue', 'make dead rows pending again, each at the end of its key', requeueDead)
+  change('drop', 'delete dead rows for good', dropDead)
+
+  program
+    .command('purge')
+    .description(
+      'delete published (and, with --include-dead, dead) outbox rows and inbox rows older than a horizon',
+    )
+    .requiredOption(
+      '--older-than <duration>',
+      'outbox rows created longer ago than this: 90s, 15m, 12h, 7d, 2w',
+    )
+    .option('--include-dead', 'also delete dead outbox rows older than the horizon')
+    .option(
+      '--inbox-older-than <duration>',
+      'inbox rows processed longer ago than this (default: --older-than)',
+    )
+    .option('--consumer <name>', "only this consumer's inbox rows")
+    .option('--no-inbox', 'leave the inbox alone')
+    .option('--batch <n>', 'rows per store purge call (default 10000)')
+    .action(
+      action(
+        async (
+          options: GlobalOptions & {
+            olderThan: string
+            includeDead?: boolean
+            inboxOlderThan?: string
+            consumer?: string
+            inbox: boolean
+            batch?: string
+          },
+        ) => {
+          const olderThanMs = parseDuration('--older-than', options.olderThan)
+          const inboxOlderThanMs = !options.inbox
+            ? undefined
+            : options.inboxOlderThan === undefined
+              ? olderThanMs
+              : parseDuration('--inbox-older-than', options.inboxOlderThan)
+          const batch =
+            options.batch === undefined ? 10_000 : parsePositiveInteger('--batch', options.batch, 1_000_000)
+          return withDatabase(options, async (database) => {
+            const result = await purge(database, {
+              olderThanMs,
+              includeDead: options.includeDead === true,
+              inboxOlderThanMs,
+              consumer: options.consumer,
+              batch,
+              progress: process.stderr.isTTY === true && !options.json,
+            })
+            emit(options, result, () =>
+              [
+                `outbox: purged ${result.outbox.purged} ${result.outbox.includeDead ? 'published and dead' : 'published'} rows older than ${formatDuration(result.outbox.olderThanMs)}`,
+                result.inbox
+                  ? `inbox: purged ${result.inbox.purged} rows older than ${formatDuration(result.inbox.olderThanMs)}${result.inbox.consumer ? ` of ${result.inbox.consumer}` : ''}`
+                  : 'inbox: left alone',
+              ].join('\n'),
+            )
+            return ExitCode.ok
+          })
+        },
+      ),
+    )
+
+  program
+    .command('doctor')
+    .description(
+      'check the database, the tables, the broker and the topic settings; say how to fix what is wrong',
+    )
+    .option('--brokers <list>', 'Kafka bootstrap brokers, host:port,... (default: $KAFKA_BROKERS)')
+    .option(
+      '--topic <topic>',
+      'a topic to check (repeatable; default: the topics in the outbox)',
+      collect,
+      [],
+    )
+    .option('--max-record-bytes <n>', "the relay's maxRecordBytes (default 1000000, the Kafka transport's)")
+    .action(
+      action(
+        async (options: GlobalOptions & { brokers?: string; topic: string[]; maxRecordBytes?: string }) => {
+          const maxRecordBytes =
+            options.maxRecordBytes === undefined
+              ? 1_000_000
+              : parsePositiveInteger('--max-record-bytes', options.maxRecordBytes)
+          const { report, exitCode } = await doctor({ ...options, topics: options.topic, maxRecordBytes })
+          emit(options, report, () => formatDoctor(report))
+          return exitCode
+        },
+      ),
+    )
+
+  program
+    .command('relay')
+    .description('run a relay (outbox → Kafka) until SIGTERM or SIGINT, then stop cleanly')
+    .option('--brokers <list>', 'Kafka bootstrap brokers, host:port,... (default: $KAFKA_BROKERS)')
+    .option('--client-id <id>', 'Kafka client id (default outboxkit-relay)')
+    .addOption(
+      new Option('--ownership <mode>', 'how relays share the table (default rows)').choices([
+        'rows',
+        'shards',
+      ]),
+    )
+    .option(
+      '--relay-id <id>',
+      'this relay in the registry of relays (ownership shards; default relay-<uuid>)',
+    )
+    .option('--batch-size <n>', 'records per claim and publish (default 500)')
+    .option('--poll-interval <duration>', 'how often to look for new records when idle (default 250ms)')
+    .option('--lease <duration>', 'claim or shard lease, database clock (default 30s)')
+    .option('--max-attempts <n>', 'attempts before a record is dead (default 10)')
+    .option('--dead-letter-topic <topic>', 'also publish dead records to this topic')
+    .option('--max-record-bytes <n>', 'largest record sent (default 1000000)')
+    .action(
+      action(
+        async (
+          options: GlobalOptions & {
+            brokers?: string
+            clientId?: string
+            ownership?: 'rows' | 'shards'
+            relayId?: string
+            batchSize?: string
+            pollInterval?: string
+            lease?: string
+            maxAttempts?: string
+            deadLetterTopic?: string
+            maxRecordBytes?: string
+          },
+        ) => {
+          const brokers = (options.brokers ?? process.env['KAFKA_BROKERS'] ?? '')
+            .split(',')
+            .map((b) => b.trim())
+            .filter(Boolean)
+          const request = {
+            brokers,
+            clientId: options.clientId ?? 'outboxkit-relay',
+            ownership: options.ownership ?? 'rows',
+            relayId: options.relayId,
+            batchSize:
+              options.batchSize === undefined
+                ? undefined
+                : parsePositiveInteger('--batch-size', options.batchSize, 10_000),
+            pollIntervalMs:
+              options.pollInterval === undefined
+                ? undefined
+                : parseDuration('--poll-interval', options.pollInterval),
+            leaseMs: options.lease === undefined ? undefined : parseDuration('--lease', options.lease),
+            maxAttempts:
+              options.maxAttempts === undefined
+                ? undefined
+                : parsePositiveInteger('--max-attempts', options.maxAttempts),
+            deadLetterTopic: options.deadLetterTopic,
+            maxRecordBytes:
+              options.maxRecordBytes === undefined
+                ? undefined
+                : parsePositiveInteger('--max-record-bytes', options.maxRecordBytes),
+            json: options.json === true,
+          } as const
+          const { runRelay } = await loadRelay()
+          return withDatabase(options, (database) => runRelay(database, request))
+        },
+      ),
+    )
+
+  return program
+}
+
+/** The relay's bundle (dist/cli-relay.js), apart so that only `relay` needs kafkajs. */
+const RELAY = './cli-relay.js'
+
+async function loadRelay(): Promise<typeof import('./relay.js')> {
+  try {
+    await import('kafkajs')
+  } catch {
+    throw new CliError(
+      ExitCode.usage,
+      'driver_missing',
+      'outboxkit relay needs kafkajs: npm install kafkajs.',
+    )
+  }
+  return (await import(RELAY)) as typeof import('./relay.js')
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
+function filterOf(options: DeadFilter): DeadFilter {
+  const filter: DeadFilter = {}
+  if (options.topic !== undefined) filter.topic = options.topic
+  if (options.key !== undefined) filter.key = options.key
+  return filter
+}
+
+function clip(text: string, width: number): string {
+  const line = text.replace(/\s+/g, ' ')
+  return line.length <= width ? line : `${line.slice(0, width - 1)}…`
+}
+
+/** Runs `tick` every `intervalMs` until SIGINT or SIGTERM. */
+async function watch(intervalMs: number, tick: () => Promise<void>): Promise<void> {
+  let stop: () => void = () => {}
+  const stopped = new Promise<void>((resolve) => {
+    stop = resolve
+  })
+  let done = false
+  const onSignal = () => {
+    done = true
+    stop()
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    while (!done) {
+      await tick()
+      let timer: ReturnType<typeof setTimeout> | undefined
+      await Promise.race([stopped, new Promise((resolve) => (timer = setTimeout(resolve, intervalMs)))])
+      clearTimeout(timer)
+    }
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram()
+  try {
+    await program.parseAsync(argv as string[])
+    return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and --version end with 0; commander printed its own message for the rest.
+      if (error.exitCode === 0) return ExitCode.ok
+      if (outputMode.json || argv.includes('--json')) {
+        process.stdout.write(
+          `${JSON.stringify({ error: { reason: 'usage', message: error.message, exitCode: ExitCode.usage } })}\n`,
+        )
+      }
+      return ExitCode.usage
+    }
+    return reportError(outputMode.json ? outputMode : { json: argv.includes('--json') }, error)
+  }
+}
