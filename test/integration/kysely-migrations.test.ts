@@ -209,6 +209,24 @@ for (const backend of BACKENDS) {
       }
     }, 60_000)
 
+    test('the migrations adopt a table made before shard ownership without a migrator', async () => {
+      const database = await backend.open()
+      const { db, schema, dialect } = database
+      try {
+        for (const s of schemaSql({ dialect, schema }, false)) await sql.raw(s).execute(db)
+        await addEvents(db, schema, SAMPLE_KEYS)
+        const migrations = outboxMigrations({ dialect, schema })
+        expect(await migrate(db, migrations, schema)).toEqual(
+          Object.keys(migrations).map((name) => `${name}:Success`),
+        )
+        const shards = await shardsByKey(database)
+        expect(shards.map(([k]) => k)).toEqual(SAMPLE_KEYS)
+        expect(shards.every(([, shard]) => shard !== null)).toBe(true)
+      } finally {
+        await database.close()
+      }
+    }, 60_000)
+
     test('ensureOutboxSchema adds shards to an existing table with rows, idempotently', async () => {
       const database = await backend.open()
       const { db, schema, dialect } = database

@@ -41,6 +41,10 @@ export function outboxMigrations(options: TableOptions): Record<string, Migratio
   return {
     [`outboxkit_0001_${tables.outboxName}`]: {
       async up(db: Kysely<unknown>) {
+        // A table made without a migrator (ensureOutboxSchema, outboxSchemaSql) before shard
+        // ownership lacks the shard column that the current DDL indexes: add it first, as
+        // ensureOutboxSchema does, so the migrations can adopt such a table.
+        if (await tableExists(db, options)) await addShards(db, options)
         for (const statement of up) await sql.raw(statement).execute(db)
       },
       async down(db: Kysely<unknown>) {
