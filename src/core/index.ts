@@ -1,4 +1,5 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
+export { CLAIM_KEY_SHARE, claimKeyShare, shareClaim, withinShares } from './claim-share.js'
 export {
   type BatchMessageHandler,
   type ConsumerEvents,

@@ -165,7 +165,9 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
    *
    * Must never hand out a record another live claim holds, nor a record of a key while an
    * earlier record of that key is unsettled (claimed elsewhere or waiting for a retry), and must
-   * see records from transactions that committed out of id order.
+   * see records from transactions that committed out of id order. A key takes at most its share
+   * of the claim ({@link shareClaim}) while other keys' claimable records are left out, so one
+   * key's backlog never holds the others back.
    */
   claim(options: ClaimOptions): Promise<Claim>
 
@@ -181,7 +183,8 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
    * the records `inFlight` out as if they were settled, for each key whose oldest pending record is
    * ready, the run of that key's ready
    * records from it up to the first one that is not (waiting for a retry), oldest first across
-   * keys, at most `limit`. A key whose oldest pending record is not ready contributes nothing, and
+   * keys, at most `limit`, shared between keys like `claim`'s ({@link shareClaim}). A key whose
+   * oldest pending record is not ready contributes nothing, and
    * however many records it holds it never hides another key's ready records (the cost stays
    * independent of the backlog). Each record carries `shard`, and `attempts` is the number of
    * failed attempts so far plus one. The token fences the settle calls by the shards' epochs at

@@ -178,21 +178,39 @@ export function outboxStoreSuite<Tx>(
       expect(again.records).toHaveLength(0)
     })
 
-    test('a claim limit cuts runs without breaking key order', async (h, outbox) => {
+    test('a claim limit cuts runs without breaking key order, sharing the claim between keys', async (h, outbox) => {
       await h.store.transaction((tx) =>
         outbox.add(tx, [message('a', 'a1'), message('a', 'a2'), message('b', 'b1'), message('a', 'a3')]),
       )
+      // A key's share of a 2-record claim is one record while another key has one ready.
       const first = await h.store.claim({ limit: 2, leaseMs: 30_000 })
-      expect(first.records.map((r) => r.type)).toEqual(['a1', 'a2'])
-      // Key a is held by the first claim; b is free.
-      const second = await h.store.claim({ limit: 10, leaseMs: 30_000 })
-      expect(second.records.map((r) => r.type)).toEqual(['b1'])
+      expect(first.records.map((r) => r.type)).toEqual(['a1', 'b1'])
+      // Keys a and b are held by the first claim.
+      expect((await h.store.claim({ limit: 10, leaseMs: 30_000 })).records).toEqual([])
       await h.store.markPublished(
         first.token,
         first.records.map((r) => r.id),
       )
-      const third = await h.store.claim({ limit: 10, leaseMs: 30_000 })
-      expect(third.records.map((r) => r.type)).toEqual(['a3'])
+      // With nothing else ready, one key fills the claim.
+      const second = await h.store.claim({ limit: 10, leaseMs: 30_000 })
+      expect(second.records.map((r) => r.type)).toEqual(['a2', 'a3'])
+    })
+
+    test('a key with a backlog larger than any window leaves room in each claim for the other ready keys', async (h, outbox) => {
+      await h.store.transaction((tx) =>
+        outbox.add(
+          tx,
+          Array.from({ length: 1_203 }, (_, i) => message('hot', `h${i}`)),
+        ),
+      )
+      await h.store.transaction((tx) =>
+        outbox.add(tx, [message('x', 'x1'), message('y', 'y1'), message('z', 'z1'), message('x', 'x2')]),
+      )
+      const claim = await h.store.claim({ limit: 8, leaseMs: 30_000 })
+      const types = claim.records.map((r) => r.type)
+      // Every other key's run, and the hot key's oldest records in order for the rest.
+      expect(types.filter((t) => !t.startsWith('h'))).toEqual(['x1', 'y1', 'z1', 'x2'])
+      expect(types.filter((t) => t.startsWith('h'))).toEqual(['h0', 'h1', 'h2', 'h3'])
     })
 
     test('two concurrent claimers never hold the same row, nor rows of the same key', async (h, outbox) => {

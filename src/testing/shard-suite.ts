@@ -203,13 +203,28 @@ export function shardSuite<Tx>(
       expect(retried.records.find((r) => r.id === first.id)!.attempts).toBe(2)
     })
 
-    test('a limit cuts runs without breaking key order', async (_h, store, add) => {
+    test('a limit cuts runs without breaking key order, sharing the claim between keys', async (_h, store, add) => {
       await add([message('a', 'a1'), message('a', 'a2'), message('b', 'b1'), message('a', 'a3')])
       await store.syncShards('relay-a', { leaseMs: LONG })
+      // A key's share of a 2-record claim is one record while another key has one ready.
       const claim = await store.claimOwned('relay-a', { limit: 2 })
-      expect(claim.records.map((r) => r.type)).toEqual(['a1', 'a2'])
+      expect(claim.records.map((r) => r.type)).toEqual(['a1', 'b1'])
       const all3 = await store.claimOwned('relay-a', { limit: 10 })
       expect(all3.records.map((r) => r.type)).toEqual(['a1', 'a2', 'b1', 'a3'])
+      // With nothing else ready, one key fills the claim.
+      const onlyA = await store.claimOwned('relay-a', { limit: 2, inFlight: [all3.records[2]!.id] })
+      expect(onlyA.records.map((r) => r.type)).toEqual(['a1', 'a2'])
+    })
+
+    test('a key with a backlog larger than any window leaves room in each claim for the other ready keys', async (_h, store, add) => {
+      await add(Array.from({ length: 1_203 }, (_, i) => message('hot', `h${i}`)))
+      await add([message('x', 'x1'), message('y', 'y1'), message('z', 'z1'), message('x', 'x2')])
+      await store.syncShards('relay-a', { leaseMs: LONG })
+      const claim = await store.claimOwned('relay-a', { limit: 8 })
+      const types = claim.records.map((r) => r.type)
+      // Every other key's run, and the hot key's oldest records in order for the rest.
+      expect(types.filter((t) => !t.startsWith('h'))).toEqual(['x1', 'y1', 'z1', 'x2'])
+      expect(types.filter((t) => t.startsWith('h'))).toEqual(['h0', 'h1', 'h2', 'h3'])
     })
 
     test('records in flight are left out and their keys go on right after them', async (h, store, add) => {

@@ -1,4 +1,5 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely'
+import { shareClaim, withinShares } from '../../core/claim-share.js'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import {
@@ -260,7 +261,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
 
     // 3. Runs: oldest first across keys, each held key contributing the ready rows that follow its
     //    head, up to the first row that is not ready (waiting for a retry).
-    const chosen = runs(candidates, lockedHeads, limit)
+    const chosen = sharedRuns(candidates, lockedHeads, limit)
     // A head found beyond the window can belong to a key whose older row the window saw before
     // another relay settled it: that key contributes nothing this time (its stale row comes first).
     if (chosen.length === 0) return []
@@ -428,9 +429,12 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
           LIMIT ${limit}`.execute(db)
       ).rows
       const oldestHeads = new Set(readyHeads(oldest).map(String))
-      const fromOldest = new Set(runs(oldest, oldestHeads, limit).map(String))
+      const claimable = claimableRuns(oldest, oldestHeads)
+      const fromOldest = new Set(shareClaim(claimable, limit).map((row) => String(row.seq)))
       let rows: Record<string, unknown>[]
-      if (oldest.length < limit || fromOldest.size === limit) {
+      // Everything pending is here, or the keys' shares alone fill the claim: no key beyond
+      // these rows could have a place in it.
+      if (oldest.length < limit || withinShares(claimable, limit) === limit) {
         rows = oldest.filter((row) => fromOldest.has(String(row.seq)))
       } else {
         // The window's look-up of heads cannot see past records in flight: their keys wait.
@@ -442,7 +446,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
           sql`AND ${inList(sql`o.${sql.raw(c.shard)}`, owned)} ${keyFilter}`,
           (afterSeq, n) => this.#ownedHeadsBeyond(afterSeq, n, owned, excludeKeys),
         )
-        const chosen = heads.length === 0 ? [] : runs(candidates, new Set(heads.map(String)), limit)
+        const chosen = heads.length === 0 ? [] : sharedRuns(candidates, new Set(heads.map(String)), limit)
         if (chosen.length === 0) return { token: shardToken(relayId, []), records: [] }
         rows = (
           await sql<Record<string, unknown>>`SELECT ${fullColumns}
@@ -877,7 +881,9 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       LIMIT ${window}`.execute(db)
     let candidates = pending.rows
     const heads = readyHeads(candidates)
-    const fromWindow = runs(candidates, new Set(heads.map(String)), limit).length
+    // Counted within the keys' shares: a window crowded by one key's backlog looks beyond it
+    // for other keys, as does one crowded by keys that cannot progress.
+    const fromWindow = withinShares(claimableRuns(candidates, new Set(heads.map(String))), limit)
     if (candidates.length === window && fromWindow < limit) {
       const found = await beyond(candidates[candidates.length - 1]!.seq, limit - fromWindow)
       if (found.length > 0) {
@@ -1300,6 +1306,23 @@ function runs(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit
     chosen.push(row.seq)
   }
   return chosen
+}
+
+/**
+ * {@link runs}, shared between keys ({@link shareClaim}): a key with a long run takes at most its
+ * share of the claim while other keys' runs are left out, and more only when they cannot fill it.
+ */
+function sharedRuns(rows: readonly ClaimCandidate[], heads: ReadonlySet<string>, limit: number): unknown[] {
+  return shareClaim(claimableRuns(rows, heads), limit).map((row) => row.seq)
+}
+
+/** The claimable records of `rows` ({@link runs} without a limit), with their keys. */
+function claimableRuns(
+  rows: readonly ClaimCandidate[],
+  heads: ReadonlySet<string>,
+): { seq: unknown; key: string }[] {
+  const keyOf = new Map(rows.map((row) => [String(row.seq), row.key]))
+  return runs(rows, heads, Number.POSITIVE_INFINITY).map((seq) => ({ seq, key: keyOf.get(String(seq))! }))
 }
 
 /** `column IN (...)`, or false for an empty list (SQL has no empty IN list). */

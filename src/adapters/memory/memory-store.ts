@@ -5,6 +5,7 @@
  * when writing an adapter for another database. It is not durable: use it for unit tests and
  * examples, never in production.
  */
+import { shareClaim } from '../../core/claim-share.js'
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
 import { messageIdProblem } from '../../core/message-id.js'
@@ -265,8 +266,8 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     const records: ClaimedRecord[] = []
     // A key is blocked once one of its pending rows cannot be claimed: later rows must wait.
     const blockedKeys = new Set<string>()
+    const claimable: { key: string; row: MemoryOutboxRow }[] = []
     for (const row of this.db.rows) {
-      if (records.length >= options.limit) break
       if (row.status !== 'pending') continue
       const key = row.record.key
       if (blockedKeys.has(key)) continue
@@ -275,6 +276,9 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
         blockedKeys.add(key)
         continue
       }
+      claimable.push({ key, row })
+    }
+    for (const { row } of shareClaim(claimable, options.limit)) {
       row.attempts++
       row.leaseUntil = now + options.leaseMs
       row.claimToken = token
@@ -487,8 +491,8 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     const claim: OwnedClaim = { relayId, epochs: new Map(), ids: new Set() }
     // A key is closed once one of its pending rows is not ready: later rows must wait for it.
     const closedKeys = new Set<string>()
+    const claimable: { key: string; row: MemoryOutboxRow; shard: number; epoch: number }[] = []
     for (const row of this.db.rows) {
-      if (records.length >= limit) break
       // Records in flight count as settled: their keys go on after them.
       if (row.status !== 'pending' || inFlight.has(row.record.id)) continue
       const key = row.record.key
@@ -502,6 +506,9 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
         closedKeys.add(key)
         continue
       }
+      claimable.push({ key, row, shard, epoch })
+    }
+    for (const { row, shard, epoch } of shareClaim(claimable, limit)) {
       claim.epochs.set(shard, epoch)
       claim.ids.add(row.record.id)
       records.push({
