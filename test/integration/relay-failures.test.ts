@@ -224,7 +224,7 @@ describe('relay and a broker restart', () => {
   })
 
   for (const backend of BACKENDS) {
-    test(`${backend.name}: the relay recovers by itself when the broker dies and comes back, losing nothing`, async () => {
+    test(`${backend.name}: the broker SIGKILLed under load and down past the producer's retries: the relay recovers by itself when it comes back, losing nothing`, async () => {
       const world = await openRelayWorld(backend, { partitions: 2, brokers: [`127.0.0.1:${port}`] })
       try {
         const relay = new Relay({
@@ -239,9 +239,22 @@ describe('relay and a broker restart', () => {
         const ids = await world.write(events(world.topic, 300, 10, 'before'))
         await waitFor('first events published', async () => (await world.counts()).published === ids.length)
 
+        // Writers keep going through the outage, so the kill lands mid-batch.
+        let writing = true
+        const writer = (async () => {
+          for (let round = 0; writing; round++) {
+            ids.push(...(await world.write(events(world.topic, 10, 10, `during${round}`))))
+            await new Promise((r) => setTimeout(r, 50))
+          }
+        })()
+        await new Promise((r) => setTimeout(r, 300))
         kafkaScript(['kill', '1'], env)
-        ids.push(...(await world.write(events(world.topic, 300, 10, 'during'))))
         await waitFor('the relay noticing the outage', () => errors.length > 0, 60_000)
+        // Down longer than the producer's own retries (requestTimeoutMs 5 s, kafkajs's retry
+        // budget): the relay's loop must keep trying on its own.
+        await new Promise((r) => setTimeout(r, 15_000))
+        writing = false
+        await writer
         kafkaScript(['restart-node', '1'], env)
 
         await waitFor(
