@@ -13,7 +13,7 @@ import pg from 'pg'
 import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
 import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { createKafkaConsumerRunner, type KafkaConsumerRunner } from '../../src/consumers/index.js'
-import { Relay, type RelayOwnership } from '../../src/index.js'
+import { type OutboxStore, Relay, type RelayOwnership, type Transport } from '../../src/index.js'
 import { type BrokerFaults, startBrokerFaults } from '../support/broker-faults.js'
 import { openConsumerWorld } from '../support/consumer-world.js'
 import {
@@ -102,6 +102,26 @@ function relayResult(
   }
 }
 
+/** A relay as the scenarios run it (small batches, quick polls and backoff), counting its errors. */
+function scenarioRelay(options: {
+  store: OutboxStore<Kysely<AnyDB>>
+  transport: Transport
+  ownership: RelayOwnership
+  leaseMs: number
+}): { relay: Relay<Kysely<AnyDB>>; errors(): number } {
+  const relay = new Relay({
+    ...options,
+    batchSize: 100,
+    pollIntervalMs: 50,
+    backoff: { initialMs: 20, maxMs: 300 },
+  })
+  let errors = 0
+  relay.on('error', () => {
+    errors++
+  })
+  return { relay, errors: () => errors }
+}
+
 // ------------------------------------------------------------ the relay's database connections
 
 /** The relay's own pool, and a way to end every connection of it from outside. */
@@ -174,18 +194,11 @@ function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenar
       const random = seeded(seed)
       const world = await openRelayWorld(backend, { partitions: 3 })
       const connections = relayConnections(backend, world.database.schema)
-      const relay = new Relay({
+      const { relay, errors } = scenarioRelay({
         store: createKyselyOutboxStore({ db: connections.db, schema: world.database.schema }),
         transport: world.transport(),
         ownership,
-        batchSize: 100,
-        pollIntervalMs: 50,
         leaseMs: 2_000,
-        backoff: { initialMs: 20, maxMs: 300 },
-      })
-      let relayErrors = 0
-      relay.on('error', () => {
-        relayErrors++
       })
       try {
         await world.write(events(world.topic, 1_500, KEYS * 2, 'backlog'))
@@ -206,7 +219,7 @@ function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenar
         await drained(world, 1_500 + writer.written())
         const recoveryMs = Date.now() - healed
         await relay.stop()
-        const injected = `${ended} connections killed, ${relayErrors} relay errors`
+        const injected = `${ended} connections killed, ${errors()} relay errors`
         log(`  ${name}: ${injected}`)
         return relayResult(
           name,
@@ -214,7 +227,7 @@ function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenar
           await checkTopic(world),
           recoveryMs,
           injected,
-          ended > 0 && relayErrors > 0,
+          ended > 0 && errors() > 0,
         )
       } finally {
         await relay.stop().catch(() => {})
@@ -294,19 +307,12 @@ function relayBrokerLink(backend: Backend, ownership: RelayOwnership, fault: Lin
       const random = seeded(seed)
       const faults = await startBrokerFaults()
       const world = await openRelayWorld(backend, { partitions: 3 })
-      const relay = new Relay({
+      const { relay, errors } = scenarioRelay({
         store: world.store,
         // A blackholed send must give up well within the scenario.
         transport: world.transport({ kafka: faults.kafka(uniqueName('relay')), requestTimeoutMs: 1_500 }),
         ownership,
-        batchSize: 100,
-        pollIntervalMs: 50,
         leaseMs: 3_000,
-        backoff: { initialMs: 20, maxMs: 300 },
-      })
-      let relayErrors = 0
-      relay.on('error', () => {
-        relayErrors++
       })
       try {
         await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
@@ -322,10 +328,10 @@ function relayBrokerLink(backend: Backend, ownership: RelayOwnership, fault: Lin
         await drained(world, 1_000 + writer.written())
         const recoveryMs = Date.now() - healed
         await relay.stop()
-        const injected = `${link.injected}, ${faults.opened - opened} connections opened, ${relayErrors} relay errors`
+        const injected = `${link.injected}, ${faults.opened - opened} connections opened, ${errors()} relay errors`
         log(`  ${name}: ${injected}`)
         // A blackhole past the request timeout must surface as relay errors.
-        const reached = link.touched && (fault !== 'blackhole' || relayErrors > 0)
+        const reached = link.touched && (fault !== 'blackhole' || errors() > 0)
         return relayResult(name, seed, await checkTopic(world), recoveryMs, injected, reached)
       } finally {
         faults.setMode('pass')
