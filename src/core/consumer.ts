@@ -397,7 +397,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
       try {
         const fresh = await this.#store.transaction(async (tx) => {
           const marked = await this.#markMany(tx, batch)
-          const firstNew = marked.indexOf(true) === -1 ? undefined : marked.indexOf(true)
+          const firstNew = marked.indexOf(true)
           if (this.#batchHandler) {
             const fresh = batch.filter((_, k) => marked[k])
             if (fresh.length > 0) {
@@ -412,10 +412,7 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
             }
           }
           failedAt = undefined
-          if (
-            firstNew !== undefined &&
-            !(await this.#store.confirmProcessed(tx, this.name, batch[firstNew]!.id))
-          ) {
+          if (firstNew !== -1 && !(await this.#store.confirmProcessed(tx, this.name, batch[firstNew]!.id))) {
             throw UNCONFIRMED
           }
           return marked

@@ -4,7 +4,8 @@
  *   npm run soak -- --minutes 10 [--seed 42] [--fault-seconds 8] [--only consumer]
  *
  * Prints a line per scenario run, then the report's table (docs/reliability.md): events, lost,
- * topic duplicates, effect duplicates, order violations and the worst recovery time per scenario.
+ * topic duplicates, effect duplicates, order violations and the worst recovery time per scenario,
+ * and what each scenario proves.
  * Exits 1 if any invariant broke, with the seed that broke it.
  */
 import { parseArgs } from 'node:util'
@@ -102,6 +103,8 @@ for (const [name, t] of totals) {
     `| ${name} | ${t.runs} | ${t.events} | ${t.lost} | ${t.topicDuplicates} | ${t.effectDuplicates} | ${t.orderViolations + t.alteredCopies} | ${(t.worstRecoveryMs / 1000).toFixed(1)} s |`,
   )
 }
+console.log()
+for (const scenario of scenarios) console.log(`- ${scenario.name}: ${scenario.proves}`)
 const failed = [...totals].filter(([, t]) => t.failedSeeds.length > 0)
 for (const [name, t] of failed) console.log(`BROKEN: ${name} with --seed ${t.failedSeeds.join(', --seed ')}`)
 console.log(

@@ -15,6 +15,7 @@ import {
   type MessageProcessor,
   OutboxKitError,
 } from '../../index.js'
+import { optionInteger } from './nats-errors.js'
 import { NATS_KEY_HEADER, NATS_MSG_ID_HEADER } from './nats-transport.js'
 
 /** A JetStream message as the id extractor sees it. */
@@ -67,18 +68,6 @@ export interface NatsConsumerRunnerOptions {
 }
 
 const RESTART_DELAY_MS = 1_000
-
-function optionInteger(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback
-  if (!Number.isSafeInteger(v) || v <= 0) {
-    throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      `Option ${name} must be a positive integer, got ${String(value)}.`,
-      { source: 'nats', details: { option: name } },
-    )
-  }
-  return v
-}
 
 /**
  * Feeds an `IdempotentConsumer` from a JetStream durable consumer, one message at a time. A

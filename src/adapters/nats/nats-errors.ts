@@ -67,3 +67,16 @@ export function outageError(message: string, cause?: unknown): OutboxKitError {
     { source: 'nats', retriable: true, ...(cause === undefined ? {} : { cause }) },
   )
 }
+
+/** An option that must be a positive integer (`fallback` when not given), or INVALID_OPTIONS. */
+export function optionInteger(name: string, value: number | undefined, fallback: number): number {
+  const v = value ?? fallback
+  if (!Number.isSafeInteger(v) || v <= 0) {
+    throw new OutboxKitError(
+      ErrorCode.InvalidOptions,
+      `Option ${name} must be a positive integer, got ${String(value)}.`,
+      { source: 'nats', details: { option: name } },
+    )
+  }
+  return v
+}

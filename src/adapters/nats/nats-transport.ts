@@ -9,7 +9,7 @@ import {
   type Transport,
   type TransportCapabilities,
 } from '../../index.js'
-import { classifyPublishError, outageError, type PublishFault } from './nats-errors.js'
+import { classifyPublishError, optionInteger, outageError, type PublishFault } from './nats-errors.js'
 
 /**
  * The header that carries the record key: NATS messages have a subject but no key. Consumers
@@ -49,18 +49,6 @@ export interface NatsTransportOptions {
 }
 
 const encoder = new TextEncoder()
-
-function optionInteger(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback
-  if (!Number.isSafeInteger(v) || v <= 0) {
-    throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      `Option ${name} must be a positive integer, got ${String(value)}.`,
-      { source: 'nats', details: { option: name } },
-    )
-  }
-  return v
-}
 
 /**
  * A {@link Transport} on NATS JetStream (`@nats-io/jetstream`). Each record is published to the
