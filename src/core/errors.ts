@@ -23,6 +23,12 @@ export const ErrorCode = {
   TransportFailed: 'TRANSPORT_FAILED',
   /** Another producer with the same transactional id took over; this one must stop. */
   Fenced: 'FENCED',
+  /**
+   * Exactly-once publishing cannot be proven: the progress topic is missing, misconfigured
+   * (not compacted only), was deleted and recreated, or cannot be read. The relay stops rather
+   * than risk a duplicate; fix the topic and start it again.
+   */
+  ProgressUnavailable: 'PROGRESS_UNAVAILABLE',
   /** A consumed record carries no usable message id, so it cannot be deduplicated. */
   MissingMessageId: 'MISSING_MESSAGE_ID',
   /**

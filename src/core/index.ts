@@ -80,5 +80,11 @@ export type {
   SyncShardsOptions,
   TransactionRunner,
 } from './store.js'
-export type { PublishOutcome, Transport, TransportCapabilities } from './transport.js'
+export type {
+  ExactlyOnceSession,
+  ExactlyOnceTransport,
+  PublishOutcome,
+  Transport,
+  TransportCapabilities,
+} from './transport.js'
 export { isUuid, uuidv7, uuidv7Timestamp } from './uuid.js'

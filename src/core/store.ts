@@ -105,6 +105,11 @@ export interface ShardLease {
   readonly shard: number
   /** Bumped each time the shard changes owner. */
   readonly epoch: number
+  /**
+   * Set when this call took the shard from another relay whose lease had expired: that relay's id.
+   * Absent when the shard was kept, or taken while free (given up or never owned).
+   */
+  readonly previousOwner?: string
 }
 
 /** Options for {@link OutboxStore.syncShards}. */
@@ -194,6 +199,13 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
   claimOwned?(relayId: string, options: ClaimOwnedOptions): Promise<Claim>
   /** Gives up every shard `relayId` owns and removes its registration (graceful stop). */
   leaveShards?(relayId: string): Promise<void>
+  /**
+   * Exactly-once reconciliation: marks published the records with these ids that are still
+   * pending (ready or waiting for a retry), whatever claim or shard holds them, because the
+   * transport's own log proves they were published. Published, dead and unknown ids are left
+   * alone. Returns how many rows changed. Needed by `RelayOptions.exactlyOnce`.
+   */
+  reconcilePublished?(ids: readonly string[]): Promise<number>
 
   /** Marks records published. Fenced by `token`. */
   markPublished(token: string, ids: readonly string[]): Promise<SettleResult>

@@ -50,4 +50,56 @@ export interface Transport {
   publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]>
   /** Releases the broker connection; later publishes are refused with `CLOSED`. Safe to call twice. */
   close(): Promise<void>
+  /**
+   * Exactly-once publishing (see `RelayOptions.exactlyOnce`): each publish commits, in the same
+   * broker transaction as its records, which outbox rows it published, so a relay can learn after
+   * a crash what the broker already holds. Absent on transports that cannot do it.
+   */
+  readonly exactlyOnce?: ExactlyOnceTransport
+}
+
+/**
+ * The broker side of exactly-once publishing. A relay works in sessions: it opens one under its
+ * own relay id, and publishes only through it. The session writes, with each transaction's
+ * records, one progress entry per shard the transaction touched, naming every row of that shard
+ * the session has committed and the relay has not yet reported settled in the database. The
+ * latest committed entry of a shard therefore names every row of it that the broker holds and the
+ * database may not show published yet.
+ */
+export interface ExactlyOnceTransport {
+  /**
+   * Opens a session for relay `relayId`. Fences every earlier session of the same relay id (in
+   * any process): its open transaction is aborted and it can never commit again. Checks the
+   * progress topic (creating it where the transport does so). Throws `PROGRESS_UNAVAILABLE` when
+   * progress cannot be kept or read.
+   */
+  open(relayId: string): Promise<ExactlyOnceSession>
+}
+
+export interface ExactlyOnceSession {
+  /**
+   * Publishes records like {@link Transport.publish}, with the progress entries of their shards
+   * in the same transaction. Every record must carry its `shard`. After any failure the session is
+   * over: this and every later call throw, and the relay opens a new session (whose open fences
+   * whatever this one left undecided) and reconciles before publishing again.
+   */
+  publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]>
+  /** The relay recorded these rows as settled in the database: later entries need not name them. */
+  settled(ids: readonly string[]): void
+  /** The relay no longer owns these shards: forget what the session held of them. */
+  forget(shards: readonly number[]): void
+  /**
+   * Fences the sessions of other relays (each as if it opened again), so that nothing they left
+   * open can commit after this returns. Called before reading the progress of shards taken from them.
+   */
+  fence(relayIds: readonly string[]): Promise<void>
+  /**
+   * Reads the progress topic with `read_committed` up to a point written after this session
+   * opened and after every fence, and returns, for each of `shards` that has an entry, the row ids
+   * its latest entry names. Throws `PROGRESS_UNAVAILABLE` when the topic cannot be read or is not
+   * the one the session opened on.
+   */
+  readProgress(shards: readonly number[]): Promise<ReadonlyMap<number, readonly string[]>>
+  /** Ends the session (its producer disconnects); an open transaction is aborted. */
+  close(): Promise<void>
 }

@@ -112,6 +112,9 @@ interface ClaimCandidate {
  * Writes go through the caller's transaction: its type is Kysely's `Transaction<DB>`, so passing
  * the root `db` (which would write outside the caller's transaction) does not compile.
  */
+/** Ids per reconciliation UPDATE. */
+const RECONCILE_CHUNK = 1_000
+
 export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   readonly name: string
   readonly capabilities: StoreCapabilities
@@ -359,7 +362,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         }
         const owned: ShardLease[] = [
           ...kept.map((r) => ({ shard: r.shard, epoch: r.epoch })),
-          ...taken.map((r) => ({ shard: r.shard, epoch: r.epoch + 1 })),
+          ...taken.map((r) => ({
+            shard: r.shard,
+            epoch: r.epoch + 1,
+            ...(r.owner === null ? {} : { previousOwner: r.owner }),
+          })),
         ].sort((a, b) => a.shard - b.shard)
         return { shardCount: SHARD_COUNT, liveRelays, fairShare, owned }
       }),
@@ -379,6 +386,29 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         await sql`DELETE FROM ${sql.raw(relays)} WHERE relay_id = ${relayId}`.execute(trx)
       }),
     )
+  }
+
+  /**
+   * Marks pending rows published by id, in chunks, whatever holds them: their publication is proven
+   * by the transport's log (exactly-once reconciliation).
+   */
+  async reconcilePublished(ids: readonly string[]): Promise<number> {
+    const { outbox, columns: c } = this.tables
+    const unique = [...new Set(ids)]
+    let changed = 0
+    for (let i = 0; i < unique.length; i += RECONCILE_CHUNK) {
+      const chunk = unique.slice(i, i + RECONCILE_CHUNK)
+      const result = await this.#run('reconcilePublished', () =>
+        sql`UPDATE ${sql.raw(outbox)} SET ${sql.raw(c.status)} = ${Status.published},
+            ${sql.raw(c.publishedAt)} = ${this.#sql.now}, ${sql.raw(c.leaseUntil)} = NULL,
+            ${sql.raw(c.claimToken)} = NULL
+          WHERE ${sql.raw(c.id)} IN (${sql.join(chunk)}) AND ${sql.raw(c.status)} = ${Status.pending}`.execute(
+          this.#db,
+        ),
+      )
+      changed += toNumber(result.numAffectedRows)
+    }
+    return changed
   }
 
   /**

@@ -442,6 +442,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       }
     }
     const fairShare = Math.ceil(shards.length / this.db.relays.size)
+    const takenFrom = new Map<number, string>()
     if (acquire) {
       // Free shards first, then expired ones; never a live shard of another relay.
       for (const takeExpired of [false, true]) {
@@ -450,6 +451,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
           if (shard.owner === relayId) continue
           const free = shard.owner === null
           if (free === takeExpired || (!free && shard.leaseUntil > now)) continue
+          if (shard.owner !== null) takenFrom.set(shards.indexOf(shard), shard.owner)
           shard.owner = relayId
           shard.epoch++
           shard.leaseUntil = until
@@ -461,7 +463,10 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       shardCount: shards.length,
       liveRelays: this.db.relays.size,
       fairShare,
-      owned: this.#owned(relayId),
+      owned: this.#owned(relayId).map((lease) => {
+        const previousOwner = takenFrom.get(lease.shard)
+        return previousOwner === undefined ? lease : { ...lease, previousOwner }
+      }),
     }
   }
 
@@ -471,6 +476,21 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       if (row.owner === relayId) owned.push({ shard, epoch: row.epoch })
     }
     return owned
+  }
+
+  async reconcilePublished(ids: readonly string[]): Promise<number> {
+    const wanted = new Set(ids)
+    const now = this.db.now()
+    let changed = 0
+    for (const row of this.db.rows) {
+      if (row.status !== 'pending' || !wanted.has(row.record.id)) continue
+      row.status = 'published'
+      row.publishedAt = now
+      row.claimToken = null
+      row.leaseUntil = null
+      changed++
+    }
+    return changed
   }
 
   async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
