@@ -97,6 +97,13 @@ export interface RelayOptions<Tx> {
    * unique among the relays running at once. Default `relay-<random uuid>`.
    */
   relayId?: string
+  /**
+   * Exactly-once into the broker: every record appears once in the topic for `read_committed`
+   * readers, even when a relay dies between the broker's commit and the database mark. Needs
+   * ownership `'shards'`, a store with `reconcilePublished` and a transport with `exactlyOnce`
+   * (the Kafka transport with its `exactlyOnce` option). See docs/guarantees.md. Default false.
+   */
+  exactlyOnce?: boolean
   /** Attempts before a record that keeps failing is dead-lettered. Default 10. */
   maxAttempts?: number
   /** Backoff between attempts of a failing record, and of the loop after an error. */

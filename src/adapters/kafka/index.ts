@@ -1,5 +1,6 @@
 export {
   createKafkaTransport,
+  type KafkaExactlyOnceOptions,
   KafkaTransport,
   type KafkaTransportOptions,
   protocolErrorType,

@@ -33,6 +33,13 @@ export interface KafkaTransportOptions {
    * fences this one. Use one stable id per relay instance (e.g. `orders-relay-<host>`).
    */
   transactionalId?: string
+  /**
+   * Exactly-once publishing for relays with `exactlyOnce: true` (see `transport.exactlyOnce`):
+   * each relay publishes in Kafka transactions under the transactional id
+   * `<transactionalIdPrefix><relayId>`, and each transaction also writes the relay's progress to
+   * `progressTopic`. Plain `publish` calls (dead letters) are not part of it.
+   */
+  exactlyOnce?: KafkaExactlyOnceOptions
   /** Compression codec (kafkajs `CompressionTypes`). Default none. */
   compression?: CompressionTypes
   /**
@@ -50,6 +57,21 @@ export interface KafkaTransportOptions {
   requestTimeoutMs?: number
   /** Extra kafkajs producer settings. The settings exactly-once needs (idempotence, acks) cannot be overridden. */
   producer?: Omit<ProducerConfig, 'idempotent' | 'maxInFlightRequests' | 'transactionalId'>
+}
+
+/** See {@link KafkaTransportOptions.exactlyOnce}. */
+export interface KafkaExactlyOnceOptions {
+  /**
+   * The compacted topic holding each shard's progress. Created when missing (one partition,
+   * `cleanup.policy=compact`); checked when present.
+   */
+  progressTopic: string
+  /** Prefix of each relay's transactional id. Default `outboxkit-`. */
+  transactionalIdPrefix?: string
+  /** Replication factor when the progress topic is created. Default: the broker's default. */
+  replicationFactor?: number
+  /** How long reading the progress topic to its end may take, ms. Default 60 000. */
+  readTimeoutMs?: number
 }
 
 export const RECORD_OVERHEAD_BYTES = 128
