@@ -21,6 +21,7 @@ export {
   OutboxKitError,
   type OutboxKitErrorOptions,
 } from './errors.js'
+export type { ReconciledEvent } from './exactly-once.js'
 export {
   type ClaimedRecord,
   DEFAULT_MAX_HEADER_BYTES,

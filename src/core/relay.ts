@@ -1,6 +1,7 @@
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
+import { ExactlyOnceCoordinator, type ReconciledEvent } from './exactly-once.js'
 import type { ClaimedRecord } from './message.js'
 import {
   backoffOptions,
@@ -45,6 +46,11 @@ export interface RelayEvents {
     readonly liveRelays: number
     readonly fairShare: number
   }
+  /**
+   * `exactlyOnce`: shards were reconciled before their records were claimed (at start, after a
+   * failed publish, and when shards were taken over): the rows the broker already held are marked.
+   */
+  reconciled: ReconciledEvent
   /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
   lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
   /**
@@ -167,6 +173,7 @@ export class Relay<Tx> {
   readonly #events = new Emitter<RelayEvents>()
   readonly #ownership: RelayOwnership
   readonly #relayId: string
+  readonly #exactlyOnce: boolean
   /** Ownership `'shards'`: the relay's shards, while the loop runs. */
   #shards: ShardOwnership<Tx> | undefined
 
@@ -221,6 +228,26 @@ export class Relay<Tx> {
       )
     }
     this.#relayId = checkRelayId(options.relayId ?? `relay-${crypto.randomUUID()}`)
+    this.#exactlyOnce = options.exactlyOnce === true
+    if (options.exactlyOnce !== undefined && typeof options.exactlyOnce !== 'boolean') {
+      throw new OutboxKitError(ErrorCode.InvalidOptions, 'exactlyOnce must be true or false.', {
+        details: { option: 'exactlyOnce', value: options.exactlyOnce },
+      })
+    }
+    if (this.#exactlyOnce) {
+      const needs = (what: string) =>
+        new OutboxKitError(ErrorCode.InvalidOptions, `exactlyOnce needs ${what}.`, {
+          details: { option: 'exactlyOnce', value: true },
+        })
+      if (this.#ownership !== 'shards') throw needs("ownership: 'shards' (each relay owns its shards)")
+      if (!options.transport.exactlyOnce) {
+        throw needs(
+          `a transport that can publish exactly once; the ${options.transport.name} transport cannot. Use createKafkaTransport({ ..., exactlyOnce: { progressTopic } }) from outboxkit/kafka`,
+        )
+      }
+      if (!store.reconcilePublished)
+        throw needs(`a store with reconcilePublished; the ${store.name} store has none`)
+    }
     this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
   }
@@ -305,6 +332,12 @@ export class Relay<Tx> {
    * stopped.
    */
   async #runOnceOwned(): Promise<number> {
+    if (this.#exactlyOnce) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'runOnce() is not available with exactlyOnce: each run would open a broker session and reconcile its shards. Use start() and stop().',
+      )
+    }
     if (this.#running) {
       throw new OutboxKitError(
         ErrorCode.AlreadyStarted,
@@ -352,6 +385,14 @@ export class Relay<Tx> {
     return true
   }
 
+  /** Exactly-once cannot be proven (the progress topic is gone or foreign): report it and stop. */
+  #stopIfUnprovable(error: unknown): boolean {
+    if (!isOutboxKitError(error, ErrorCode.ProgressUnavailable) || error.retriable) return false
+    this.#events.emit('error', { error, retryInMs: -1 })
+    this.#stopping?.abort()
+    return true
+  }
+
   /** Reports a loop error and waits before the loop tries again. */
   async #backOff(error: unknown, consecutiveErrors: number, signal: AbortSignal): Promise<void> {
     const retryInMs = backoffDelay(consecutiveErrors, this.#backoff)
@@ -368,12 +409,16 @@ export class Relay<Tx> {
    * batches in flight, then gives the shards up.
    */
   async #ownedLoop(signal: AbortSignal): Promise<void> {
+    const eos = this.#exactlyOnce
+      ? new ExactlyOnceCoordinator(this.#store, this.#transport.exactlyOnce!, this.#relayId)
+      : undefined
     const shards = new ShardOwnership({
       store: this.#store,
       relayId: this.#relayId,
       leaseMs: this.#leaseMs,
       onError: (error, retryInMs) => this.#events.emit('error', { error, retryInMs }),
       onChange: (change) => this.#events.emit('shardsChanged', change),
+      ...(eos ? { onLeases: (leases) => eos.leases(leases), mayRelease: () => eos.decided } : {}),
     })
     this.#shards = shards
     const inFlight = new Map<Promise<void>, number>()
@@ -402,6 +447,15 @@ export class Relay<Tx> {
             await Promise.race(inFlight.keys())
             continue
           }
+          if (eos) {
+            // A failed session's batches end before the next session opens.
+            if (!eos.session && inFlight.size > 0) {
+              await Promise.allSettled(inFlight.keys())
+              continue
+            }
+            const reconciled = await eos.prepare(shards.leases)
+            if (reconciled) this.#events.emit('reconciled', reconciled)
+          }
           const claimNumber = ++claimsStarted
           // Only the batches in flight and this claim can still be held back.
           holds.prune(Math.min(claimNumber, ...inFlight.values()))
@@ -411,14 +465,22 @@ export class Relay<Tx> {
             excludeShards: shards.draining,
           })
           consecutiveErrors = 0
-          if (claim.records.length === 0) {
+          // Exactly-once: the session the records go out on is the one current when they were
+          // claimed, and only records of shards it reconciled at the claim's epochs.
+          const session = eos?.session
+          const records = eos ? eos.publishable(claim) : claim.records
+          if (records.length === 0) {
+            if (claim.records.length > 0) {
+              // Shards changed hands since the last sync: learn it, then reconcile them.
+              await shards.sync()
+              continue
+            }
             // Records in flight may be followed by more once they are settled.
             if (inFlight.size > 0) await Promise.race(inFlight.keys())
             else await this.#idle(signal)
             continue
           }
-          this.#emitClaimed(claim)
-          const records = claim.records
+          this.#emitClaimed({ ...claim, records })
           for (const record of records) idsInFlight.add(record.id)
           shards.claimed(records)
           const settler = directSettler(this.#store, claim.token)
@@ -432,10 +494,11 @@ export class Relay<Tx> {
               else sendable.push(record)
             }
             try {
+              const send = session ? (batch: readonly ClaimedRecord[]) => session.publish(batch) : undefined
               const result =
                 sendable.length === 0
                   ? { outcomes: [], durationMs: 0 }
-                  : await this.#publish(settler, sendable)
+                  : await this.#publish(settler, sendable, send)
               result.outcomes.forEach((outcome, i) => {
                 if (outcome.status !== 'published') held.add(sendable[i]!.key)
               })
@@ -450,7 +513,9 @@ export class Relay<Tx> {
           })
           publishing = published.catch(() => {})
           const batch = published
-            .then(({ sendable, result }) => this.#settleOutcomes(settler, sendable, result))
+            .then(({ sendable, result }) =>
+              this.#settleOutcomes(settler, sendable, result, session && ((ids) => session.settled(ids))),
+            )
             .catch((error: unknown) => {
               batchError ??= { error }
             })
@@ -463,7 +528,9 @@ export class Relay<Tx> {
             })
           inFlight.set(batch, claimNumber)
         } catch (error) {
-          if (this.#stopIfFenced(error)) break
+          // Exactly-once: a fenced session is a takeover (the relay opens a new one), but progress
+          // that cannot be kept or read stops the relay.
+          if (eos ? this.#stopIfUnprovable(error) : this.#stopIfFenced(error)) break
           // Let the batches in flight end before claiming again.
           await Promise.allSettled(inFlight.keys())
           await this.#backOff(error, ++consecutiveErrors, signal)
@@ -474,7 +541,10 @@ export class Relay<Tx> {
       // A batch that failed while stopping is not retried by this relay.
       if (batchError) this.#events.emit('error', { error: batchError.error, retryInMs: -1 })
       this.#shards = undefined
+      // A failed session's last transaction may be undecided: fence it, so the shards can be given up.
+      if (eos) await eos.settleUndecided()
       await shards.stop().catch((error: unknown) => this.#events.emit('error', { error, retryInMs: -1 }))
+      await eos?.close().catch((error: unknown) => this.#events.emit('error', { error, retryInMs: -1 }))
     }
   }
 
@@ -512,13 +582,18 @@ export class Relay<Tx> {
    * Publishes one claim's records. When the call throws or answers wrongly, the claim is given
    * back (nothing marked, no attempt counted) and the error is thrown for the loop to back off.
    */
-  async #publish(lease: ClaimSettler<Tx>, records: readonly ClaimedRecord[]): Promise<PublishedBatch> {
+  async #publish(
+    lease: ClaimSettler<Tx>,
+    records: readonly ClaimedRecord[],
+    send: (records: readonly ClaimedRecord[]) => Promise<readonly PublishOutcome[]> = (batch) =>
+      this.#transport.publish(batch),
+  ): Promise<PublishedBatch> {
     const started = Date.now()
     let outcomes: readonly PublishOutcome[]
     try {
       outcomes = this.#instrumentation
-        ? await this.#instrumentation.tracePublish(records, () => this.#transport.publish(records))
-        : await this.#transport.publish(records)
+        ? await this.#instrumentation.tracePublish(records, () => send(records))
+        : await send(records)
     } catch (error) {
       // The outcome of the whole call is unknown or the broker is unreachable: nothing is marked,
       // no attempt is counted, and the loop backs off.
@@ -535,11 +610,15 @@ export class Relay<Tx> {
     return { outcomes, durationMs: Date.now() - started }
   }
 
-  /** Marks each record by its outcome, keeping every key's order (see the follower rule below). */
+  /**
+   * Marks each record by its outcome, keeping every key's order (see the follower rule below).
+   * `onMarked` hears the ids this claim marked published (not those it no longer held).
+   */
   async #settleOutcomes(
     lease: ClaimSettler<Tx>,
     records: readonly ClaimedRecord[],
     { outcomes, durationMs }: PublishedBatch,
+    onMarked?: (ids: readonly string[]) => void,
   ): Promise<void> {
     const published: string[] = []
     const failed: FailedRecord[] = []
@@ -572,6 +651,10 @@ export class Relay<Tx> {
     if (published.length > 0) {
       const result = await lease.settle((store, token) => store.markPublished(token, published))
       lost.push(...result.lost)
+      if (onMarked) {
+        const notHeld = new Set(result.lost)
+        onMarked(published.filter((id) => !notHeld.has(id)))
+      }
       this.#events.emit('published', { count: result.settled, durationMs })
     }
     if (released.length > 0) await lease.settle((store, token) => store.release(token, released))

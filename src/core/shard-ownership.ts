@@ -1,5 +1,5 @@
 import type { ClaimedRecord } from './message.js'
-import type { OutboxStore, ShardState } from './store.js'
+import type { OutboxStore, ShardLease, ShardState } from './store.js'
 
 /** What the relay learns from each ownership change. */
 export interface ShardOwnershipChange {
@@ -19,6 +19,13 @@ export interface ShardOwnershipOptions<Tx> {
   /** A background sync failed; the next one is tried after `retryInMs`. */
   readonly onError: (error: unknown, retryInMs: number) => void
   readonly onChange: (change: ShardOwnershipChange) => void
+  /** Every sync's leases, changed or not (exactly-once learns which shards were taken from whom). */
+  readonly onLeases?: (owned: readonly ShardLease[]) => void
+  /**
+   * Whether shards may be given up now. While false, drained shards are kept and `stop()` does not
+   * leave (the leases expire instead, so whoever takes the shards fences this relay first).
+   */
+  readonly mayRelease?: () => boolean
 }
 
 /** Ownership is synced at least this often, so a new relay gets its share within about a second. */
@@ -37,6 +44,7 @@ export class ShardOwnership<Tx> {
   /** Owned shard → records of it claimed and not yet settled. */
   readonly #inFlight = new Map<number, number>()
   #owned: readonly number[] = []
+  #leases: readonly ShardLease[] = []
   #draining = new Set<number>()
   #timer: ReturnType<typeof setTimeout> | undefined
   #syncing: Promise<void> | undefined
@@ -51,6 +59,11 @@ export class ShardOwnership<Tx> {
   /** The shards owned after the last sync. */
   get owned(): readonly number[] {
     return this.#owned
+  }
+
+  /** The owned shards' leases after the last sync, with their epochs. */
+  get leases(): readonly ShardLease[] {
+    return this.#leases
   }
 
   /** Owned shards to claim nothing from: the relay is giving them up. */
@@ -113,7 +126,9 @@ export class ShardOwnership<Tx> {
     clearTimeout(this.#timer)
     await this.#syncing?.catch(() => {})
     this.#owned = []
+    this.#leases = []
     this.#draining.clear()
+    if (this.#options.mayRelease?.() === false) return
     await this.#options.store.leaveShards!(this.#options.relayId)
   }
 
@@ -127,7 +142,10 @@ export class ShardOwnership<Tx> {
   }
 
   async #syncOnce(): Promise<void> {
-    const release = [...this.#draining].filter((shard) => !this.#inFlight.has(shard))
+    const release =
+      this.#options.mayRelease?.() === false
+        ? []
+        : [...this.#draining].filter((shard) => !this.#inFlight.has(shard))
     const state = await this.#options.store.syncShards!(this.#options.relayId, {
       leaseMs: this.#options.leaseMs,
       release,
@@ -137,6 +155,8 @@ export class ShardOwnership<Tx> {
   }
 
   #apply(state: ShardState): void {
+    this.#leases = state.owned
+    this.#options.onLeases?.(state.owned)
     const owned = state.owned.map((lease) => lease.shard)
     const ownedSet = new Set(owned)
     const draining = new Set([...this.#draining].filter((shard) => ownedSet.has(shard)))

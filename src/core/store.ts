@@ -39,6 +39,11 @@ export interface Claim {
   readonly token: string
   /** Claimed records, oldest first. Empty when nothing is ready. */
   readonly records: readonly ClaimedRecord[]
+  /**
+   * On a claim of `claimOwned`: the shard of each record and the epoch the shard had when the
+   * claim read it (exactly-once publishes a record only under the epoch its shard was reconciled at).
+   */
+  readonly shards?: readonly ShardLease[]
 }
 
 /** A record that could not be published, and when to try again. */

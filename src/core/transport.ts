@@ -77,6 +77,8 @@ export interface ExactlyOnceTransport {
 }
 
 export interface ExactlyOnceSession {
+  /** False once the session ended (after a failure, or closed): open a new one. */
+  readonly active: boolean
   /**
    * Publishes records like {@link Transport.publish}, with the progress entries of their shards
    * in the same transaction. Every record must carry its `shard`. After any failure the session is
@@ -84,10 +86,12 @@ export interface ExactlyOnceSession {
    * whatever this one left undecided) and reconciles before publishing again.
    */
   publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]>
-  /** The relay recorded these rows as settled in the database: later entries need not name them. */
+  /**
+   * The relay marked these rows published in the database: later entries need not name them. Ids
+   * whose mark was fenced (another relay owns their shard now) must not be reported: they stay
+   * named until the session ends, since this session may still commit records of that shard.
+   */
   settled(ids: readonly string[]): void
-  /** The relay no longer owns these shards: forget what the session held of them. */
-  forget(shards: readonly number[]): void
   /**
    * Fences the sessions of other relays (each as if it opened again), so that nothing they left
    * open can commit after this returns. Called before reading the progress of shards taken from them.

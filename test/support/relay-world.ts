@@ -215,3 +215,63 @@ export function expectDuplicatesIdentical(consumed: readonly ConsumedMessage[]):
   }
   return duplicates
 }
+
+/**
+ * Every record of `topic` a `read_committed` reader sees, read to the end: a sentinel is written
+ * to each partition, and the read stops once each partition's sentinel arrived (a reader reaches
+ * it only after every transaction written before it was committed or aborted).
+ */
+export async function consumeCommitted(brokers: string[], topic: string): Promise<ConsumedMessage[]> {
+  const kafka = testKafka(brokers)
+  const admin = kafka.admin()
+  await admin.connect()
+  const partitions = (await admin.fetchTopicOffsets(topic)).length
+  await admin.disconnect()
+  const sentinel = `sentinel-${crypto.randomUUID()}`
+  const producer = kafka.producer()
+  await producer.connect()
+  await producer.send({
+    topic,
+    acks: -1,
+    messages: Array.from({ length: partitions }, (_, partition) => ({ key: sentinel, value: '', partition })),
+  })
+  await producer.disconnect()
+  const consumer = kafka.consumer({ groupId: `committed-${crypto.randomUUID()}`, maxWaitTimeInMs: 200 })
+  const received: ConsumedMessage[] = []
+  const positions = new Set<string>()
+  const reached = new Set<number>()
+  let timer: ReturnType<typeof setTimeout> | undefined
+  try {
+    await consumer.connect()
+    await consumer.subscribe({ topics: [topic], fromBeginning: true })
+    await new Promise<void>((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`did not read ${topic} to its end within 60 s`)), 60_000)
+      consumer
+        .run({
+          eachMessage: async ({ partition, message }) => {
+            const position = `${partition}:${message.offset}`
+            if (positions.has(position) || reached.has(partition)) return
+            positions.add(position)
+            if (message.key?.toString() === sentinel) {
+              reached.add(partition)
+              if (reached.size === partitions) resolve()
+              return
+            }
+            received.push({
+              topic,
+              partition,
+              offset: message.offset,
+              key: message.key,
+              value: message.value,
+              headers: message.headers ?? {},
+            })
+          },
+        })
+        .catch(reject)
+    })
+    return received
+  } finally {
+    clearTimeout(timer)
+    await consumer.disconnect()
+  }
+}

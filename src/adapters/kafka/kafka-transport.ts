@@ -12,7 +12,13 @@ import {
 import { describeError, ErrorCode, OutboxKitError } from '../../core/errors.js'
 import { type ClaimedRecord, Headers, publishedHeaders } from '../../core/message.js'
 import { positiveInteger } from '../../core/options.js'
-import type { PublishOutcome, Transport, TransportCapabilities } from '../../core/transport.js'
+import type {
+  ExactlyOnceTransport,
+  PublishOutcome,
+  Transport,
+  TransportCapabilities,
+} from '../../core/transport.js'
+import { KafkaExactlyOnce } from './exactly-once.js'
 
 /**
  * kafkajs' `ConfigResourceTypes.BROKER`. Not imported by name: kafkajs is CommonJS, and Node's ESM
@@ -81,6 +87,22 @@ interface SendItem {
   readonly record: ClaimedRecord
   readonly message: Message
   readonly size: number
+}
+
+/**
+ * What an exactly-once session adds to its transport (see `exactly-once.ts`): progress messages
+ * committed with each transaction's records, and which records to send one per transaction.
+ * @internal
+ */
+export interface SessionHooks {
+  /** The messages committed in the same transaction as `records`, and where they go. */
+  progress(records: readonly ClaimedRecord[]): { topic: string; messages: Message[] }
+  /** The transaction carrying `records` committed. */
+  committed(records: readonly ClaimedRecord[]): void
+  /** The broker refused a record of a transaction holding these ids; the next sends isolate them. */
+  refused(ids: readonly string[]): void
+  /** Whether a record must be sent in a transaction of its own. */
+  isolated(id: string): boolean
 }
 
 /**
@@ -209,6 +231,11 @@ export class KafkaTransport implements Transport {
   #queue: Promise<unknown> = Promise.resolve()
   #closed = false
   #fenced = false
+  /** Exactly-once session mode: the hooks, and the error that ended the session. */
+  readonly #session: SessionHooks | undefined
+  #ended: OutboxKitError | undefined
+  /** With the `exactlyOnce` option: the sessions relays open (see `RelayOptions.exactlyOnce`). */
+  readonly exactlyOnce: ExactlyOnceTransport | undefined
   /**
    * How many producers were discarded (observability and tests): after an error in transactional
    * mode, and in idempotent mode a main producer replaced by the fresh one or a fresh one whose own
@@ -216,7 +243,8 @@ export class KafkaTransport implements Transport {
    */
   producerRebuilds = 0
 
-  constructor(options: KafkaTransportOptions) {
+  /** `session` is for the exactly-once sessions' own transports only. */
+  constructor(options: KafkaTransportOptions, session?: SessionHooks) {
     if (!options?.kafka && !options?.brokers?.length) {
       throw new OutboxKitError(
         ErrorCode.InvalidOptions,
@@ -252,6 +280,50 @@ export class KafkaTransport implements Transport {
     )
     positiveInteger('requestTimeoutMs', options.requestTimeoutMs ?? 30_000, undefined, 'kafka')
     this.capabilities = { transactions: options.transactionalId !== undefined }
+    this.#session = session
+    this.exactlyOnce =
+      options.exactlyOnce === undefined || session
+        ? undefined
+        : new KafkaExactlyOnce(this.#kafka, options, options.exactlyOnce)
+  }
+
+  /** Whether an exactly-once session's transport ended after a failure. @internal */
+  get ended(): boolean {
+    return this.#ended !== undefined
+  }
+
+  /**
+   * Commits `messages` in a transaction of their own (an exactly-once session's markers), after
+   * any publish in flight. @internal
+   */
+  commitAlone(topic: string, messages: Message[]): Promise<void> {
+    const run = this.#queue.then(async () => {
+      if (this.#ended) throw this.#ended
+      const producer = await this.#getProducer()
+      const began = Date.now()
+      const transaction = await this.#guard(() => producer.transaction())
+      try {
+        const metadata = await transaction.send({ topic, messages, acks: -1 })
+        if (metadata.some((m) => m.errorCode !== 0)) throw unacknowledgedError(new Set([topic]))
+        await transaction.commit()
+      } catch (error) {
+        await transaction.abort().catch(() => {})
+        throw await this.#failure(error, Date.now() - began)
+      }
+    })
+    this.#queue = run.catch(() => {})
+    return run
+  }
+
+  /**
+   * Initialises the transactional producer now (an InitProducerId that fences every earlier
+   * producer of the transactional id and aborts its open transaction), rather than at the first
+   * transaction. @internal
+   */
+  async initialize(): Promise<void> {
+    const producer = await this.#getProducer()
+    const transaction = await this.#guard(() => producer.transaction())
+    await this.#guard(() => transaction.abort())
   }
 
   publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]> {
@@ -263,7 +335,10 @@ export class KafkaTransport implements Transport {
   async #publish(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]> {
     if (this.#closed)
       throw new OutboxKitError(ErrorCode.Closed, 'The Kafka transport is closed.', { source: 'kafka' })
+    if (this.#ended) throw this.#ended
     if (this.#fenced) throw this.#fencedError()
+    if (this.#session && records.length > 1 && records.some((r) => this.#session!.isolated(r.id)))
+      return this.#publishIsolated(records)
     const outcomes: (PublishOutcome | undefined)[] = new Array(records.length)
     const sendable: SendItem[] = []
     // Each key's first failed record: the key's later records are held back, its earlier ones go.
@@ -379,6 +454,15 @@ export class KafkaTransport implements Transport {
         outcomes[group[0]!.index] = { status: 'failed', error: error.message, retriable: false }
         continue
       }
+      if (this.#session) {
+        // The session is over: its successor sends these records one per transaction.
+        this.#session.refused(group.map((item) => item.record.id))
+        for (const item of group)
+          outcomes[item.index] = notSent(
+            `the broker refused a record of its transaction (${error.message}); its records are sent one per transaction next`,
+          )
+        continue
+      }
       for (const item of group) {
         if (heldBack(item.record.key, item.index)) {
           outcomes[item.index] = notSent()
@@ -393,6 +477,31 @@ export class KafkaTransport implements Transport {
   }
 
   /**
+   * Exactly-once session mode, after the broker refused a record of a transaction: each record in
+   * a transaction of its own, so only the refused one fails. A key's records after a failed one,
+   * and everything after the session ended, are not sent.
+   */
+  async #publishIsolated(records: readonly ClaimedRecord[]): Promise<readonly PublishOutcome[]> {
+    const outcomes: PublishOutcome[] = []
+    const failedKeys = new Set<string>()
+    for (const record of records) {
+      if (failedKeys.has(record.key)) {
+        outcomes.push(notSent())
+        continue
+      }
+      if (this.#ended) {
+        failedKeys.add(record.key)
+        outcomes.push(notSent('the exactly-once session ended'))
+        continue
+      }
+      const [outcome] = await this.#publish([record])
+      outcomes.push(outcome ?? notSent())
+      if (outcome?.status !== 'published') failedKeys.add(record.key)
+    }
+    return outcomes
+  }
+
+  /**
    * Sends the requests in one transaction and fills in outcomes: all of them become visible, or
    * none. Throws an OutboxKitError when the transaction did not commit.
    */
@@ -404,16 +513,23 @@ export class KafkaTransport implements Transport {
     const producer = await this.#getProducer()
     const began = Date.now()
     const transaction = await this.#guard(() => producer.transaction())
+    const sent = requests.flat().map((item) => item.record)
     try {
       for (const request of requests) {
         const missing = unacknowledged(request, await transaction.sendBatch(this.#batch(request)))
         if (missing.size > 0) throw unacknowledgedError(missing)
+      }
+      if (this.#session) {
+        const { topic, messages } = this.#session.progress(sent)
+        const metadata = await transaction.send({ topic, messages, acks: -1 })
+        if (metadata.some((m) => m.errorCode !== 0)) throw unacknowledgedError(new Set([topic]))
       }
       await transaction.commit()
     } catch (error) {
       await transaction.abort().catch(() => {})
       throw await this.#failure(error, Date.now() - began)
     }
+    this.#session?.committed(sent)
     for (const request of requests) for (const item of request) outcomes[item.index] = { status: 'published' }
   }
 
@@ -796,6 +912,18 @@ export class KafkaTransport implements Transport {
    * had been open, when there was one.
    */
   async #failure(error: unknown, transactionAgeMs?: number): Promise<OutboxKitError> {
+    if (this.#session) {
+      // A session never goes on after a failure: the relay reconciles and opens a new one.
+      const described = this.#describe(error, transactionAgeMs)
+      this.#ended ??= described
+      const producer = this.#producer
+      this.#producer = undefined
+      if (producer) {
+        this.producerRebuilds++
+        this.#retired.push(producer)
+      }
+      return described
+    }
     if (this.capabilities.transactions) {
       const producer = this.#producer
       this.#producer = undefined
@@ -981,7 +1109,7 @@ function missingTopic(topic: string): string {
   )
 }
 
-function notSent(reason = 'an earlier record of its key failed'): PublishOutcome {
+export function notSent(reason = 'an earlier record of its key failed'): PublishOutcome {
   return { status: 'failed', error: `Not sent: ${reason.replace(/\.$/, '')}.`, retriable: true }
 }
 

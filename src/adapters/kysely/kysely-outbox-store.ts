@@ -496,7 +496,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       const counts = new Map<number, number>()
       for (const r of records) counts.set(r.shard!, (counts.get(r.shard!) ?? 0) + 1)
       const contributing = [...counts].map(([shard, count]) => ({ shard, epoch: epochs.get(shard)!, count }))
-      return { token: shardToken(relayId, contributing), records }
+      return {
+        token: shardToken(relayId, contributing),
+        records,
+        shards: contributing.map(({ shard, epoch }) => ({ shard, epoch })),
+      }
     })
   }
 

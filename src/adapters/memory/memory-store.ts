@@ -539,7 +539,7 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
       })
     }
     if (records.length > 0) this.#ownedClaims.set(token, claim)
-    return { token, records }
+    return { token, records, shards: [...claim.epochs].map(([shard, epoch]) => ({ shard, epoch })) }
   }
 
   async leaveShards(relayId: string): Promise<void> {

@@ -1,0 +1,226 @@
+/**
+ * `exactlyOnce` relays in-process on the real databases and Kafka: a relay that dies between the
+ * Kafka commit and the database mark leaves no duplicate (the next owner reconciles from the
+ * progress topic), the same scenario without exactlyOnce does leave one, a frozen relay taken
+ * over cannot commit afterwards, and a progress topic that cannot prove anything stops the relay.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import type { KafkaTransport } from '../../src/adapters/kafka/index.js'
+import type { KyselyOutboxStore } from '../../src/adapters/kysely/index.js'
+import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
+import { type AnyDB, mysqlBackend, postgresJsBackend } from '../support/databases.js'
+import { createTopic, testKafka, uniqueTopic } from '../support/kafka.js'
+import {
+  consumeCommitted,
+  events,
+  messageId,
+  openRelayWorld,
+  orderByKey,
+  type RelayWorld,
+  waitFor,
+  writeOrderByKey,
+} from '../support/relay-world.js'
+
+/** Copies of each message id beyond the first. */
+function duplicates(ids: readonly string[]): number {
+  return ids.length - new Set(ids).size
+}
+
+/**
+ * A store whose `crashAtMark`-th mark never reaches the database: the relay's process "died" right
+ * after Kafka committed that batch, before its mark. Its heartbeats and claims stop too, so its
+ * shards expire and another relay takes them.
+ */
+function crashingAtMark(store: KyselyOutboxStore<AnyDB>, crashAtMark: number) {
+  let marks = 0
+  let crashed = false
+  const hang = new Promise<never>(() => {})
+  const view = new Proxy(store, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver)
+      if (typeof value !== 'function') return value
+      if (name === 'markPublished') {
+        return (...args: unknown[]) => {
+          if (!crashed && ++marks === crashAtMark) crashed = true
+          return crashed ? hang : value.apply(target, args)
+        }
+      }
+      if (name === 'syncShards' || name === 'claimOwned') {
+        return (...args: unknown[]) => (crashed ? hang : value.apply(target, args))
+      }
+      return value.bind(target)
+    },
+  })
+  return { view, crashed: () => crashed }
+}
+
+function relayOptions(world: RelayWorld, transport: KafkaTransport, relayId: string) {
+  return {
+    store: world.store,
+    transport,
+    ownership: 'shards' as const,
+    exactlyOnce: true,
+    relayId,
+    batchSize: 50,
+    leaseMs: 1_500,
+    pollIntervalMs: 20,
+    backoff: { initialMs: 50, maxMs: 500 },
+  }
+}
+
+for (const backend of [postgresJsBackend, mysqlBackend]) {
+  describe(`exactlyOnce relays on ${backend.name}`, () => {
+    let world: RelayWorld
+    let progressTopic: string
+    beforeAll(async () => {
+      world = await openRelayWorld(backend, { partitions: 3 })
+      progressTopic = uniqueTopic('progress')
+    })
+    afterAll(async () => {
+      await world.close()
+    })
+
+    test('a relay killed between the Kafka commit and the mark leaves no duplicate: the next owner reconciles', async () => {
+      const ids = await world.write(events(world.topic, 400, 20, 'crash'))
+      const exactlyOnce = { progressTopic }
+      const { view, crashed } = crashingAtMark(world.store, 3)
+      const first = new Relay({
+        ...relayOptions(world, world.transport({ exactlyOnce }), 'eos-first'),
+        store: view,
+      })
+      await first.start()
+      await waitFor('the first relay to crash', crashed, 30_000)
+
+      const reconciled: RelayEvents['reconciled'][] = []
+      const second = new Relay(relayOptions(world, world.transport({ exactlyOnce }), 'eos-second'))
+      second.on('reconciled', (e) => reconciled.push(e))
+      await second.start()
+      await waitFor(
+        'everything published',
+        async () => (await world.counts()).published === ids.length,
+        60_000,
+      )
+      await second.stop()
+      void first.stop()
+
+      const consumed = await consumeCommitted(world.brokers, world.topic)
+      const consumedIds = consumed.map(messageId)
+      expect(new Set(consumedIds)).toEqual(new Set(ids))
+      expect(duplicates(consumedIds)).toBe(0)
+      expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+      // The rows of the crashed batch were in Kafka, pending in the table: the second relay marked
+      // them from the progress topic, after fencing the first.
+      const marked = reconciled.reduce((sum, e) => sum + e.marked, 0)
+      expect(marked).toBeGreaterThan(0)
+      expect(reconciled.some((e) => e.fenced.includes('eos-first'))).toBe(true)
+    }, 120_000)
+
+    test('without exactlyOnce the same crash leaves duplicates in the topic', async () => {
+      const topic = uniqueTopic('relay-plain')
+      await createTopic(world.brokers, topic, { partitions: 3, replicationFactor: 1 })
+      const ids = await world.write(events(topic, 200, 20, 'plain'))
+      const { view, crashed } = crashingAtMark(world.store, 2)
+      const options = (relayId: string, transactionalId: string) => ({
+        ...relayOptions(world, world.transport({ transactionalId }), relayId),
+        exactlyOnce: false,
+      })
+      const first = new Relay({ ...options('plain-first', 'plain-first'), store: view })
+      await first.start()
+      await waitFor('the first relay to crash', crashed, 30_000)
+      const second = new Relay(options('plain-second', 'plain-second'))
+      await second.start()
+      await waitFor(
+        'everything published',
+        async () => {
+          const rows = await world.database.query<{ n: unknown }>(
+            world.database.dialect === 'mysql'
+              ? `SELECT count(*) AS n FROM \`${world.database.schema}\`.\`outbox\` WHERE topic = '${topic}' AND status = 1`
+              : `SELECT count(*) AS n FROM "${world.database.schema}"."outbox" WHERE topic = '${topic}' AND status = 1`,
+          )
+          return Number(rows[0]?.n) === ids.length
+        },
+        60_000,
+      )
+      await second.stop()
+      void first.stop()
+      const consumed = (await consumeCommitted(world.brokers, topic)).map(messageId)
+      expect(new Set(consumed)).toEqual(new Set(ids))
+      expect(duplicates(consumed)).toBeGreaterThan(0)
+    }, 120_000)
+  })
+}
+
+describe('exactlyOnce and the progress topic (Postgres)', () => {
+  let world: RelayWorld
+  beforeAll(async () => {
+    world = await openRelayWorld(postgresJsBackend, { partitions: 1 })
+  })
+  afterAll(async () => {
+    await world.close()
+  })
+
+  async function firstError(relay: Relay<unknown>): Promise<RelayEvents['error']> {
+    const errors: RelayEvents['error'][] = []
+    relay.on('error', (e) => errors.push(e))
+    await relay.start()
+    await waitFor('an error', () => errors.length > 0, 30_000)
+    return errors[0]!
+  }
+
+  test('a progress topic with time retention (cleanup.policy=delete) stops the relay with PROGRESS_UNAVAILABLE', async () => {
+    const progressTopic = uniqueTopic('progress-delete')
+    await createTopic(world.brokers, progressTopic, { partitions: 1, replicationFactor: 1 })
+    await world.write(events(world.topic, 5, 1, 'misconfigured'))
+    const relay = new Relay(
+      relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-misconfigured'),
+    )
+    const { error, retryInMs } = await firstError(relay)
+    expect(isOutboxKitError(error, ErrorCode.ProgressUnavailable)).toBe(true)
+    expect(String(error)).toContain('cleanup.policy=delete')
+    expect(retryInMs).toBe(-1)
+    await relay.stop()
+    expect(relay.running).toBe(false)
+  }, 60_000)
+
+  test('a progress topic that holds records but no genesis (recreated, or foreign) is refused', async () => {
+    const progressTopic = uniqueTopic('progress-foreign')
+    await createTopic(world.brokers, progressTopic, {
+      partitions: 1,
+      replicationFactor: 1,
+      configEntries: { 'cleanup.policy': 'compact' },
+    })
+    const producer = testKafka(world.brokers).producer()
+    await producer.connect()
+    await producer.send({ topic: progressTopic, messages: [{ key: 'unrelated', value: 'not progress' }] })
+    await producer.disconnect()
+    const relay = new Relay(
+      relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-foreign'),
+    )
+    const { error, retryInMs } = await firstError(relay)
+    expect(isOutboxKitError(error, ErrorCode.ProgressUnavailable)).toBe(true)
+    expect(String(error)).toContain('genesis')
+    expect(retryInMs).toBe(-1)
+    await relay.stop()
+  }, 60_000)
+
+  test('the progress topic deleted under a running relay stops it; it is not recreated', async () => {
+    const progressTopic = uniqueTopic('progress-deleted')
+    const relay = new Relay(
+      relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-deleted'),
+    )
+    const errors: RelayEvents['error'][] = []
+    relay.on('error', (e) => errors.push(e))
+    await world.write(events(world.topic, 20, 2, 'before-delete'))
+    await relay.start()
+    await waitFor('the first records published', async () => (await world.counts()).pending === 0, 30_000)
+    const admin = testKafka(world.brokers).admin()
+    await admin.connect()
+    await admin.deleteTopics({ topics: [progressTopic] })
+    await world.write(events(world.topic, 20, 2, 'after-delete'))
+    await waitFor('the relay to stop', () => !relay.running, 60_000)
+    const fatal = errors.find((e) => e.retryInMs === -1)
+    expect(isOutboxKitError(fatal?.error, ErrorCode.ProgressUnavailable)).toBe(true)
+    expect((await admin.listTopics()).includes(progressTopic)).toBe(false)
+    await admin.disconnect()
+  }, 90_000)
+})
