@@ -224,3 +224,94 @@ describe('exactlyOnce and the progress topic (Postgres)', () => {
     await admin.disconnect()
   }, 90_000)
 })
+
+describe('an exactlyOnce relay frozen past its lease (MariaDB)', () => {
+  let world: RelayWorld
+  beforeAll(async () => {
+    world = await openRelayWorld(mysqlBackend, { partitions: 3 })
+  })
+  afterAll(async () => {
+    await world.close()
+  })
+
+  test('cannot commit once another relay took its shards, and both then share the work without a duplicate', async () => {
+    const progressTopic = uniqueTopic('progress-zombie')
+    const ids = await world.write(events(world.topic, 300, 30, 'zombie'))
+    // The frozen relay: its second publish waits at a gate (a paused process), and meanwhile its
+    // heartbeats do not reach the database, so its shards expire.
+    let frozen = false
+    let thaw!: () => void
+    const thawed = new Promise<void>((resolve) => (thaw = resolve))
+    let entered!: () => void
+    const enteredPublish = new Promise<void>((resolve) => (entered = resolve))
+    let publishes = 0
+    const store = new Proxy(world.store, {
+      get(target, name, receiver) {
+        const value = Reflect.get(target, name, receiver)
+        if (typeof value !== 'function') return value
+        if (name === 'syncShards') {
+          return async (...args: unknown[]) => {
+            if (frozen) await thawed
+            return value.apply(target, args)
+          }
+        }
+        return value.bind(target)
+      },
+    })
+    const zombie = new Relay({
+      ...relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-zombie'),
+      store,
+      instrumentation: {
+        async tracePublish(_records, publish) {
+          if (++publishes === 2) {
+            frozen = true
+            entered()
+            await thawed
+          }
+          return publish()
+        },
+      },
+    })
+    const zombieErrors: RelayEvents['error'][] = []
+    zombie.on('error', (e) => zombieErrors.push(e))
+    await zombie.start()
+    await enteredPublish
+
+    const survivor = new Relay(
+      relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-survivor'),
+    )
+    const reconciled: RelayEvents['reconciled'][] = []
+    survivor.on('reconciled', (e) => reconciled.push(e))
+    await survivor.start()
+    await waitFor(
+      'the survivor to publish everything',
+      async () => (await world.counts()).published === ids.length,
+      60_000,
+    )
+    expect(reconciled.some((e) => e.fenced.includes('eos-zombie'))).toBe(true)
+
+    // The zombie wakes up: its transaction is refused (fenced), it opens a new session, and the two
+    // relays split the shards again.
+    thaw()
+    await waitFor('the zombie to be refused', () => zombieErrors.length > 0, 30_000)
+    expect(zombieErrors.some((e) => isOutboxKitError(e.error))).toBe(true)
+    const more = await world.write(events(world.topic, 300, 30, 'after'))
+    await waitFor(
+      'the new events published',
+      async () => (await world.counts()).published === ids.length + more.length,
+      60_000,
+    )
+    await waitFor(
+      'both relays to own shards',
+      () => zombie.ownedShards.length > 0 && survivor.ownedShards.length > 0,
+      30_000,
+    )
+    await zombie.stop()
+    await survivor.stop()
+    const consumed = await consumeCommitted(world.brokers, world.topic)
+    const consumedIds = consumed.map(messageId)
+    expect(new Set(consumedIds)).toEqual(new Set([...ids, ...more]))
+    expect(duplicates(consumedIds)).toBe(0)
+    expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+  }, 180_000)
+})
