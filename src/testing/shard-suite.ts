@@ -16,6 +16,11 @@ export interface ShardSuiteOptions {
   readonly concurrentTransactions: boolean
   /** Short lease for expiry tests, in ms. Default 400. */
   readonly shortLeaseMs?: number
+  /**
+   * Whether the store implements `reconcilePublished` (what `RelayOptions.exactlyOnce` needs).
+   * Default true: its tests then fail if it is missing; false shows them as skipped.
+   */
+  readonly reconcilePublished?: boolean
 }
 
 type ShardStore<Tx> = OutboxStore<Tx> &
@@ -70,6 +75,12 @@ export function shardSuite<Tx>(
   const concurrentTest = options.concurrentTransactions
     ? test
     : (title: string, _fn: unknown) => skipTest(api, title, 'this backend runs one transaction at a time')
+
+  const reconcileTest =
+    options.reconcilePublished === false
+      ? (title: string, _fn: unknown) =>
+          skipTest(api, title, 'this store does not implement reconcilePublished')
+      : test
 
   const peerOf = async (h: OutboxStoreHarness<Tx>) => shardStore(await h.peer())
   const shardsOf = (state: ShardState) => state.owned.map((s) => s.shard)
@@ -445,6 +456,96 @@ export function shardSuite<Tx>(
       expect(state.liveRelays).toBe(1)
       expect(state.fairShare).toBe(state.shardCount)
       expect(shardsOf(state)).toEqual(all(state))
+    })
+
+    test('a shard taken from a relay whose lease expired names it as previousOwner; kept, released or free shards do not', async (h, a) => {
+      const b = await peerOf(h)
+      const first = await a.syncShards('relay-a', { leaseMs: lease })
+      // Never owned before: taken while free.
+      expect(first.owned.every((s) => s.previousOwner === undefined)).toBe(true)
+      await sleep(lease + 200)
+      const taken = await b.syncShards('relay-b', { leaseMs: LONG })
+      expect(shardsOf(taken)).toEqual(all(taken))
+      expect(taken.owned.every((s) => s.previousOwner === 'relay-a')).toBe(true)
+      // Renewed: kept, so no previous owner any more.
+      const kept = await b.syncShards('relay-b', { leaseMs: LONG })
+      expect(kept.owned.every((s) => s.previousOwner === undefined)).toBe(true)
+      // Given up by relay-b, then taken by relay-a: nothing of relay-b's can be in flight.
+      const released = await b.syncShards('relay-b', {
+        leaseMs: LONG,
+        release: shardsOf(kept),
+        acquire: false,
+      })
+      expect(released.owned).toEqual([])
+      await b.leaveShards('relay-b')
+      const back = await a.syncShards('relay-a', { leaseMs: LONG })
+      expect(shardsOf(back)).toEqual(all(back))
+      expect(back.owned.every((s) => s.previousOwner === undefined)).toBe(true)
+    })
+
+    test('a claim reports the epoch of every shard it read records from, as owned at claim time', async (_h, store, add) => {
+      await add([message('x', 'x1'), message('y', 'y1'), message('z', 'z1'), message('x', 'x2')])
+      const state = await store.syncShards('relay-a', { leaseMs: LONG })
+      const claim = await store.claimOwned('relay-a', { limit: 10 })
+      const read = new Set(claim.records.map((r) => r.shard!))
+      expect(Array.isArray(claim.shards)).toBe(true)
+      const reported = new Map(claim.shards!.map((s) => [s.shard, s.epoch]))
+      for (const shard of read) {
+        expect(reported.get(shard)).toBe(state.owned.find((s) => s.shard === shard)!.epoch)
+      }
+      for (const shard of reported.keys()) expect(shardsOf(state)).toContain(shard)
+    })
+
+    reconcileTest(
+      'reconcilePublished marks pending rows published whatever claim holds them, and leaves published, dead and unknown ids alone',
+      async (h, store, add) => {
+        if (!store.reconcilePublished) throw new Error(`${store.name} has no reconcilePublished`)
+        const [held, waiting, dead, done, x2] = await add([
+          message('x', 'x1'),
+          message('y', 'y1'),
+          message('z', 'z1'),
+          message('w', 'w1'),
+          message('x', 'x2'),
+        ])
+        await store.syncShards('relay-a', { leaseMs: LONG })
+        const claim = await store.claimOwned('relay-a', { limit: 10 })
+        expect(claim.records.map((r) => r.id).sort()).toEqual([held, waiting, dead, done, x2].sort())
+        await store.markFailed(claim.token, [{ id: waiting!, error: 'e', retryInMs: LONG }])
+        await store.markDead(claim.token, [{ id: dead!, error: 'e' }])
+        await store.markPublished(claim.token, [done!])
+        const unknown = '00000000-0000-7000-8000-000000000001'
+        // `held` is claimed and in flight, `waiting` waits for its retry: both are pending.
+        expect(await store.reconcilePublished([held!, waiting!, dead!, done!, unknown, held!])).toBe(2)
+        const rows = new Map((await h.readRows()).map((r) => [r.id, r]))
+        expect([held, waiting, dead, done, x2].map((id) => rows.get(id!)!.status)).toEqual([
+          'published',
+          'published',
+          'dead',
+          'published',
+          'pending',
+        ])
+        expect(rows.get(held!)!.claimed).toBe(false)
+        // Again: nothing left to change.
+        expect(await store.reconcilePublished([held!, waiting!])).toBe(0)
+        expect(await store.reconcilePublished([])).toBe(0)
+        // The key goes on after its reconciled head.
+        await store.release(claim.token)
+        const next = await store.claimOwned('relay-a', { limit: 10 })
+        expect(next.records.map((r) => r.id)).toEqual([x2])
+      },
+    )
+
+    reconcileTest('reconcilePublished takes more ids than one statement holds', async (h, store, add) => {
+      if (!store.reconcilePublished) throw new Error(`${store.name} has no reconcilePublished`)
+      const ids = await add([message('x', 'x1'), message('y', 'y1'), message('z', 'z1')])
+      const unknown = Array.from(
+        { length: 2_500 },
+        (_, i) => `00000000-0000-7000-8000-${i.toString(16).padStart(12, '0')}`,
+      )
+      // The real ids at the start, the middle and the end of the list.
+      const list = [ids[0]!, ...unknown.slice(0, 1_200), ids[1]!, ...unknown.slice(1_200), ids[2]!]
+      expect(await store.reconcilePublished(list)).toBe(3)
+      expect((await h.readRows()).every((r) => r.status === 'published')).toBe(true)
     })
 
     test('claimOwned of a relay that owns no shard returns no records', async (_h, store, add) => {
