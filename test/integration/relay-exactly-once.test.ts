@@ -2,9 +2,11 @@
  * `exactlyOnce` relays in-process on the real databases and Kafka: a relay that dies between the
  * Kafka commit and the database mark leaves no duplicate (the next owner reconciles from the
  * progress topic), the same scenario without exactlyOnce does leave one, a frozen relay taken
- * over cannot commit afterwards, and a progress topic that cannot prove anything stops the relay.
+ * over cannot commit afterwards, a transaction that outlives transactionTimeout is retried on a new
+ * session, and a progress topic that cannot prove anything stops the relay.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import type { Kafka, Producer, Transaction } from 'kafkajs'
 import type { KafkaTransport } from '../../src/adapters/kafka/index.js'
 import type { KyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
@@ -314,4 +316,101 @@ describe('an exactlyOnce relay frozen past its lease (MariaDB)', () => {
     expect(duplicates(consumedIds)).toBe(0)
     expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
   }, 180_000)
+})
+
+/**
+ * A Kafka whose producers hold the first commit of a transaction that sent records to `topic`
+ * until the coordinator has aborted it (its abort marker moves the topic's end offset past the
+ * records sent): the transaction outlived `transactionTimeout`.
+ */
+function holdingFirstCommitPastTimeout(kafka: Kafka, topic: string): { kafka: Kafka; held: () => boolean } {
+  let held = false
+  const waitForAbortMarker = async (sent: number) => {
+    const admin = kafka.admin()
+    await admin.connect()
+    try {
+      for (;;) {
+        const offsets = await admin.fetchTopicOffsets(topic)
+        if (offsets.reduce((sum, p) => sum + Number(p.high), 0) > sent) return
+        await new Promise((r) => setTimeout(r, 250))
+      }
+    } finally {
+      await admin.disconnect()
+    }
+  }
+  const producer = (config?: Parameters<Kafka['producer']>[0]): Producer => {
+    const real = kafka.producer(config)
+    return {
+      ...real,
+      transaction: async (): Promise<Transaction> => {
+        const transaction = await real.transaction()
+        let sent = 0
+        return {
+          ...transaction,
+          send: async (record) => {
+            if (record.topic === topic) sent += record.messages.length
+            return transaction.send(record)
+          },
+          sendBatch: async (batch) => {
+            for (const r of batch.topicMessages ?? []) if (r.topic === topic) sent += r.messages.length
+            return transaction.sendBatch(batch)
+          },
+          commit: async () => {
+            if (!held && sent > 0) {
+              held = true
+              await waitForAbortMarker(sent)
+            }
+            await transaction.commit()
+          },
+        }
+      },
+    }
+  }
+  const wrapped = new Proxy(kafka, {
+    get: (target, name, receiver) =>
+      name === 'producer' ? producer : Reflect.get(target, name, receiver)?.bind?.(target),
+  })
+  return { kafka: wrapped, held: () => held }
+}
+
+describe('an exactlyOnce transaction that outlives transactionTimeout (Postgres)', () => {
+  let world: RelayWorld
+  beforeAll(async () => {
+    world = await openRelayWorld(postgresJsBackend, { partitions: 1 })
+  })
+  afterAll(async () => {
+    await world.close()
+  })
+
+  test('is expiry, not fencing: the relay opens a new session and publishes every row once', async () => {
+    const ids = await world.write(events(world.topic, 60, 3, 'expiry'))
+    const { kafka, held } = holdingFirstCommitPastTimeout(testKafka(world.brokers), world.topic)
+    const relay = new Relay(
+      relayOptions(
+        world,
+        world.transport({
+          kafka,
+          exactlyOnce: { progressTopic: uniqueTopic('progress-expiry') },
+          producer: { transactionTimeout: 1_000 },
+        }),
+        'eos-expiry',
+      ),
+    )
+    const errors: RelayEvents['error'][] = []
+    relay.on('error', (e) => errors.push(e))
+
+    await relay.start()
+    await waitFor('everything published', async () => (await world.counts()).published === ids.length, 90_000)
+    expect(held()).toBe(true)
+    expect(relay.running).toBe(true)
+    const expired = errors.find((e) => String(e.error).includes('transactionTimeout'))
+    expect(isOutboxKitError(expired?.error, ErrorCode.TransportFailed)).toBe(true)
+    expect(errors.some((e) => isOutboxKitError(e.error, ErrorCode.Fenced))).toBe(false)
+    await relay.stop()
+    const consumed = await consumeCommitted(world.brokers, world.topic)
+    const consumedIds = consumed.map(messageId)
+    expect(new Set(consumedIds)).toEqual(new Set(ids))
+    expect(duplicates(consumedIds)).toBe(0)
+    expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+  }, 120_000)
 })
