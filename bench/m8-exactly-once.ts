@@ -38,7 +38,7 @@ const BACKENDS: readonly BackendName[] = ['postgres.js', 'mariadb']
 /** Rows in flight for the reconciliation figure, and the batch that puts them there (two batches in flight). */
 const IN_FLIGHT_ROWS = 10_000
 /** The lease of the relay that is abandoned with rows in flight: its shards are free after it. */
-const ABANDONED_LEASE_MS = 1_500
+const ABANDONED_LEASE_MS = 1_000
 /** Most time one drain or one wait may take before the measurement gives up. */
 const WAIT_MS = 120_000
 
@@ -222,8 +222,8 @@ async function reconciliation(
     limit.cancel()
   }
   dropping.abandon()
-  // Its shards expire by the database's clock; leave a margin for the lease to run out.
-  await sleep(ABANDONED_LEASE_MS + 1_000)
+  // Its shards expire by the database's clock (on this machine); a small margin for the last renewal.
+  await sleep(ABANDONED_LEASE_MS + 300)
   // A few new rows, so that the new relay has something to claim once it has reconciled.
   await fillOutbox(setup.database, setup.topic, 10, RELAY_KEYS)
 
@@ -352,7 +352,7 @@ export async function runM8(ctx: Context): Promise<MeasurementResult> {
     raw[backend] = backendRaw
     try {
       ctx.log(`  M8 ${backend}: warm-up`)
-      for (const mode of ['tx', 'eos'] as const) await drained(setup, mode, 500, 100, ctx.log)
+      for (const mode of ['tx', 'eos'] as const) await drained(setup, mode, ctx.quick ? 200 : 500, 100, ctx.log)
       for (const batch of BATCHES) {
         const events = ctx.sizes.relayEvents[batch] ?? 1000
         const result = await rounds({

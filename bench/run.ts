@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7,m8] [--repetitions N] [--rss-events N] [--no-save]
+ *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7,m8] [--skip m8] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -47,12 +47,15 @@ silenceNegativeTimeoutWarnings()
 
 const quick = process.argv.includes('--quick')
 const save = !process.argv.includes('--no-save')
-const only = new Set(
-  (arg('only') ?? '')
-    .split(',')
-    .map((s) => s.trim().toLowerCase().replace('m3', 'm2'))
-    .filter(Boolean),
-)
+const measurementIds = (list: string | undefined) =>
+  new Set(
+    (list ?? '')
+      .split(',')
+      .map((s) => s.trim().toLowerCase().replace('m3', 'm2'))
+      .filter(Boolean),
+  )
+const only = measurementIds(arg('only'))
+const skip = measurementIds(arg('skip'))
 const repetitions = arg('repetitions')
 const rssEvents = arg('rss-events')
 const sizes: Sizes = {
@@ -113,7 +116,7 @@ async function main(): Promise<number> {
   const timings: Record<string, number> = {}
   const errors: { measurement: string; error: string }[] = []
   for (const measurement of MEASUREMENTS) {
-    if (only.size > 0 && !only.has(measurement.id)) continue
+    if ((only.size > 0 && !only.has(measurement.id)) || skip.has(measurement.id)) continue
     log(`${measurement.title} (load ${loadAverage()[0].toFixed(2)})`)
     const t = performance.now()
     try {
