@@ -352,7 +352,8 @@ export async function runM8(ctx: Context): Promise<MeasurementResult> {
     raw[backend] = backendRaw
     try {
       ctx.log(`  M8 ${backend}: warm-up`)
-      for (const mode of ['tx', 'eos'] as const) await drained(setup, mode, ctx.quick ? 200 : 500, 100, ctx.log)
+      for (const mode of ['tx', 'eos'] as const)
+        await drained(setup, mode, ctx.quick ? 200 : 500, 100, ctx.log)
       for (const batch of BATCHES) {
         const events = ctx.sizes.relayEvents[batch] ?? 1000
         const result = await rounds({
