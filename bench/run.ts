@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7] [--repetitions N] [--rss-events N] [--no-save]
+ *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7,m8] [--skip m8] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -20,6 +20,7 @@ import { runM4 } from './m4-latency.js'
 import { runM5 } from './m5-consumer.js'
 import { runM6 } from './m6-memory.js'
 import { runM7 } from './m7-limits.js'
+import { runM8 } from './m8-exactly-once.js'
 
 interface Measurement {
   readonly id: string
@@ -34,6 +35,7 @@ const MEASUREMENTS: readonly Measurement[] = [
   { id: 'm5', title: 'M5 consumer overhead', run: runM5 },
   { id: 'm6', title: 'M6 relay memory', run: runM6 },
   { id: 'm7', title: 'M7 relay against its limits', run: runM7 },
+  { id: 'm8', title: 'M8 exactly-once cost', run: runM8 },
 ]
 
 function arg(name: string): string | undefined {
@@ -45,12 +47,15 @@ silenceNegativeTimeoutWarnings()
 
 const quick = process.argv.includes('--quick')
 const save = !process.argv.includes('--no-save')
-const only = new Set(
-  (arg('only') ?? '')
-    .split(',')
-    .map((s) => s.trim().toLowerCase().replace('m3', 'm2'))
-    .filter(Boolean),
-)
+const measurementIds = (list: string | undefined) =>
+  new Set(
+    (list ?? '')
+      .split(',')
+      .map((s) => s.trim().toLowerCase().replace('m3', 'm2'))
+      .filter(Boolean),
+  )
+const only = measurementIds(arg('only'))
+const skip = measurementIds(arg('skip'))
 const repetitions = arg('repetitions')
 const rssEvents = arg('rss-events')
 const sizes: Sizes = {
@@ -111,7 +116,7 @@ async function main(): Promise<number> {
   const timings: Record<string, number> = {}
   const errors: { measurement: string; error: string }[] = []
   for (const measurement of MEASUREMENTS) {
-    if (only.size > 0 && !only.has(measurement.id)) continue
+    if ((only.size > 0 && !only.has(measurement.id)) || skip.has(measurement.id)) continue
     log(`${measurement.title} (load ${loadAverage()[0].toFixed(2)})`)
     const t = performance.now()
     try {

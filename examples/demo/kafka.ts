@@ -127,3 +127,59 @@ export async function recordCount(admin: Admin, topic: string): Promise<number> 
   const offsets = await admin.fetchTopicOffsets(topic)
   return offsets.reduce((sum, p) => sum + Number(p.high) - Number(p.low), 0)
 }
+
+/**
+ * Reads a topic from the beginning to its end as a `read_committed` consumer sees it (records of
+ * aborted or open Kafka transactions left out) and counts its records and the copies of each
+ * message id (`outboxkit-id` header) beyond the first. Call it once nothing writes to the topic.
+ */
+export async function readCommitted(
+  kafka: Kafka,
+  admin: Admin,
+  topic: string,
+): Promise<{ records: number; duplicates: number }> {
+  // The end of each partition: with transactions its last offset can be a commit marker, which a
+  // consumer never receives, so the end is recognised by the offsets the fetched batches cover.
+  const ends = new Map(
+    (await admin.fetchTopicOffsets(topic)).map((p) => [p.partition, Number(p.high)] as const),
+  )
+  const reached = new Set([...ends].filter(([, end]) => end === 0).map(([partition]) => partition))
+  let records = 0
+  const ids = new Set<string>()
+  if (reached.size === ends.size) return { records, duplicates: 0 }
+  const groupId = uniqueTopic('demo-read-committed')
+  const consumer = kafka.consumer({
+    groupId,
+    readUncommitted: false,
+    maxWaitTimeInMs: 100,
+  })
+  let timer: ReturnType<typeof setTimeout> | undefined
+  try {
+    await consumer.connect()
+    await consumer.subscribe({ topics: [topic], fromBeginning: true })
+    await new Promise<void>((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`could not read ${topic} to its end within 60 s`)), 60_000)
+      // Emitted for every fetched batch, also one holding only commit markers.
+      consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+        if (Number(payload.lastOffset) + 1 >= (ends.get(payload.partition) ?? 0))
+          reached.add(payload.partition)
+        if (reached.size === ends.size) resolve()
+      })
+      consumer
+        .run({
+          eachMessage: async ({ partition, message }) => {
+            if (Number(message.offset) >= (ends.get(partition) ?? 0)) return
+            records++
+            const id = message.headers?.['outboxkit-id']?.toString()
+            if (id) ids.add(id)
+          },
+        })
+        .catch(reject)
+    })
+  } finally {
+    clearTimeout(timer)
+    await consumer.disconnect().catch(() => {})
+    await admin.deleteGroups([groupId]).catch(() => {})
+  }
+  return { records, duplicates: records - ids.size }
+}
