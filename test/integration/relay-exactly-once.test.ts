@@ -10,6 +10,7 @@ import type { Kafka, Producer, Transaction } from 'kafkajs'
 import type { KafkaTransport } from '../../src/adapters/kafka/index.js'
 import type { KyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
+import { type BrokerFaults, startBrokerFaults } from '../support/broker-faults.js'
 import { type AnyDB, mysqlBackend, postgresJsBackend } from '../support/databases.js'
 import { createTopic, testKafka, uniqueTopic } from '../support/kafka.js'
 import {
@@ -406,6 +407,110 @@ describe('an exactlyOnce transaction that outlives transactionTimeout (Postgres)
     const expired = errors.find((e) => String(e.error).includes('transactionTimeout'))
     expect(isOutboxKitError(expired?.error, ErrorCode.TransportFailed)).toBe(true)
     expect(errors.some((e) => isOutboxKitError(e.error, ErrorCode.Fenced))).toBe(false)
+    await relay.stop()
+    const consumed = await consumeCommitted(world.brokers, world.topic)
+    const consumedIds = consumed.map(messageId)
+    expect(new Set(consumedIds)).toEqual(new Set(ids))
+    expect(duplicates(consumedIds)).toBe(0)
+    expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+  }, 120_000)
+})
+
+/**
+ * A Kafka (through the fault proxy) whose first transaction sending two requests of records to
+ * `topic` blackholes the broker link at the second: the send and then the abort get no answer, so the real producer is
+ * left in ABORTING. `stuck()` asks that producer for a new transaction and returns kafkajs' refusal.
+ */
+function blackholingFirstSend(faults: BrokerFaults, topic: string) {
+  const kafka = faults.kafka('eos-aborting')
+  let victim: Producer | undefined
+  const producer = (config?: Parameters<Kafka['producer']>[0]): Producer => {
+    const real = kafka.producer(config)
+    return {
+      ...real,
+      transaction: async (): Promise<Transaction> => {
+        const transaction = await real.transaction()
+        let sends = 0
+        return {
+          ...transaction,
+          sendBatch: async (batch) => {
+            // At the second request: the first one added its partition to the transaction, so
+            // the abort has a transaction to end (with none, kafkajs aborts without asking).
+            if (!victim && (batch.topicMessages ?? []).some((r) => r.topic === topic) && ++sends === 2) {
+              victim = real
+              faults.setMode('blackhole')
+            }
+            return transaction.sendBatch(batch)
+          },
+        }
+      },
+    }
+  }
+  const wrapped = new Proxy(kafka, {
+    get: (target, name, receiver) =>
+      name === 'producer' ? producer : Reflect.get(target, name, receiver)?.bind?.(target),
+  })
+  const stuck = async (): Promise<string | undefined> => {
+    if (!victim) return undefined
+    return victim.transaction().then(
+      async (t) => {
+        await t.abort()
+        return undefined
+      },
+      (error: unknown) => String(error),
+    )
+  }
+  return { kafka: wrapped, blackholed: () => victim !== undefined, stuck }
+}
+
+describe('an exactlyOnce producer left in ABORTING (Postgres)', () => {
+  let world: RelayWorld
+  let faults: BrokerFaults
+  beforeAll(async () => {
+    world = await openRelayWorld(postgresJsBackend, { partitions: 1 })
+    faults = await startBrokerFaults()
+  })
+  afterAll(async () => {
+    faults.setMode('pass')
+    await world.close()
+    await faults.close()
+  })
+
+  test('a send and its abort that never come back: the producer is replaced and every row goes out once', async () => {
+    const ids = await world.write(events(world.topic, 60, 3, 'aborting'))
+    const { kafka, blackholed, stuck } = blackholingFirstSend(faults, world.topic)
+    const relay = new Relay(
+      relayOptions(
+        world,
+        world.transport({
+          kafka,
+          exactlyOnce: { progressTopic: uniqueTopic('progress-aborting') },
+          requestTimeoutMs: 1_500,
+          // Several requests per transaction.
+          maxRequestBytes: 1_000,
+        }),
+        'eos-aborting',
+      ),
+    )
+    const errors: RelayEvents['error'][] = []
+    relay.on('error', (e) => errors.push(e))
+    await relay.start()
+    try {
+      // The transaction's send and then its abort each wait requestTimeoutMs, not kafkajs' own
+      // 30 s request timeout and its retries.
+      await waitFor(
+        'the blackholed send to fail',
+        () => errors.some((e) => String(e.error).includes('did not answer a send')),
+        20_000,
+      )
+      expect(blackholed()).toBe(true)
+      // The old producer really is stuck: its abort is still unanswered.
+      expect(await stuck()).toContain('ABORTING')
+    } finally {
+      faults.setMode('pass')
+    }
+    await waitFor('everything published', async () => (await world.counts()).published === ids.length, 60_000)
+    expect(relay.running).toBe(true)
     await relay.stop()
     const consumed = await consumeCommitted(world.brokers, world.topic)
     const consumedIds = consumed.map(messageId)

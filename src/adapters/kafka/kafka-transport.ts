@@ -57,8 +57,9 @@ export interface KafkaTransportOptions {
   /** Bytes per produce request; larger batches are split. Default 4 MiB. */
   maxRequestBytes?: number
   /**
-   * Broker request timeout, ms. In idempotent mode also the longest a send is waited for: past
-   * it the send's outcome counts as unknown and its records are sent again. Default 30 000.
+   * Broker request timeout, ms. Also the longest a send, and in transactional mode a commit or an
+   * abort, is waited for: past it the outcome counts as unknown, the records are sent again and a
+   * transactional producer is replaced. Default 30 000.
    */
   requestTimeoutMs?: number
   /**
@@ -532,19 +533,26 @@ export class KafkaTransport implements Transport {
     const began = Date.now()
     const transaction = await this.#guard(() => producer.transaction())
     const sent = requests.flat().map((item) => item.record)
+    // The session's progress rides in the last request, beside the records: one produce request
+    // and one AddPartitionsToTxn fewer per transaction than sending it on its own.
+    const progress = this.#session?.progress(sent)
     try {
-      for (const request of requests) {
-        const missing = unacknowledged(request, await transaction.sendBatch(this.#batch(request)))
+      for (const [i, request] of requests.entries()) {
+        const batch = this.#batch(request)
+        const carriesProgress = progress !== undefined && i === requests.length - 1
+        if (carriesProgress) batch.topicMessages.push(progress)
+        const metadata = await this.#answered(transaction.sendBatch(batch))
+        const missing = unacknowledged(request, metadata)
+        if (carriesProgress && !metadata.some((m) => m.topicName === progress.topic && m.errorCode === 0))
+          missing.add(progress.topic)
         if (missing.size > 0) throw unacknowledgedError(missing)
       }
-      if (this.#session) {
-        const { topic, messages } = this.#session.progress(sent)
-        const metadata = await transaction.send({ topic, messages, acks: -1 })
-        if (metadata.some((m) => m.errorCode !== 0)) throw unacknowledgedError(new Set([topic]))
-      }
-      await transaction.commit()
+      await this.#answered(transaction.commit(), 'commit')
     } catch (error) {
-      await transaction.abort().catch(() => {})
+      // An abort that does not come back leaves the producer in ABORTING, where it can start no
+      // transaction again: #failure retires it either way, and the next batch gets a new producer
+      // whose initTransactions ends whatever this one left open.
+      await this.#answered(transaction.abort(), 'abort').catch(() => {})
       throw await this.#failure(error, Date.now() - began)
     }
     this.#session?.committed(sent)
@@ -641,9 +649,10 @@ export class KafkaTransport implements Transport {
    * Waits for a send at most `requestTimeoutMs`. kafkajs retries a send to an unreachable leader
    * for its whole retry budget, refreshing metadata that cannot load while the partition has no
    * leader; past the limit the send counts as in doubt and the publish goes on without it (it
-   * settles in the background and is never relied on).
+   * settles in the background and is never relied on). A transaction's sends, commit and abort
+   * are bounded the same way: past the limit the transaction's producer is replaced.
    */
-  async #answered<T>(send: Promise<T>): Promise<T> {
+  async #answered<T>(send: Promise<T>, what: 'send' | 'commit' | 'abort' = 'send'): Promise<T> {
     const limitMs = this.#options.requestTimeoutMs ?? 30_000
     send.catch(() => {})
     let timer: ReturnType<typeof setTimeout> | undefined
@@ -653,7 +662,7 @@ export class KafkaTransport implements Transport {
           reject(
             new OutboxKitError(
               ErrorCode.TransportFailed,
-              `Kafka did not answer a send within ${limitMs} ms (requestTimeoutMs); its outcome is unknown, so its records will be sent again.`,
+              `Kafka did not answer ${what === 'send' ? 'a send' : `the transaction's ${what}`} within ${limitMs} ms (requestTimeoutMs); its outcome is unknown, so its records will be sent again.`,
               { source: 'kafka', retriable: true },
             ),
           ),
