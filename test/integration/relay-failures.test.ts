@@ -223,7 +223,9 @@ describe('relay and a broker restart', () => {
     kafkaScript(['stop'], env)
   })
 
-  for (const backend of BACKENDS) {
+  // The broker's outage is the fault here; the database plays no part in it, so one backend is
+  // enough (the relay's own failures above run on both).
+  for (const backend of [postgresJsBackend]) {
     test(`${backend.name}: the broker SIGKILLed under load and down past the producer's retries: the relay recovers by itself when it comes back, losing nothing`, async () => {
       const world = await openRelayWorld(backend, { partitions: 2, brokers: [`127.0.0.1:${port}`] })
       try {
