@@ -29,6 +29,17 @@ export const ErrorCode = {
    * than risk a duplicate; fix the topic and start it again.
    */
   ProgressUnavailable: 'PROGRESS_UNAVAILABLE',
+  /**
+   * A change feed (the log a log-tailing relay reads) is held by another reader: another relay
+   * runs on the same replication slot or binlog position. Retriable: the relay waits as a standby.
+   */
+  FeedBusy: 'FEED_BUSY',
+  /**
+   * A change feed cannot resume where it stopped: its replication slot was dropped, or the log it
+   * needs was removed (WAL recycled, binlog purged). Records in the missing part of the log would
+   * be skipped, so the relay stops instead; see the feed's docs for how to recover.
+   */
+  FeedLost: 'FEED_LOST',
   /** A consumed record carries no usable message id, so it cannot be deduplicated. */
   MissingMessageId: 'MISSING_MESSAGE_ID',
   /**
