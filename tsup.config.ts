@@ -9,6 +9,7 @@ export const entries = {
   memory: 'src/adapters/memory/index.ts',
   nats: 'src/adapters/nats/index.ts',
   otel: 'src/otel/index.ts',
+  'postgres-log': 'src/adapters/postgres-log/index.ts',
   testing: 'src/testing/index.ts',
 }
 
@@ -62,6 +63,7 @@ export default defineConfig([
       /^kysely/,
       'kafkajs',
       'pg',
+      'pg-logical-replication',
       'postgres',
       'mysql2',
       /^@electric-sql\//,

@@ -1,0 +1,8 @@
+export { formatLsn, parseLsn } from './lsn.js'
+export {
+  createPostgresChangeFeed,
+  dropPostgresFeed,
+  PostgresChangeFeed,
+  type PostgresChangeFeedOptions,
+} from './postgres-change-feed.js'
+export { type PostgresFeedNames, postgresFeedDropSql, postgresFeedSetup } from './postgres-feed-setup.js'
