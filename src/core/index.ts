@@ -24,6 +24,12 @@ export {
 } from './errors.js'
 export type { ReconciledEvent } from './exactly-once.js'
 export {
+  LogRelay,
+  type LogRelayEvents,
+  type LogRelayListener,
+  type LogRelayOptions,
+} from './log-relay.js'
+export {
   type ClaimedRecord,
   DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_PAYLOAD_BYTES,

@@ -1,4 +1,5 @@
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
+import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { ExactlyOnceCoordinator, type ReconciledEvent } from './exactly-once.js'
@@ -138,10 +139,7 @@ export interface DeadLetterOptions {
   transport?: Transport
 }
 
-export const DEAD_REASON_HEADER = 'outboxkit-dead-reason'
-export const ORIGINAL_TOPIC_HEADER = 'outboxkit-original-topic'
-/** The dead reason header is cut to this many characters. */
-export const DEAD_REASON_MAX_LENGTH = 1000
+export { DEAD_REASON_HEADER, DEAD_REASON_MAX_LENGTH, ORIGINAL_TOPIC_HEADER } from './dead-letters.js'
 
 /**
  * Moves records from the outbox table to the transport: claim → publish → mark.
@@ -695,34 +693,7 @@ export class Relay<Tx> {
     dead: readonly DeadRecord[],
   ): Promise<RelayEvents['deadLetterFailed'][]> {
     const { topic, transport } = this.#deadLetter!
-    const reasons = new Map(dead.map((d) => [d.id, d.error]))
-    const letters = records
-      .filter((r) => reasons.has(r.id))
-      .map((r) => ({
-        ...r,
-        topic,
-        headers: {
-          ...r.headers,
-          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, DEAD_REASON_MAX_LENGTH),
-          [ORIGINAL_TOPIC_HEADER]: r.topic,
-        },
-      }))
-    let outcomes: Awaited<ReturnType<Transport['publish']>>
-    try {
-      outcomes = await transport.publish(letters)
-    } catch (error) {
-      return [
-        { ids: letters.map((l) => l.id), error: error instanceof Error ? error.message : String(error) },
-      ]
-    }
-    const byError = new Map<string, string[]>()
-    letters.forEach((letter, i) => {
-      const outcome = outcomes[i]
-      if (outcome?.status === 'published') return
-      const error = outcome ? outcome.error : `Transport ${transport.name} returned no outcome for it`
-      byError.set(error, [...(byError.get(error) ?? []), letter.id])
-    })
-    return [...byError].map(([error, ids]) => ({ ids, error }))
+    return publishDeadLetters(transport, topic, records, dead)
   }
 }
 
