@@ -245,8 +245,12 @@ export class KafkaConsumerRunner {
       .map(([topic, partitions]) => ({ topic, partitions }))
   }
 
-  /** The group assigned `next` (topic → partitions): report what changed. */
-  #assigned(next: Map<string, number[]>): void {
+  /**
+   * The group assigned `next` (topic → partitions), at a join; or nothing is assigned any more
+   * (a stop, a crash). Every join is reported, even one that changed nothing; a loss only if
+   * something was assigned.
+   */
+  #assigned(next: Map<string, number[]>, joined = false): void {
     const diff = (from: Map<string, number[]>, to: Map<string, number[]>): TopicPartitions[] =>
       [...from]
         .map(([topic, partitions]) => ({
@@ -267,7 +271,7 @@ export class KafkaConsumerRunner {
       revoked: diff(previous, next),
       partitions: this.#partitions(),
     }
-    if (event.assigned.length === 0 && event.revoked.length === 0 && previous.size > 0) return
+    if (!joined && event.revoked.length === 0) return
     this.#log.write('info', 'consumer runner partitions assigned', event)
     this.#events.emit('rebalance', event)
   }
@@ -315,7 +319,7 @@ export class KafkaConsumerRunner {
     this.#health.started()
     this.#failingBatch = undefined
     consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
-      this.#assigned(new Map(Object.entries(payload.memberAssignment)))
+      this.#assigned(new Map(Object.entries(payload.memberAssignment)), true)
     })
     consumer.on(consumer.events.FETCH, () => {
       if (this.#failingBatch === undefined) this.#succeeded()

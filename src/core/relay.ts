@@ -371,8 +371,8 @@ export class Relay<Tx> {
 
   /**
    * Starts the loop in the background and returns at once. Errors inside the loop are reported
-   * through the `error` event and retried with backoff; the loop ends only with `stop()` (or the
-   * `signal` option).
+   * through the `error` event and the `logger`, counted in {@link health}, and retried with
+   * backoff; the loop ends only with `stop()` (or the `signal` option).
    *
    * @throws {@link OutboxKitError} `ALREADY_STARTED` if it is running; `CLOSED` if it was stopped,
    * or if its `signal` was already aborted (the loop does not start).
