@@ -293,3 +293,40 @@ describe('LogRelay over the memory feed', () => {
     ).toThrow('batchSize')
   })
 })
+
+describe('LogRelay health and logs', () => {
+  test('health reports reading, the confirmed position and errors; a logger sees failures', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let throws = 2
+    transport.throwWith = () => (throws-- > 0 ? new Error('connection reset') : undefined)
+    const lines: string[] = []
+    const logger = {
+      warn: (message: string) => lines.push(message),
+      error: (message: string) => lines.push(message),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+      logger,
+    })
+    expect(relay.health().running).toBe(false)
+    log.commit([record('k', 0)])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    const health = relay.health()
+    expect(health).toMatchObject({
+      running: true,
+      reading: true,
+      confirmedPosition: '1',
+      heldRecords: 0,
+      consecutiveErrors: 0,
+    })
+    expect(health.lastError?.message).toBe('connection reset')
+    expect(lines.filter((l) => l.includes('cycle failed')).length).toBe(2)
+    await relay.stop()
+    expect(relay.health()).toMatchObject({ running: false, reading: false })
+  })
+})
