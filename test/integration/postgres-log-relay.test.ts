@@ -40,7 +40,7 @@ async function writeOrder(): Promise<Record<string, string[]>> {
   const rows = await sql<{ id: string; key: string }>`
     SELECT id::text AS id, key FROM ${sql.raw(`"${schema}"."outbox"`)} ORDER BY seq`.execute(db)
   const byKey: Record<string, string[]> = {}
-  for (const row of rows.rows) (byKey[row.key] ??= []).push(row.id)
+  for (const row of rows.rows) byKey[row.key] = [...(byKey[row.key] ?? []), row.id]
   return byKey
 }
 
