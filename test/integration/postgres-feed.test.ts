@@ -4,7 +4,7 @@
  * per slot; a dropped slot; an idle outbox. Every slot a test makes is dropped in afterAll, since a
  * leftover slot holds WAL forever.
  */
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
+import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
 import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
@@ -99,8 +99,9 @@ beforeAll(async () => {
   await sql.raw(`CREATE TABLE "${schema}"."pgfeed_other" (id serial PRIMARY KEY, note text)`).execute(db)
 })
 
-afterAll(async () => {
-  for (const feed of feeds) await feed.close()
+/** Closes the feeds and drops the slots made so far: a server has few slots, and others use them too. */
+async function dropAll(): Promise<void> {
+  for (const feed of feeds.splice(0)) await feed.close()
   for (const slot of slots) {
     await query(
       `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '${slot}' AND active`,
@@ -113,15 +114,18 @@ afterAll(async () => {
         await new Promise((resolve) => setTimeout(resolve, 50))
       }
     }
+    const left = await query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = '${slot}'`)
+    expect(left).toEqual([])
+    slots.delete(slot)
   }
+}
+
+afterEach(dropAll)
+
+afterAll(async () => {
+  await dropAll()
   await sql.raw(`DROP SCHEMA "${schema}" CASCADE`).execute(db)
   await db.destroy()
-  const left = await new Kysely<AnyDB>({
-    dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: POSTGRES_URL, max: 1 }) }),
-  })
-  const leftover = await sql<{ slot_name: string }>`SELECT slot_name FROM pg_replication_slots`.execute(left)
-  await left.destroy()
-  expect(leftover.rows.map((r) => r.slot_name).filter((name) => slots.has(name))).toEqual([])
 })
 
 describe('Postgres change feed', () => {
@@ -373,6 +377,26 @@ describe('Postgres change feed', () => {
     expect(behind.ageMs).toBeGreaterThanOrEqual(0)
     await feed.confirm(batch!.position!)
     expect((await feed.lag()).ageMs).toBe(0)
+    await feed.close()
+  })
+
+  test('deleteAfterAdd: the table stays empty, the log still carries each record', async () => {
+    const feed = newFeed()
+    await feed.open()
+    const deleting = createKyselyOutboxStore({ db, schema, deleteAfterAdd: true })
+    const writer = new Outbox({ store: deleting })
+    const before = await query<{ n: string }>(`SELECT count(*)::text AS n FROM "${schema}"."outbox"`)
+    const bytes = Uint8Array.from([0, 255, 10, 13, 0])
+    const ids = await db
+      .transaction()
+      .execute((trx) => writer.add(trx, [message('x', bytes), message('x', 2)]))
+    const after = await query<{ n: string }>(`SELECT count(*)::text AS n FROM "${schema}"."outbox"`)
+    expect(after).toEqual(before)
+    const records = (await readRecords(feed, 2)).flatMap((b) => b.records)
+    expect(records.map((r) => r.id)).toEqual(ids)
+    expect(records[0]!.payload).toEqual(bytes)
+    const refused = await rejection(deleting.claim({ limit: 10, leaseMs: 1_000 }))
+    expect(isOutboxKitError(refused, ErrorCode.InvalidOptions)).toBe(true)
     await feed.close()
   })
 

@@ -63,6 +63,14 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
   listener?: PostgresListener
   /** The notification channel. Default `outboxkit_<outboxTable>`. */
   notifyChannel?: string
+  /**
+   * Deletes each row in the same transaction that added it, right after the INSERT: the table
+   * stays empty, and the database's log (which a log-tailing relay reads, e.g. `outboxkit/postgres-log`)
+   * still carries the INSERT. Only for a `LogRelay`: a polling relay would find nothing, so
+   * `claim` and `claimOwned` refuse to run; and a dead record has no row to be marked in (it still
+   * goes to the dead-letter topic when one is configured). Default false.
+   */
+  deleteAfterAdd?: boolean
 }
 
 export { MAX_CLAIM_LIMIT }
@@ -125,6 +133,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   readonly #sql: DialectSql
   readonly #insertChunkSize: number
   readonly #notifyOnAdd: boolean
+  readonly #deleteAfterAdd: boolean
   readonly #changes: ChangeSignal | undefined
 
   constructor(options: KyselyStoreOptions<DB>) {
@@ -153,6 +162,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         ? validateIdentifier('notify channel', options.notifyChannel ?? `outboxkit_${this.tables.outboxName}`)
         : undefined
     this.#notifyOnAdd = options.notify === true
+    this.#deleteAfterAdd = options.deleteAfterAdd === true
     this.#changes = options.listener ? new ChangeSignal(options.listener, this.notifyChannel!) : undefined
     this.capabilities = { concurrentClaims: true, notify: this.#changes !== undefined, shards: true }
   }
@@ -206,7 +216,25 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
             )
           : insert.execute(tx),
       )
+      if (this.#deleteAfterAdd) {
+        // A separate statement: a DELETE in the same statement as the INSERT would not see its rows.
+        await this.#run('add', () =>
+          sql`DELETE FROM ${sql.raw(outbox)} WHERE ${sql.raw(c.id)} IN (${sql.join(chunk.map((r) => r.id))})`.execute(
+            tx,
+          ),
+        )
+      }
     }
+  }
+
+  /** Claims read the table, which `deleteAfterAdd` keeps empty: refuse rather than find nothing forever. */
+  #checkClaimable(): void {
+    if (!this.#deleteAfterAdd) return
+    throw new OutboxKitError(
+      ErrorCode.InvalidOptions,
+      'This store deletes each row as it is added (deleteAfterAdd), so there is nothing to claim: publish with a LogRelay on a change feed, or create the store without deleteAfterAdd.',
+      { source: this.name, details: { option: 'deleteAfterAdd' } },
+    )
   }
 
   /**
@@ -219,6 +247,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   }
 
   async claim(options: ClaimOptions): Promise<Claim> {
+    this.#checkClaimable()
     checkClaimOptions(options, MAX_CLAIM_LIMIT, this.name)
     const limit = options.limit
     const token = crypto.randomUUID()
@@ -418,6 +447,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
    * the token's epochs fence the settle calls.
    */
   async claimOwned(relayId: string, options: ClaimOwnedOptions): Promise<Claim> {
+    this.#checkClaimable()
     checkRelayId(relayId, this.name)
     const { limit, inFlight, excludeShards } = checkClaimOwnedOptions(
       options,
