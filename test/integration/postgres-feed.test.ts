@@ -32,9 +32,15 @@ const outbox = new Outbox({ store, tracing: { capture: () => ({ traceparent: TRA
 const slots = new Set<string>()
 const feeds: PostgresChangeFeed[] = []
 
-function newFeed(slot: string = uniqueSlot()): PostgresChangeFeed {
+function newFeed(slot: string = uniqueSlot(), maxBufferedRecords?: number): PostgresChangeFeed {
   slots.add(slot)
-  const feed = createPostgresChangeFeed({ connectionString: POSTGRES_URL, slot, publication: slot, schema })
+  const feed = createPostgresChangeFeed({
+    connectionString: POSTGRES_URL,
+    slot,
+    publication: slot,
+    schema,
+    ...(maxBufferedRecords === undefined ? {} : { maxBufferedRecords }),
+  })
   feeds.push(feed)
   return feed
 }
@@ -208,12 +214,12 @@ describe('Postgres change feed', () => {
     const first = await feed.read({ limit: 2, maxWaitMs: 2000 })
     expect(first.records.map((r) => r.id)).toEqual(ids.slice(0, 2))
     expect(first.position).toBeUndefined()
-    const second = await feed.read({ limit: 2, maxWaitMs: 2000 })
-    // The rest of the first transaction, not the start of the next one.
-    expect(second.records.map((r) => r.id)).toEqual(ids.slice(2))
-    expect(second.position).toBeDefined()
-    const third = await feed.read({ limit: 2, maxWaitMs: 2000 })
-    expect(third.records.map((r) => r.id)).toEqual([single!])
+    // The rest of the first transaction comes next, with its position (whole transactions after
+    // it may share the batch).
+    const rest = await readRecords(feed, 2, 2)
+    expect(rest.flatMap((b) => b.records).map((r) => r.id)).toEqual([ids[2]!, single!])
+    expect(rest[0]!.records[0]!.id).toBe(ids[2]!)
+    expect(rest.every((b) => b.position !== undefined)).toBe(true)
     await feed.close()
   })
 
@@ -377,6 +383,34 @@ describe('Postgres change feed', () => {
     expect(behind.ageMs).toBeGreaterThanOrEqual(0)
     await feed.confirm(batch!.position!)
     expect((await feed.lag()).ageMs).toBe(0)
+    await feed.close()
+  })
+
+  test('a backlog far larger than maxBufferedRecords is received in parts, in order', async () => {
+    const slot = uniqueSlot()
+    // The slot first, then the backlog, then the feed: as a relay restarting far behind.
+    for (const statement of postgresFeedSetup({ slot, publication: slot, schema })) await query(statement)
+    slots.add(slot)
+    const ids: string[] = []
+    for (let t = 0; t < 60; t++) {
+      ids.push(...(await write(Array.from({ length: 100 }, (_, i) => message(`b${i % 7}`, { t, i })))))
+    }
+    const feed = newFeed(slot, 200)
+    await feed.open()
+    // Nothing read yet: an unbounded feed would take in the whole backlog (given this long).
+    for (let i = 0; i < 100 && feed.bufferedRecords < ids.length; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 30))
+    }
+    const buffered = feed.bufferedRecords
+    // Paused at 200 ready records; what one socket read already held comes on top.
+    expect(buffered).toBeGreaterThanOrEqual(200)
+    expect(buffered).toBeLessThan(ids.length / 2)
+    const received: string[] = []
+    for (let i = 0; i < 1_000 && received.length < ids.length; i++) {
+      const batch = await feed.read({ limit: 50, maxWaitMs: 200 })
+      received.push(...batch.records.map((r) => r.id))
+    }
+    expect(received).toEqual(ids)
     await feed.close()
   })
 

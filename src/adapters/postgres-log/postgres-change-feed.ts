@@ -37,6 +37,13 @@ export interface PostgresChangeFeedOptions extends PostgresFeedNames {
    * ms, so `wal_sender_timeout` (default 60 s) never ends a healthy connection. Default 10 000.
    */
   statusIntervalMs?: number
+  /**
+   * Most records of committed transactions received from the server and not read yet before the
+   * feed stops reading the replication stream (it reads on below half of it), so a restart far
+   * behind the log does not hold the whole backlog in memory. A transaction is always received
+   * whole, however large. Default 10 000.
+   */
+  maxBufferedRecords?: number
 }
 
 /** A record received from the log, in commit order. `end` is set on a transaction's last record. */
@@ -51,6 +58,11 @@ interface Unconfirmed {
   readonly createdAt: Date
 }
 
+interface Pausable {
+  pause?(): void
+  resume?(): void
+}
+
 /** Connection-level state of one `open()`. */
 interface Stream {
   readonly service: LogicalReplicationService
@@ -58,6 +70,7 @@ interface Stream {
   /** The walsender serving this stream, to wait for it to leave on close. */
   walsenderPid: number | undefined
   closing: boolean
+  paused: boolean
 }
 
 /**
@@ -84,6 +97,7 @@ export class PostgresChangeFeed implements ChangeFeed {
   readonly #config: pg.ClientConfig
   readonly #createIfMissing: boolean
   readonly #statusIntervalMs: number
+  readonly #maxBuffered: number
   #pool: pg.Pool | undefined
   #stream: Stream | undefined
   #schema = ''
@@ -123,6 +137,19 @@ export class PostgresChangeFeed implements ChangeFeed {
       })
     }
     this.#statusIntervalMs = interval
+    const maxBuffered = options.maxBufferedRecords ?? 10_000
+    if (!Number.isSafeInteger(maxBuffered) || maxBuffered < 1) {
+      throw new OutboxKitError(ErrorCode.InvalidOptions, 'maxBufferedRecords must be a positive integer.', {
+        source: SOURCE,
+        details: { maxBufferedRecords: maxBuffered },
+      })
+    }
+    this.#maxBuffered = maxBuffered
+  }
+
+  /** Records received from the server and not read yet. */
+  get bufferedRecords(): number {
+    return this.#ready.length + (this.#transaction?.length ?? 0)
   }
 
   /** The slot this feed reads. */
@@ -212,6 +239,7 @@ export class PostgresChangeFeed implements ChangeFeed {
       })
     }
     if (this.#failure) throw this.#failure
+    if (this.#stream !== stream) return { records: [] }
     if (this.#ready.length === 0) {
       if (this.#transaction === undefined && this.#safe > this.#handed) {
         this.#handed = this.#safe
@@ -396,6 +424,7 @@ export class PostgresChangeFeed implements ChangeFeed {
       }, this.#statusIntervalMs),
       walsenderPid: undefined,
       closing: false,
+      paused: false,
     }
     const fail = (error: unknown) => {
       if (stream.closing || this.#stream !== stream) return
@@ -499,6 +528,7 @@ export class PostgresChangeFeed implements ChangeFeed {
         })
         this.#unconfirmed.push({ end, createdAt: records[0]!.createdAt })
         if (end > this.#safe) this.#safe = end
+        this.#flowControl()
         this.#wake?.()
         return
       }
@@ -543,9 +573,33 @@ export class PostgresChangeFeed implements ChangeFeed {
       taken = last + 1
     }
     this.#ready.splice(0, taken)
+    this.#flowControl()
     if (position === undefined) return { records }
     if (position > this.#handed) this.#handed = position
     return { records, position: formatLsn(position) }
+  }
+
+  /**
+   * Stops reading the socket while `maxBufferedRecords` wait, and reads on below half of it. The
+   * library has no public pause (its flow control queues data but not keepalives, see
+   * docs/relay.md), so this pauses the `pg` connection's socket, where the library's own flow
+   * control does. Standby status updates still go out, so the server does not time the stream
+   * out meanwhile.
+   */
+  #flowControl(): void {
+    const stream = this.#stream
+    if (!stream) return
+    // Committed records only: a transaction still being received cannot be read, so pausing on
+    // it would wait forever.
+    const buffered = this.#ready.length
+    const socket = (stream.service as unknown as { _connection?: { stream?: Pausable } })._connection?.stream
+    if (!stream.paused && buffered >= this.#maxBuffered) {
+      stream.paused = true
+      socket?.pause?.()
+    } else if (stream.paused && buffered < this.#maxBuffered / 2) {
+      stream.paused = false
+      socket?.resume?.()
+    }
   }
 
   /**
