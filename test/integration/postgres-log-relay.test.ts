@@ -3,14 +3,19 @@
  * publishing to the real broker, killed with SIGKILL mid-stream and restarted. Nothing is lost,
  * each key keeps its order, and a duplicate is always the same message (same id, key and value).
  */
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'bun:test'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
+import { createKafkaTransport } from '../../src/adapters/kafka/index.js'
 import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
-import { dropPostgresFeed, postgresFeedSetup } from '../../src/adapters/postgres-log/index.js'
-import { Outbox, type OutboxMessageInput } from '../../src/index.js'
+import {
+  createPostgresChangeFeed,
+  dropPostgresFeed,
+  postgresFeedSetup,
+} from '../../src/adapters/postgres-log/index.js'
+import { ErrorCode, isOutboxKitError, LogRelay, Outbox, type OutboxMessageInput } from '../../src/index.js'
 import { type AnyDB, POSTGRES_URL, uniqueName } from '../support/databases.js'
-import { createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
+import { createTopic, kafkaBrokers, testKafka, uniqueTopic } from '../support/kafka.js'
 import { startWorker, type Worker } from '../support/processes.js'
 import {
   consumeAll,
@@ -23,7 +28,7 @@ import {
 } from '../support/relay-world.js'
 
 const schema = uniqueName('pgfeed')
-const slot = uniqueName('pgfeed').toLowerCase()
+const slots = new Set<string>()
 const db = new Kysely<AnyDB>({
   dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: POSTGRES_URL, max: 4 }) }),
 })
@@ -36,49 +41,75 @@ async function write(messages: readonly OutboxMessageInput[]): Promise<string[]>
 }
 
 /** For each key, its ids in commit order (one writer, so seq order). */
-async function writeOrder(): Promise<Record<string, string[]>> {
+async function writeOrder(topic: string): Promise<Record<string, string[]>> {
   const rows = await sql<{ id: string; key: string }>`
-    SELECT id::text AS id, key FROM ${sql.raw(`"${schema}"."outbox"`)} ORDER BY seq`.execute(db)
+    SELECT id::text AS id, key FROM ${sql.raw(`"${schema}"."outbox"`)} WHERE topic = ${topic} ORDER BY seq`.execute(
+    db,
+  )
   const byKey: Record<string, string[]> = {}
   for (const row of rows.rows) byKey[row.key] = [...(byKey[row.key] ?? []), row.id]
   return byKey
 }
 
+/**
+ * A new slot for one test, made before anything is written, as a migration would make it: rows
+ * written before a slot's creation are not in its log.
+ */
+async function newSlot(): Promise<string> {
+  const slot = uniqueName('pgfeed').toLowerCase()
+  slots.add(slot)
+  for (const statement of postgresFeedSetup({ slot, publication: slot, schema }))
+    await sql.raw(statement).execute(db)
+  return slot
+}
+
+/** Drops the slots: killed relays' walsenders may linger a moment, and a slot in use cannot be dropped. */
+async function dropSlots(): Promise<void> {
+  for (const slot of slots) {
+    for (let i = 0; i < 100; i++) {
+      try {
+        await sql
+          .raw(
+            `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '${slot}' AND active`,
+          )
+          .execute(db)
+        await dropPostgresFeed({ connectionString: POSTGRES_URL, slot, publication: slot, schema })
+        break
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+    const left = await sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = ${slot}`.execute(db)
+    expect(left.rows).toEqual([])
+    slots.delete(slot)
+  }
+}
+
 beforeAll(async () => {
   await sql.raw(`CREATE SCHEMA "${schema}"`).execute(db)
   await ensureOutboxSchema(db, { dialect: 'postgres', schema })
-  // The slot exists before anything is written, as a migration would make it: rows written
-  // before a slot's creation are not in its log.
-  for (const statement of postgresFeedSetup({ slot, publication: slot, schema }))
-    await sql.raw(statement).execute(db)
 })
 
+afterEach(dropSlots)
+
 afterAll(async () => {
-  // The killed relays' walsenders may linger a moment; a slot in use cannot be dropped.
-  for (let i = 0; i < 100; i++) {
-    try {
-      await sql
-        .raw(
-          `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '${slot}' AND active`,
-        )
-        .execute(db)
-      await dropPostgresFeed({ connectionString: POSTGRES_URL, slot, publication: slot, schema })
-      break
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-  }
-  const left = await sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = ${slot}`.execute(db)
+  await dropSlots()
   await sql.raw(`DROP SCHEMA "${schema}" CASCADE`).execute(db)
   await db.destroy()
-  expect(left.rows).toEqual([])
 })
 
 describe('log-tailing relay on Postgres logical replication', () => {
   test('a relay process killed with SIGKILL mid-stream, then restarted, loses nothing and keeps per-key order', async () => {
+    const slot = await newSlot()
     const topic = uniqueTopic('pgfeed')
     await createTopic(brokers, topic, { partitions: 3 })
-    const env = { SCHEMA: schema, SLOT: slot, BROKERS: brokers.join(','), BATCH_SIZE: '200' }
+    const env = {
+      SCHEMA: schema,
+      SLOT: slot,
+      BROKERS: brokers.join(','),
+      BATCH_SIZE: '200',
+      PUBLISH_DELAY_MS: '100',
+    }
     const workers: Worker[] = []
     try {
       const ids: string[] = []
@@ -87,7 +118,8 @@ describe('log-tailing relay on Postgres logical replication', () => {
       for (let round = 1; round <= 3; round++) {
         const worker = await startWorker('log-relay-worker', env)
         workers.push(worker)
-        const target = round * 900
+        // Below what is written, so the round ends mid-stream whatever the duplicates.
+        const target = Math.min(ids.length - 300, round * 800)
         await waitFor(
           `round ${round} progress`,
           async () => (await recordCount(brokers, topic)) >= target,
@@ -117,7 +149,7 @@ describe('log-tailing relay on Postgres logical replication', () => {
       expect(new Set(consumed.map(messageId))).toEqual(expected)
       const duplicates = expectDuplicatesIdentical(consumed)
       expect(consumed.length).toBe(ids.length + duplicates)
-      expect(orderByKey(consumed)).toEqual(await writeOrder())
+      expect(orderByKey(consumed)).toEqual(await writeOrder(topic))
       // The graceful stop confirmed everything: the slot holds nothing of the outbox back.
       const confirmed = last.output().match(/confirmed (\S+)/g) ?? []
       expect(confirmed.length).toBeGreaterThan(0)
@@ -126,4 +158,92 @@ describe('log-tailing relay on Postgres logical replication', () => {
       for (const worker of workers) await worker.kill('SIGKILL')
     }
   }, 240_000)
+
+  test('a standby relay process takes over when the reading one is killed', async () => {
+    const slot = await newSlot()
+    const topic = uniqueTopic('pgfeed')
+    await createTopic(brokers, topic, { partitions: 2 })
+    const env = { SCHEMA: schema, SLOT: slot, BROKERS: brokers.join(','), BATCH_SIZE: '100' }
+    const workers: Worker[] = []
+    try {
+      const ids = await write(events(topic, 200, 10, 'before'))
+      const first = await startWorker('log-relay-worker', env)
+      workers.push(first)
+      await waitFor('the first relay reads', () => first.output().includes('opened'), 30_000)
+      const second = await startWorker('log-relay-worker', env)
+      workers.push(second)
+      await waitFor('the second relay waits as a standby', () => second.output().includes('standby'), 30_000)
+      await waitFor(
+        'the first relay publishes',
+        async () => (await recordCount(brokers, topic)) >= 200,
+        60_000,
+      )
+      await first.kill('SIGKILL')
+      await waitFor('the standby takes over', () => second.output().includes('opened'), 30_000)
+      ids.push(...(await write(events(topic, 200, 10, 'after'))))
+      let consumed: Awaited<ReturnType<typeof consumeAll>> = []
+      await waitFor(
+        'every record published',
+        async () => {
+          if ((await recordCount(brokers, topic)) < ids.length) return false
+          consumed = await consumeAll(brokers, topic)
+          return new Set(consumed.map(messageId)).size === ids.length
+        },
+        60_000,
+      )
+      await second.kill('SIGTERM')
+      expect(new Set(consumed.map(messageId))).toEqual(new Set(ids))
+      expectDuplicatesIdentical(consumed)
+      expect(orderByKey(consumed)).toEqual(await writeOrder(topic))
+    } finally {
+      for (const worker of workers) await worker.kill('SIGKILL')
+    }
+  }, 180_000)
+
+  test('a slot dropped under a running LogRelay stops it with FEED_LOST', async () => {
+    const slot = await newSlot()
+    const topic = uniqueTopic('pgfeed')
+    await createTopic(brokers, topic, { partitions: 1 })
+    const feed = createPostgresChangeFeed({ connectionString: POSTGRES_URL, slot, publication: slot, schema })
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    const relay = new LogRelay({
+      feed,
+      transport,
+      pollIntervalMs: 50,
+      backoff: { initialMs: 20, maxMs: 100 },
+      logger: false,
+    })
+    const errors: { error: unknown; retryInMs: number }[] = []
+    relay.on('error', (e) => errors.push(e))
+    let published = 0
+    relay.on('published', (e) => {
+      published += e.count
+    })
+    try {
+      await write(events(topic, 10, 2, 'lost'))
+      await relay.start()
+      await waitFor('published', () => published >= 10, 60_000)
+      for (let dropped = false, i = 0; !dropped && i < 100; i++) {
+        await sql
+          .raw(
+            `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '${slot}' AND active`,
+          )
+          .execute(db)
+        dropped = await sql
+          .raw(`SELECT pg_drop_replication_slot('${slot}')`)
+          .execute(db)
+          .then(
+            () => true,
+            () => false,
+          )
+      }
+      await waitFor('the relay stops', () => !relay.running, 60_000)
+      const last = errors.at(-1)!
+      expect(isOutboxKitError(last.error, ErrorCode.FeedLost)).toBe(true)
+      expect(last.retryInMs).toBe(-1)
+    } finally {
+      await relay.stop()
+      await transport.close()
+    }
+  }, 120_000)
 })
