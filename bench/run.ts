@@ -10,7 +10,15 @@
  * figures are reported, never asserted.
  */
 
-import { type Context, type Figure, FULL, type MeasurementResult, QUICK, SMOKE, type Sizes } from './lib/context.js'
+import {
+  type Context,
+  type Figure,
+  FULL,
+  type MeasurementResult,
+  QUICK,
+  type Sizes,
+  SMOKE,
+} from './lib/context.js'
 import { silenceNegativeTimeoutWarnings, testKafka } from './lib/kafka.js'
 import { describeMachine, loadAverage } from './lib/machine.js'
 import { figuresTable, machineLines, writeResults } from './lib/report.js'
@@ -109,7 +117,9 @@ async function main(): Promise<number> {
     return 1
   }
   log(machineLines(machine, load))
-  log(`Sizes: ${smoke ? 'smoke' : quick ? 'quick' : 'full'}, ${sizes.repetitions} repetitions after ${sizes.warmup} warm-up`)
+  log(
+    `Sizes: ${smoke ? 'smoke' : quick ? 'quick' : 'full'}, ${sizes.repetitions} repetitions after ${sizes.warmup} warm-up`,
+  )
 
   const figures: Figure[] = []
   const details: string[] = []
