@@ -146,6 +146,10 @@ export class LogRelay {
   /** Keys whose head failed, with their waiting records in order. */
   #held = new Map<string, HeldKey>()
   #heldCount = 0
+  /** The confirmation being written, the latest one waiting behind it, and a failure of one. */
+  #confirmWriting: Promise<void> | undefined
+  #confirmNext: { position: FeedPosition; records: number } | undefined
+  #confirmError: unknown
   /** Dead records whose mark through the feed failed: marked again before anything is confirmed. */
   #unrecordedDead: { entry: Entry; error: string }[] = []
 
@@ -294,6 +298,7 @@ export class LogRelay {
         await sleep(retryInMs, signal)
       } finally {
         // Whatever was read and not confirmed is read again after the next open.
+        await this.#confirmed().catch(() => {})
         this.#reset()
         this.#reading = false
         await this.#feed.close().catch(() => {})
@@ -322,6 +327,7 @@ export class LogRelay {
   async #tail(signal: AbortSignal): Promise<void> {
     let transportErrors = 0
     while (!signal.aborted) {
+      this.#throwConfirmError()
       await this.#recordDead()
       const due = this.#takeDue(Date.now())
       const fresh: Entry[] = []
@@ -365,7 +371,7 @@ export class LogRelay {
           this.#events.emit('error', { error: failure, retryInMs })
         }
       }
-      await this.#confirm()
+      this.#confirm()
       if (failure === undefined) {
         const ended = this.#health.succeeded()
         if (ended > 0) this.#failures.recovered('log relay recovered', ended)
@@ -373,7 +379,8 @@ export class LogRelay {
     }
     // Stopping: confirm what is settled, so the next relay starts after it.
     await this.#recordDead().catch(() => {})
-    await this.#confirm().catch(() => {})
+    this.#confirm()
+    await this.#confirmed().catch(() => {})
   }
 
   /**
@@ -474,10 +481,12 @@ export class LogRelay {
   }
 
   /**
-   * Confirms the position of the last batch that carries one and before which every record is
-   * settled. Batches without a position (inside a transaction) wait for the one that ends it.
+   * Queues the confirmation of the last batch that carries a position and before which every
+   * record is settled (batches without a position, inside a transaction, wait for the one that
+   * ends it). Confirmations are written behind the publishing, one at a time; while one is being
+   * written, only the latest position waits for it.
    */
-  async #confirm(): Promise<void> {
+  #confirm(): void {
     let through = 0
     for (let i = 0; i < this.#batches.length; i++) {
       const batch = this.#batches[i]!
@@ -486,10 +495,44 @@ export class LogRelay {
     }
     if (through === 0) return
     const confirmed = this.#batches.slice(0, through)
-    const position = confirmed[through - 1]!.position!
-    await this.#feed.confirm(position)
     this.#batches = this.#batches.slice(through)
-    this.#events.emit('confirmed', { position, records: confirmed.reduce((n, b) => n + b.size, 0) })
+    this.#confirmNext = {
+      position: confirmed[through - 1]!.position!,
+      records: confirmed.reduce((n, b) => n + b.size, 0) + (this.#confirmNext?.records ?? 0),
+    }
+    this.#confirmWriting ??= this.#writeConfirms()
+  }
+
+  async #writeConfirms(): Promise<void> {
+    try {
+      while (this.#confirmNext && this.#confirmError === undefined) {
+        const next = this.#confirmNext
+        this.#confirmNext = undefined
+        try {
+          await this.#feed.confirm(next.position)
+        } catch (error) {
+          // Reported by the loop; the position is confirmed again after the feed is reopened.
+          this.#confirmError = error ?? new Error('confirm failed')
+          break
+        }
+        this.#events.emit('confirmed', next)
+      }
+    } finally {
+      this.#confirmWriting = undefined
+    }
+  }
+
+  /** Waits until every queued confirmation is written; throws the error of one that failed. */
+  async #confirmed(): Promise<void> {
+    while (this.#confirmWriting) await this.#confirmWriting
+    this.#throwConfirmError()
+  }
+
+  #throwConfirmError(): void {
+    const error = this.#confirmError
+    if (error === undefined) return
+    this.#confirmError = undefined
+    throw error
   }
 
   #settle(entry: Entry): void {
@@ -542,6 +585,8 @@ export class LogRelay {
   }
 
   #reset(): void {
+    this.#confirmNext = undefined
+    this.#confirmError = undefined
     this.#batches = []
     this.#held.clear()
     this.#heldCount = 0

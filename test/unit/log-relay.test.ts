@@ -251,6 +251,28 @@ describe('LogRelay over the memory feed', () => {
     expect(transport.delivered.filter((d) => d.key === 'j').length).toBe(3)
   })
 
+  test('a confirm that fails reopens the feed; what was read since the last confirm is read again', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let outage = 1
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log, { failConfirm: () => outage-- > 0 }),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+    })
+    const errors = collect(relay, 'error')
+    const opened = collect(relay, 'opened')
+    log.commit([record('k', 0), record('k', 1)])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    await relay.stop()
+    expect(errors.map((e) => (e.error as OutboxKitError).code)).toEqual([ErrorCode.StoreFailed])
+    expect(opened.length).toBe(2)
+    // Published, confirm lost, read and published again: the same two ids, in order.
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1, 0, 1])
+  })
+
   test('a transaction larger than the batch is confirmed only after its last part', async () => {
     const log = new MemoryChangeLog()
     const transport = new MemoryTransport()
