@@ -121,8 +121,14 @@ function postgresBinary(name: string): string {
   return binary
 }
 
-/** A PostgreSQL server of the test's own (fsync on, so a crash loses nothing committed). */
-export async function startPrivatePostgres(port?: number): Promise<PrivateServer> {
+/**
+ * A PostgreSQL server of the test's own (fsync on, so a crash loses nothing committed), with
+ * extra `settings` (`wal_level: 'logical'`, ...).
+ */
+export async function startPrivatePostgres(
+  port?: number,
+  settings: Readonly<Record<string, string>> = {},
+): Promise<PrivateServer> {
   port ??= await freePort()
   const dir = mkdtempSync(join(tmpdir(), 'outboxkit-pg-'))
   const { uid, gid } = userIds('postgres')
@@ -148,6 +154,7 @@ export async function startPrivatePostgres(port?: number): Promise<PrivateServer
         'listen_addresses=127.0.0.1',
         '-c',
         'fsync=on',
+        ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
       ],
       { uid, gid, stdio: 'ignore' },
     )

@@ -160,17 +160,13 @@ export class PostgresChangeFeed implements ChangeFeed {
   async open(): Promise<void> {
     if (this.#stream) return
     this.#reset()
-    const pool = this.#db()
     if (this.#createIfMissing) {
       for (const statement of postgresFeedSetup(this.#namesWithSchema(await this.#currentSchema()))) {
         await this.#query('open', statement).catch((error: unknown) => {
-          // Another relay opening the same feed at the same moment created it first.
-          if (
-            codeOf(error) !== '42710' &&
-            codeOf(isOutboxKitError(error) ? error.cause : error) !== '42710'
-          ) {
-            throw error
-          }
+          // Another relay opening the same feed at the same moment created it first: the slot or
+          // publication exists (42710), or the marker table's type was just made (23505).
+          const code = codeOf(isOutboxKitError(error) ? error.cause : error)
+          if (code !== '42710' && code !== '23505') throw error
         })
       }
     }
@@ -189,7 +185,8 @@ export class PostgresChangeFeed implements ChangeFeed {
     }
     if (slot.wal_status === 'lost') throw lost(slotName, 'the WAL it needs was removed (wal_status lost)')
     if (slot.active) throw busy(slotName, slot.active_pid)
-    const published = await pool.query(
+    const published = await this.#query(
+      'open',
       'SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3',
       [publication, schema, outboxTable],
     )
