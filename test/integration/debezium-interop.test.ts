@@ -296,6 +296,9 @@ describe('Debezium outbox event router → IdempotentConsumer', () => {
       for (const record of records) {
         expect(record.headers['id']).toBeDefined()
         expect(record.headers['outboxkit-id']).toBeUndefined()
+        // `type` is a header only because the placement puts it there.
+        expect(record.headers['outboxkit-type']).toBeDefined()
+        expect(record.headers['type']).toBeUndefined()
       }
       expect(duplicates()).toBe(0)
 
