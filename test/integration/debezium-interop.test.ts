@@ -27,6 +27,7 @@ import {
   DebeziumWorker,
   debeziumHeaderColumnsSql,
   debeziumScript,
+  debeziumTracingColumnSql,
 } from '../support/debezium.js'
 import { createTopic, kafkaBrokers, testKafka, uniqueName } from '../support/kafka.js'
 import { waitFor } from '../support/relay-world.js'
@@ -327,6 +328,47 @@ describe('Debezium outbox event router → IdempotentConsumer', () => {
       await world.close()
     }
   }, 90_000)
+})
+
+describe("Debezium's own tracing", () => {
+  test('with the OpenTelemetry SDK in the worker, the router continues the stored trace in a span of its own', async () => {
+    const world: World = await openWorld()
+    try {
+      for (const statement of debeziumTracingColumnSql(world.schema))
+        await sql.raw(statement).execute(world.db)
+      const topic = `${world.schema}.orders`
+      await createTopic(brokers, topic, { partitions: 1 })
+      const properties = connectorProperties({ name: world.schema, schema: world.schema })
+      await startWorker(
+        {
+          ...properties,
+          // No traceparent column in a header: the router's tracing writes that header.
+          'transforms.outbox.table.fields.additional.placement':
+            'type:header:outboxkit-type,content_type:header:content-type',
+          'transforms.outbox.tracing.with.context.field.only': 'true',
+        },
+        { DEBEZIUM_OTEL: 'true' },
+      )
+      const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
+      const event = (n: number) => ({ topic, key: 'order-1', type: 'OrderCreated', payload: { n } })
+      const [traced] = await world.write([event(1)], traceparent)
+      const [untraced] = await world.write([event(2)])
+      const { consumer } = world.consumer()
+      await world.run(consumer, [topic])
+      await waitFor('both events applied', async () => (await world.effects()).length === 2, 30_000)
+      const [first, second] = await world.effects()
+      expect([first!.message_id, second!.message_id]).toEqual([traced!, untraced!])
+      // Same trace, same flags; the parent is Debezium's `debezium-read` span, not the writer's.
+      const [version, traceId, spanId, flags] = first!.traceparent!.split('-')
+      expect([version, traceId, flags]).toEqual(['00', '0af7651916cd43dd8448eb211c80319c', '01'])
+      expect(spanId).toMatch(/^[0-9a-f]{16}$/)
+      expect(spanId).not.toBe('b7ad6b7169203331')
+      expect(second!.traceparent).toBeNull()
+    } finally {
+      await stopWorkers()
+      await world.close()
+    }
+  }, 60_000)
 })
 
 describe('moving between the built-in relay and Debezium on one table', () => {

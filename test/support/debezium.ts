@@ -155,3 +155,24 @@ END $$`,
     `CREATE OR REPLACE TRIGGER outbox_debezium_headers BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn}()`,
   ]
 }
+
+/**
+ * The column Debezium's own tracing reads (`tracing.span.context.field`, default
+ * `tracingspancontext`): the trace context as `java.util.Properties` text, filled by a trigger
+ * from the `headers` JSON; NULL for an event written without one.
+ */
+export function debeziumTracingColumnSql(schema: string): string[] {
+  const table = `"${schema}"."outbox"`
+  const fn = `"${schema}"."outbox_debezium_tracing"`
+  return [
+    `ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS tracingspancontext text`,
+    `CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.tracingspancontext := NULLIF(concat_ws(E'\\n',
+    'traceparent=' || (NEW.headers ->> 'traceparent'),
+    'tracestate=' || (NEW.headers ->> 'tracestate')), '');
+  RETURN NEW;
+END $$`,
+    `CREATE OR REPLACE TRIGGER outbox_debezium_tracing BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn}()`,
+  ]
+}
