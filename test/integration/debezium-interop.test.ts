@@ -171,6 +171,17 @@ const TRACE = (n: number) => `00-${n.toString(16).padStart(32, 'a')}-${n.toStrin
 const workers: DebeziumWorker[] = []
 
 beforeAll(async () => {
+  const probe = await postgresJsBackend.open()
+  try {
+    const [row] = (await sql<{ wal_level: string }>`SHOW wal_level`.execute(probe.db)).rows
+    if (row?.wal_level !== 'logical') {
+      throw new Error(
+        `Debezium needs Postgres wal_level=logical, this server has ${row?.wal_level}: run bash scripts/db-config`,
+      )
+    }
+  } finally {
+    await probe.close()
+  }
   // Fetches the jars (Maven) once, so the timed steps below are Connect's own start-up.
   await debeziumScript(['fetch'])
 }, 180_000)

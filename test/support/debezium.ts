@@ -4,7 +4,7 @@
  * throws with the script's output: the interop tests fail, they never skip.
  */
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { POSTGRES_URL } from './databases.js'
@@ -130,8 +130,10 @@ export class DebeziumWorker {
   }
 
   /** SIGTERM, then drops the slot and the publication. */
-  stop(): Promise<string> {
-    return debeziumScript(['stop'], this.#env)
+  async stop(): Promise<string> {
+    const output = await debeziumScript(['stop'], this.#env)
+    rmSync(this.#file, { force: true })
+    return output
   }
 }
 
