@@ -1,0 +1,9 @@
+export { type BinlogPosition, comparePositions, formatPosition, parsePosition } from './binlog-position.js'
+export {
+  createMysqlChangeFeed,
+  DEFAULT_FEED_NAME,
+  DEFAULT_MAX_BUFFERED_RECORDS,
+  feedPositionTableSql,
+  MysqlChangeFeed,
+  type MysqlChangeFeedOptions,
+} from './mysql-change-feed.js'
