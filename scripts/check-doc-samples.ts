@@ -28,6 +28,7 @@ const PRELUDE: Record<string, string> = {
   inbox: `declare const inbox: import('outboxkit').InboxStore<import('kysely').Kysely<Database>>`,
   inboxStore: `declare const inboxStore: import('outboxkit').InboxStore<import('kysely').Kysely<Database>>`,
   transport: `declare const transport: import('outboxkit').Transport`,
+  feed: `declare const feed: import('outboxkit').ChangeFeed`,
   handler: `declare const handler: import('outboxkit').MessageHandler<import('kysely').Kysely<Database>>`,
   inventory: `declare const inventory: import('outboxkit').IdempotentConsumer<import('kysely').Kysely<Database>>`,
   kafka: `declare const kafka: import('kafkajs').Kafka`,

@@ -304,6 +304,8 @@ async function relayExactlyOnce(options: {
     leaseMs,
     pollIntervalMs: 50,
     instrumentation: otelRelayInstrumentation(),
+    // Its errors are written by the error listener below.
+    logger: false,
   })
   defer(
     'relay #1',
@@ -347,6 +349,8 @@ async function relayExactlyOnce(options: {
     batchSize,
     pollIntervalMs: 50,
     instrumentation: otelRelayInstrumentation(),
+    // Its errors are written by the error listener below.
+    logger: false,
   })
   defer(
     'relay #2',
@@ -570,6 +574,8 @@ async function main(): Promise<number> {
       transport: transport1,
       batchSize,
       instrumentation: otelRelayInstrumentation(),
+      // Its errors are written by the error listener below.
+      logger: false,
     })
     defer(
       'relay #1',
@@ -638,6 +644,8 @@ async function main(): Promise<number> {
       transport: transport2,
       batchSize,
       instrumentation: otelRelayInstrumentation(),
+      // Its errors are written by the error listener below.
+      logger: false,
     })
     defer(
       'relay #2',

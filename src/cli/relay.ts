@@ -60,6 +60,8 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
     store: store as RelayOptions<unknown>['store'],
     transport,
     ownership: request.ownership,
+    // The command writes every event itself (the JSON log and stderr below).
+    logger: false,
   }
   if (request.relayId !== undefined) options.relayId = request.relayId
   if (request.batchSize !== undefined) options.batchSize = request.batchSize

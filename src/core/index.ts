@@ -23,6 +23,23 @@ export {
   type OutboxKitErrorOptions,
 } from './errors.js'
 export type { ReconciledEvent } from './exactly-once.js'
+export type { ComponentHealth } from './health.js'
+export {
+  DEFAULT_LOG_FAILURE_INTERVAL_MS,
+  type ErrorSummary,
+  type FieldsFirstLogger,
+  fieldsFirstLogger,
+  type LogFields,
+  type Logger,
+  type LoggerOption,
+  type LogMethod,
+} from './logger.js'
+export {
+  LogRelay,
+  type LogRelayEvents,
+  type LogRelayListener,
+  type LogRelayOptions,
+} from './log-relay.js'
 export {
   type ClaimedRecord,
   DEFAULT_MAX_HEADER_BYTES,
@@ -59,10 +76,12 @@ export {
   ORIGINAL_TOPIC_HEADER,
   Relay,
   type RelayEvents,
+  type RelayHealth,
   type RelayInstrumentation,
   type RelayListener,
   type RelayOptions,
   type RelayOwnership,
+  type RelayOwnershipHealth,
 } from './relay.js'
 export type {
   Claim,

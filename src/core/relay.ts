@@ -1,7 +1,10 @@
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
+import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { ExactlyOnceCoordinator, type ReconciledEvent } from './exactly-once.js'
+import { type ComponentHealth, HealthTracker } from './health.js'
+import { FailureLog, Log, type LoggerOption } from './logger.js'
 import type { ClaimedRecord } from './message.js'
 import {
   backoffOptions,
@@ -62,6 +65,26 @@ export interface RelayEvents {
 }
 
 export type RelayListener<E extends keyof RelayEvents> = (event: RelayEvents[E]) => void
+
+/** How a relay divides the work, as {@link Relay.health} reports it. */
+export type RelayOwnershipHealth =
+  | { readonly mode: 'rows' }
+  | {
+      readonly mode: 'shards'
+      readonly relayId: string
+      /** Shards this relay owns now (0 while it is stopped). */
+      readonly ownedShards: number
+      /** Owned shards it is giving up to a relay that joined. */
+      readonly drainingShards: number
+    }
+
+/**
+ * What {@link Relay.health} returns. A successful cycle is a claim, publish and mark that went
+ * through (the transport may still have failed single records), or a claim that found nothing to do.
+ */
+export interface RelayHealth extends ComponentHealth {
+  readonly ownership: RelayOwnershipHealth
+}
 
 /**
  * Telemetry around a relay's work. `outboxkit/otel` provides one backed by OpenTelemetry; the
@@ -126,6 +149,14 @@ export interface RelayOptions<Tx> {
   deadLetter?: DeadLetterOptions
   /** Spans and metrics around publishing, e.g. `otelRelayInstrumentation()` from `outboxkit/otel`. */
   instrumentation?: RelayInstrumentation
+  /**
+   * Where the relay writes what it does: start and stop, shard changes (info), batches (debug),
+   * every failed cycle (warn, or error when it stops the relay) with the error's code. `console`
+   * fits; for pino use `fieldsFirstLogger(pino())`. `false` writes nothing. Default: failures only,
+   * to `console.warn` / `console.error`, the first of a run and then at most one a minute, so a
+   * loop that keeps failing is seen even without an `error` listener.
+   */
+  logger?: LoggerOption
 }
 
 /** See {@link RelayOptions.ownership}. */
@@ -138,10 +169,7 @@ export interface DeadLetterOptions {
   transport?: Transport
 }
 
-export const DEAD_REASON_HEADER = 'outboxkit-dead-reason'
-export const ORIGINAL_TOPIC_HEADER = 'outboxkit-original-topic'
-/** The dead reason header is cut to this many characters. */
-export const DEAD_REASON_MAX_LENGTH = 1000
+export { DEAD_REASON_HEADER, DEAD_REASON_MAX_LENGTH, ORIGINAL_TOPIC_HEADER } from './dead-letters.js'
 
 /**
  * Moves records from the outbox table to the transport: claim → publish → mark.
@@ -176,6 +204,9 @@ export class Relay<Tx> {
   readonly #exactlyOnce: boolean
   /** Ownership `'shards'`: the relay's shards, while the loop runs. */
   #shards: ShardOwnership<Tx> | undefined
+  readonly #log: Log
+  readonly #failures: FailureLog
+  readonly #health = new HealthTracker()
 
   readonly #signal: AbortSignal | undefined
   #running: Promise<void> | undefined
@@ -248,8 +279,72 @@ export class Relay<Tx> {
       if (!store.reconcilePublished)
         throw needs(`a store with reconcilePublished; the ${store.name} store has none`)
     }
+    this.#log = new Log(options.logger, { relayId: this.#relayId })
+    this.#failures = new FailureLog(this.#log)
+    this.#observeOwnEvents()
     this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+  }
+
+  /** Health and log lines follow the relay's own events, so every report reaches them the same way. */
+  #observeOwnEvents(): void {
+    const log = this.#log
+    this.#events.on('error', ({ error, retryInMs }) => {
+      const consecutiveErrors = this.#health.failed(error)
+      this.#failures.failed(
+        retryInMs < 0 ? 'relay stopped by an error' : 'relay cycle failed',
+        error,
+        consecutiveErrors,
+        retryInMs < 0,
+        { retryInMs },
+      )
+    })
+    this.#events.on('claimed', (e) => log.write('debug', 'relay claimed a batch', e))
+    this.#events.on('published', (e) => log.write('debug', 'relay published a batch', e))
+    this.#events.on('failed', (e) =>
+      log.write('warn', 'relay record failed, will retry', {
+        ids: e.ids,
+        error: e.error,
+        retryInMs: e.retryInMs,
+      }),
+    )
+    this.#events.on('deadLettered', (e) =>
+      log.write('warn', 'relay record dead', { ids: e.ids, error: e.error }),
+    )
+    this.#events.on('leaseLost', (e) =>
+      log.write('warn', 'relay lost the lease of published records (another relay took them over)', {
+        ids: e.ids,
+      }),
+    )
+    this.#events.on('shardsChanged', (e) => log.write('info', 'relay shards changed', e))
+    this.#events.on('reconciled', (e) => log.write('info', 'relay reconciled shards', { ...e }))
+  }
+
+  /** A cycle of the loop went through: health, and the end of a run of failures. */
+  #succeeded(): void {
+    const ended = this.#health.succeeded()
+    if (ended > 0) this.#failures.recovered('relay recovered', ended)
+  }
+
+  /**
+   * The loop's state for health checks: whether it runs, when its last cycle succeeded, the errors
+   * since, the last error (code and message), and the shards it owns. A plain object, safe to
+   * serialise.
+   */
+  health(): RelayHealth {
+    const shards = this.#shards
+    return {
+      ...this.#health.snapshot(),
+      ownership:
+        this.#ownership === 'rows'
+          ? { mode: 'rows' }
+          : {
+              mode: 'shards',
+              relayId: this.#relayId,
+              ownedShards: shards?.owned.length ?? 0,
+              drainingShards: shards?.draining.length ?? 0,
+            },
+    }
   }
 
   /** This relay's id in the store's registry (ownership `'shards'`). */
@@ -274,8 +369,8 @@ export class Relay<Tx> {
 
   /**
    * Starts the loop in the background and returns at once. Errors inside the loop are reported
-   * through the `error` event and retried with backoff; the loop ends only with `stop()` (or the
-   * `signal` option).
+   * through the `error` event and the `logger`, counted in {@link health}, and retried with
+   * backoff; the loop ends only with `stop()` (or the `signal` option).
    *
    * @throws {@link OutboxKitError} `ALREADY_STARTED` if it is running; `CLOSED` if it was stopped,
    * or if its `signal` was already aborted (the loop does not start).
@@ -291,8 +386,17 @@ export class Relay<Tx> {
     }
     if (this.#stopping?.signal.aborted) throw new OutboxKitError(ErrorCode.Closed, 'This relay was stopped.')
     this.#stopping = new AbortController()
+    this.#health.started()
+    this.#log.write('info', 'relay started', {
+      ownership: this.#ownership,
+      exactlyOnce: this.#exactlyOnce,
+      store: this.#store.name,
+      transport: this.#transport.name,
+    })
     this.#running = this.#loop(this.#stopping.signal).finally(() => {
       this.#running = undefined
+      this.#health.stopped()
+      this.#log.write('info', 'relay stopped')
     })
   }
 
@@ -369,6 +473,7 @@ export class Relay<Tx> {
         await this.#sampleLag()
         const claimed = await this.runOnce()
         consecutiveErrors = 0
+        this.#succeeded()
         if (claimed === 0) await this.#idle(signal)
       } catch (error) {
         if (this.#stopIfFenced(error)) break
@@ -477,7 +582,11 @@ export class Relay<Tx> {
             }
             // Records in flight may be followed by more once they are settled.
             if (inFlight.size > 0) await Promise.race(inFlight.keys())
-            else await this.#idle(signal)
+            else {
+              // Nothing in flight and nothing to claim: the store answers, the work is done.
+              if (!batchError) this.#succeeded()
+              await this.#idle(signal)
+            }
             continue
           }
           this.#emitClaimed({ ...claim, records })
@@ -516,6 +625,7 @@ export class Relay<Tx> {
             .then(({ sendable, result }) =>
               this.#settleOutcomes(settler, sendable, result, session && ((ids) => session.settled(ids))),
             )
+            .then(() => this.#succeeded())
             .catch((error: unknown) => {
               batchError ??= { error }
             })
@@ -695,34 +805,7 @@ export class Relay<Tx> {
     dead: readonly DeadRecord[],
   ): Promise<RelayEvents['deadLetterFailed'][]> {
     const { topic, transport } = this.#deadLetter!
-    const reasons = new Map(dead.map((d) => [d.id, d.error]))
-    const letters = records
-      .filter((r) => reasons.has(r.id))
-      .map((r) => ({
-        ...r,
-        topic,
-        headers: {
-          ...r.headers,
-          [DEAD_REASON_HEADER]: reasons.get(r.id)!.slice(0, DEAD_REASON_MAX_LENGTH),
-          [ORIGINAL_TOPIC_HEADER]: r.topic,
-        },
-      }))
-    let outcomes: Awaited<ReturnType<Transport['publish']>>
-    try {
-      outcomes = await transport.publish(letters)
-    } catch (error) {
-      return [
-        { ids: letters.map((l) => l.id), error: error instanceof Error ? error.message : String(error) },
-      ]
-    }
-    const byError = new Map<string, string[]>()
-    letters.forEach((letter, i) => {
-      const outcome = outcomes[i]
-      if (outcome?.status === 'published') return
-      const error = outcome ? outcome.error : `Transport ${transport.name} returned no outcome for it`
-      byError.set(error, [...(byError.get(error) ?? []), letter.id])
-    })
-    return [...byError].map(([error, ids]) => ({ ids, error }))
+    return publishDeadLetters(transport, topic, records, dead)
   }
 }
 

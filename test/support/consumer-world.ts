@@ -41,7 +41,10 @@ export interface ConsumerWorld {
   run(
     consumer: IdempotentConsumer<Kysely<AnyDB>>,
     groupId?: string,
-    options?: Pick<KafkaConsumerRunnerOptions, 'mode' | 'batchSize'>,
+    options?: Pick<KafkaConsumerRunnerOptions, 'mode' | 'batchSize' | 'logger'> & {
+      /** Called with the runner before it starts (to subscribe to its first events). */
+      onRunner?: (runner: KafkaConsumerRunner) => void
+    },
   ): Promise<KafkaConsumerRunner>
   outbox: Outbox<Kysely<AnyDB>>
   close(): Promise<void>
@@ -94,7 +97,7 @@ export async function openConsumerWorld(
         ...consumerOptions,
       })
     },
-    async run(consumer, groupId = uniqueName('group'), runnerOptions = {}) {
+    async run(consumer, groupId = uniqueName('group'), { onRunner, ...runnerOptions } = {}) {
       const runner = createKafkaConsumerRunner({
         ...runnerOptions,
         kafka: testKafka(brokers),
@@ -104,6 +107,7 @@ export async function openConsumerWorld(
         fromBeginning: true,
         consumerConfig: { maxWaitTimeInMs: 200 },
       })
+      onRunner?.(runner)
       await runner.start()
       runners.push(runner)
       return runner

@@ -38,6 +38,9 @@ export interface Backend {
   open(): Promise<TestDatabase>
 }
 
+/** Prefix of the schemas (MySQL: databases) tests create; `OUTBOXKIT_SCHEMA_PREFIX` sets it. */
+const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
+
 export function uniqueName(prefix: string): string {
   return `${prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
 }
@@ -47,7 +50,7 @@ function postgresBackend(name: string, makeDb: () => Kysely<AnyDB>): Backend {
     name,
     dialect: 'postgres',
     async open() {
-      const schema = uniqueName('ok')
+      const schema = uniqueName(SCHEMA_PREFIX)
       const admin = makeDb()
       await sql.raw(`CREATE SCHEMA "${schema}"`).execute(admin)
       const peers: Kysely<AnyDB>[] = []
@@ -94,7 +97,7 @@ export const mysqlBackend: Backend = {
   name: 'mariadb',
   dialect: 'mysql',
   async open() {
-    const schema = uniqueName('ok')
+    const schema = uniqueName(SCHEMA_PREFIX)
     const makeDb = (database?: string) =>
       new Kysely<AnyDB>({
         dialect: new MysqlDialect({
@@ -142,7 +145,7 @@ export const pgliteBackend: Backend = {
   name: 'pglite',
   dialect: 'postgres',
   async open() {
-    const schema = uniqueName('ok')
+    const schema = uniqueName(SCHEMA_PREFIX)
     const { db } = await sharedPgliteDatabase()
     await sql.raw(`CREATE SCHEMA "${schema}"`).execute(db)
     return {

@@ -1,3 +1,4 @@
+export { MemoryChangeFeed, type MemoryChangeFeedOptions, MemoryChangeLog } from './memory-feed.js'
 export {
   MEMORY_SHARD_COUNT,
   MemoryDatabase,

@@ -1,0 +1,295 @@
+import { describe, expect, test } from 'bun:test'
+import { MemoryChangeFeed, MemoryChangeLog, MemoryTransport } from '../../src/adapters/memory/index.js'
+import {
+  ErrorCode,
+  LogRelay,
+  type LogRelayEvents,
+  OutboxKitError,
+  type OutboxRecord,
+} from '../../src/index.js'
+
+const FAST = { initialMs: 5, maxMs: 20, multiplier: 2 }
+
+let seq = 0
+function record(key: string, n: number, topic = 'orders'): OutboxRecord {
+  seq++
+  return {
+    id: `00000000-0000-7000-8000-${String(seq).padStart(12, '0')}`,
+    topic,
+    key,
+    type: 'Test',
+    payload: new TextEncoder().encode(JSON.stringify({ key, n })),
+    headers: {},
+  }
+}
+
+function payloadOf(d: { payload: Uint8Array }): { key: string; n: number } {
+  return JSON.parse(new TextDecoder().decode(d.payload))
+}
+
+async function until(check: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
+function collect<E extends keyof LogRelayEvents>(relay: LogRelay, event: E): LogRelayEvents[E][] {
+  const seen: LogRelayEvents[E][] = []
+  relay.on(event, (e) => seen.push(e))
+  return seen
+}
+
+describe('LogRelay over the memory feed', () => {
+  test('publishes committed transactions in commit order and confirms the position after them', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      batchSize: 3,
+      pollIntervalMs: 10,
+    })
+    for (let t = 0; t < 5; t++) log.commit([record('a', t * 2), record('b', t * 2 + 1)])
+    await relay.start()
+    await until(() => log.confirmed === 5, 'all 5 transactions confirmed')
+    await relay.stop()
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  })
+
+  test('a relay that stops without settling everything leaves the rest to be read again, with the same ids', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let fail = true
+    transport.failWith = (r) =>
+      fail && r.key === 'slow' ? { status: 'failed', error: 'broker busy', retriable: true } : undefined
+    log.commit([record('fast', 1)])
+    log.commit([record('slow', 2)])
+    log.commit([record('fast', 3)])
+    const first = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+    })
+    await first.start()
+    await until(() => transport.delivered.length === 2, 'the fast key published past the failing one')
+    await first.stop()
+    // The three transactions came in one batch, and its failing record keeps it unconfirmed.
+    expect(log.confirmed).toBe(0)
+    fail = false
+    const second = new LogRelay({ feed: new MemoryChangeFeed(log), transport, pollIntervalMs: 10 })
+    await second.start()
+    await until(() => log.confirmed === 3, 'everything confirmed')
+    await second.stop()
+    const ids = transport.delivered.map((d) => d.id)
+    const byKey = transport.delivered.map((d) => `${d.key}${payloadOf(d).n}`)
+    // The fast key's records went out again after the restart, slow2 once; copies keep their id.
+    expect(byKey).toEqual(['fast1', 'fast3', 'fast1', 'slow2', 'fast3'])
+    expect(new Set(ids).size).toBe(3)
+  })
+
+  test('a failing key holds back its later records while other keys go on, then goes on in order', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let failures = 3
+    transport.failWith = (r) =>
+      r.key === 'poison' && payloadOf(r).n === 0 && failures-- > 0
+        ? { status: 'failed', error: 'leader not available', retriable: true }
+        : undefined
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+    })
+    const failed = collect(relay, 'failed')
+    await relay.start()
+    log.commit([record('poison', 0), record('other', 0)])
+    // The key's later records arrive while its head waits for a retry.
+    await until(() => failed.length > 0, 'the first failure')
+    log.commit([record('poison', 1), record('other', 1)])
+    log.commit([record('poison', 2), record('other', 2)])
+    await until(() => transport.delivered.length === 6, 'all six published')
+    await until(() => log.confirmed === 3, 'all confirmed')
+    await relay.stop()
+    const poison = transport.delivered.filter((d) => d.key === 'poison').map((d) => payloadOf(d).n)
+    expect(poison).toEqual([0, 1, 2])
+    // The other key did not wait for the poison key's retries.
+    const order = transport.delivered.map((d) => `${d.key}${payloadOf(d).n}`)
+    expect(order.indexOf('other2')).toBeLessThan(order.indexOf('poison0'))
+    expect(failed.length).toBe(3)
+  })
+
+  test('a record that keeps failing is marked dead through the feed after maxAttempts, and its key goes on', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    transport.failWith = (r) =>
+      r.topic === 'orders' && payloadOf(r).n === 0
+        ? { status: 'failed', error: 'always', retriable: true }
+        : undefined
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+      maxAttempts: 3,
+      deadLetter: { topic: 'orders.dead' },
+    })
+    const dead = collect(relay, 'deadLettered')
+    const first = record('k', 0)
+    log.commit([first, record('k', 1)])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed after the dead record')
+    await relay.stop()
+    expect(log.dead.get(first.id)).toBe('always')
+    expect(dead.map((d) => d.ids)).toEqual([[first.id]])
+    // 3 attempts on the topic failed; the dead letter and the key's next record went out.
+    expect(transport.delivered.map((d) => `${d.topic}:${payloadOf(d).n}`)).toEqual([
+      'orders.dead:0',
+      'orders:1',
+    ])
+  })
+
+  test('a record the broker refuses is dead at once', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport({ maxPayloadBytes: 10 })
+    const relay = new LogRelay({ feed: new MemoryChangeFeed(log), transport, pollIntervalMs: 10 })
+    const big = record('k', 12345)
+    log.commit([big])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    await relay.stop()
+    expect(log.dead.get(big.id)).toContain('limit')
+    expect(transport.delivered).toEqual([])
+  })
+
+  test('a publish that throws counts no attempt: the records wait out the backoff and go out in order', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let throws = 4
+    transport.throwWith = () => (throws-- > 0 ? new Error('connection reset') : undefined)
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+      maxAttempts: 2,
+    })
+    const errors = collect(relay, 'error')
+    for (let n = 0; n < 4; n++) log.commit([record('k', n)])
+    await relay.start()
+    await until(() => log.confirmed === 4, 'confirmed')
+    await relay.stop()
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1, 2, 3])
+    expect(log.dead.size).toBe(0)
+    expect(errors.length).toBeGreaterThanOrEqual(4)
+  })
+
+  test('a second relay is a standby until the first one is gone, then goes on from the confirmed position', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    const active = new LogRelay({ feed: new MemoryChangeFeed(log), transport, pollIntervalMs: 10 })
+    const standby = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      standbyRetryMs: 10,
+    })
+    const waits = collect(standby, 'standby')
+    await active.start()
+    await until(() => log.reader !== undefined, 'the first relay reading')
+    await standby.start()
+    log.commit([record('k', 0)])
+    await until(() => log.confirmed === 1 && waits.length > 0, 'the first relay published, the second waits')
+    await active.stop()
+    log.commit([record('k', 1)])
+    await until(() => log.confirmed === 2, 'the standby took over')
+    await standby.stop()
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1])
+  })
+
+  test('a lost feed stops the relay with FEED_LOST; nothing is skipped silently', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({ feed: new MemoryChangeFeed(log), transport, pollIntervalMs: 10 })
+    const errors = collect(relay, 'error')
+    await relay.start()
+    log.commit([record('k', 0)])
+    await until(() => log.confirmed === 1, 'confirmed')
+    log.lose()
+    await until(() => !relay.running, 'the relay stopped')
+    const last = errors.at(-1)!
+    expect(last.retryInMs).toBe(-1)
+    expect(last.error).toBeInstanceOf(OutboxKitError)
+    expect((last.error as OutboxKitError).code).toBe(ErrorCode.FeedLost)
+  })
+
+  test('a markDead that fails leaves the position unconfirmed; the records are read again and settled', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    transport.failWith = (r) =>
+      r.key === 'k' ? { status: 'failed', error: 'refused', retriable: false } : undefined
+    let outage = 2
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log, { failMarkDead: () => outage-- > 0 }),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+    })
+    const errors = collect(relay, 'error')
+    const refused = record('k', 0)
+    log.commit([refused])
+    log.commit([record('j', 1)])
+    await relay.start()
+    await until(() => log.confirmed === 2, 'confirmed')
+    await relay.stop()
+    expect(log.dead.get(refused.id)).toBe('refused')
+    expect(errors.filter((e) => (e.error as OutboxKitError).code === ErrorCode.StoreFailed).length).toBe(2)
+    // j was read three times (two outages, then the settle) and published each time, same id.
+    expect(transport.delivered.filter((d) => d.key === 'j').length).toBe(3)
+  })
+
+  test('a transaction larger than the batch is confirmed only after its last part', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      batchSize: 4,
+      pollIntervalMs: 10,
+    })
+    const confirmed = collect(relay, 'confirmed')
+    log.commit(Array.from({ length: 10 }, (_, n) => record(`k${n % 3}`, n)))
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    await relay.stop()
+    expect(confirmed).toEqual([{ position: '1', records: 10 }])
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  })
+
+  test('a stopped relay refuses to start again, saying what to do', async () => {
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(new MemoryChangeLog()),
+      transport: new MemoryTransport(),
+    })
+    await relay.start()
+    await relay.stop()
+    await expect(relay.start()).rejects.toThrow('create a new LogRelay')
+  })
+
+  test('options are checked', () => {
+    expect(() => new LogRelay({ feed: undefined as never, transport: new MemoryTransport() })).toThrow(
+      'ChangeFeed',
+    )
+    expect(
+      () =>
+        new LogRelay({
+          feed: new MemoryChangeFeed(new MemoryChangeLog()),
+          transport: new MemoryTransport(),
+          batchSize: 0,
+        }),
+    ).toThrow('batchSize')
+  })
+})
