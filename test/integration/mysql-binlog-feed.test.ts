@@ -8,7 +8,11 @@ import { createPool } from 'mysql2'
 import { type Connection, createConnection } from 'mysql2/promise'
 import { outboxSchemaSql } from '../../src/adapters/kysely/index.js'
 import { createKyselyOutboxStore } from '../../src/adapters/kysely/kysely-outbox-store.js'
-import { createMysqlChangeFeed, type MysqlChangeFeed } from '../../src/adapters/mysql-binlog/index.js'
+import {
+  createMysqlChangeFeed,
+  type MysqlChangeFeed,
+  type MysqlChangeFeedOptions,
+} from '../../src/adapters/mysql-binlog/index.js'
 import { type ClaimedRecord, ErrorCode, isOutboxKitError, Outbox, uuidv7 } from '../../src/index.js'
 import { MYSQL_URL, uniqueName } from '../support/databases.js'
 
@@ -37,7 +41,7 @@ afterAll(async () => {
 async function openTable(): Promise<{
   table: string
   outbox: Outbox<Transaction<AnyDB>>
-  feed(feedName?: string): MysqlChangeFeed
+  feed(feedName?: string, options?: Partial<MysqlChangeFeedOptions>): MysqlChangeFeed
 }> {
   const table = uniqueName('ob')
   for (const statement of outboxSchemaSql({ dialect: 'mysql', schema, outboxTable: table })) {
@@ -47,8 +51,9 @@ async function openTable(): Promise<{
   return {
     table,
     outbox: new Outbox({ store }),
-    feed: (feedName) =>
+    feed: (feedName, options = {}) =>
       createMysqlChangeFeed({
+        ...options,
         connection: MYSQL_URL,
         schema,
         outboxTable: table,
@@ -78,7 +83,10 @@ async function readRecords(
   const records: ClaimedRecord[] = []
   const positions: (string | undefined)[] = []
   for (let round = 0; records.length < count; round++) {
-    if (round > 200) throw new Error(`only ${records.length} of ${count} records arrived`)
+    if (round > 100)
+      throw new Error(
+        `only ${records.length} of ${count} records arrived: ${records.map((r) => r.id).join(' ')}`,
+      )
     const batch = await feed.read({ limit, maxWaitMs: 250 })
     if (batch.records.length > 0) positions.push(batch.position)
     records.push(...batch.records)
@@ -173,6 +181,37 @@ describe('MariaDB binlog change feed', () => {
     expect(positions.at(-1)).toBeDefined()
   }, 30_000)
 
+  test('a first open reads the pending rows of a consistent snapshot, then the binlog after it, each row once', async () => {
+    const { table, outbox, feed: makeFeed } = await openTable()
+    const before = (await db
+      .transaction()
+      .execute((trx) => outbox.add(trx, [message('s', 1), message('s', 2), message('t', 1)]))) as string[]
+    const published = (await db.transaction().execute((trx) => outbox.add(trx, message('s', 0)))) as string
+    await admin.query(`UPDATE \`${schema}\`.\`${table}\` SET status = 1 WHERE id = ?`, [published])
+    // A writer that commits while the feed opens lands in the snapshot or in the binlog, not both.
+    const racing = db.transaction().execute((trx) => outbox.add(trx, message('s', 3)))
+    const feed = await opened(makeFeed())
+    const during = (await racing) as string
+    const after = (await db.transaction().execute((trx) => outbox.add(trx, message('s', 4)))) as string
+    const { records } = await readRecords(feed, 5)
+    expect(records.map((r) => r.id)).toEqual([...before, during, after])
+    const more = await feed.read({ limit: 100, maxWaitMs: 300 })
+    expect(more.records).toEqual([])
+  }, 30_000)
+
+  test("firstOpen 'log-end' starts at the binlog's end and stores it at once", async () => {
+    const { table, outbox, feed: makeFeed } = await openTable()
+    await db.transaction().execute((trx) => outbox.add(trx, message('e', 1)))
+    const feed = await opened(makeFeed(undefined, { firstOpen: 'log-end' }))
+    const [rows] = await admin.query(
+      `SELECT binlog_file FROM \`${schema}\`.\`${table}_feed_position\` WHERE feed = 'default'`,
+    )
+    expect((rows as unknown[]).length).toBe(1)
+    const after = (await db.transaction().execute((trx) => outbox.add(trx, message('e', 2)))) as string
+    const { records } = await readRecords(feed, 1)
+    expect(records.map((r) => r.id)).toEqual([after])
+  }, 30_000)
+
   test('updates and deletes of outbox rows are not read', async () => {
     const { table, outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())
@@ -222,9 +261,13 @@ describe('MariaDB binlog change feed', () => {
     await feed.confirm(two.positions.at(-1)!)
     await feed.confirm(one.positions.at(-1)!)
     const [rows] = await admin.query(
-      `SELECT CONCAT(binlog_file, ':', binlog_position) AS position FROM \`${schema}\`.\`${table}_feed_position\` WHERE feed = 'default'`,
+      `SELECT CONCAT(binlog_file, ':', binlog_position) AS position, committed_at FROM \`${schema}\`.\`${table}_feed_position\` WHERE feed = 'default'`,
     )
-    expect((rows as { position: string }[])[0]!.position).toBe(two.positions.at(-1)!)
+    const stored = (rows as { position: string; committed_at: Date | null }[])[0]!
+    expect(stored.position).toBe(two.positions.at(-1)!)
+    // The commit time of the confirmed transaction, to the second (for recovery after FEED_LOST).
+    expect(stored.committed_at).toBeInstanceOf(Date)
+    expect(Math.abs(stored.committed_at!.getTime() - two.records[0]!.createdAt.getTime())).toBeLessThan(2_000)
     expect((await feed.lag()).ageMs).toBe(0)
   }, 30_000)
 
@@ -246,7 +289,7 @@ describe('MariaDB binlog change feed', () => {
 
     await first.close()
     await second.open()
-    // The standby resumes from the stored position: the record the first never confirmed.
+    // The standby reads what the first never confirmed.
     expect((await readRecords(second, 1)).records.map((r) => r.id)).toEqual([id])
   }, 30_000)
 

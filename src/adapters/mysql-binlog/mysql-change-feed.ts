@@ -72,6 +72,15 @@ export interface MysqlChangeFeedOptions {
    * (memory bound while the relay is slower than the writers). Default 10 000.
    */
   readonly maxBufferedRecords?: number
+  /**
+   * Where a feed with no stored position (its first open) starts:
+   * - `pending-rows` (default, MariaDB only): reads the outbox's pending rows (`status` 0, in
+   *   `seq` order) in a consistent snapshot, then the binlog from the snapshot's position, so no
+   *   row written before the first open is left out (rows the polling relay has not published,
+   *   say). The rows are held in memory until read.
+   * - `log-end`: the binlog's current end; rows written before the first open are not read.
+   */
+  readonly firstOpen?: 'pending-rows' | 'log-end'
 }
 
 export function createMysqlChangeFeed(options: MysqlChangeFeedOptions): MysqlChangeFeed {
@@ -94,6 +103,8 @@ export function feedPositionTableSql(options: {
 interface CommittedTransaction {
   records: ClaimedRecord[]
   readonly end: BinlogPosition
+  /** When it committed (the binlog event's time, to the second), ms since the epoch. */
+  readonly committedAt: number
 }
 
 /** The transaction whose events are being read. */
@@ -117,9 +128,12 @@ export class MysqlChangeFeed implements ChangeFeed {
   readonly #serverId: number
   readonly #feedName: string
   readonly #maxBuffered: number
+  readonly #firstOpen: 'pending-rows' | 'log-end'
 
   #db: Connection | undefined
   #zongji: ZongJi | undefined
+  /** The stream whose events count: events a stopped stream still delivers are dropped. */
+  #current: ZongJi | undefined
   /** What read() throws: the stream or the lock connection failed. */
   #failure: OutboxKitError | undefined
   #file = ''
@@ -129,7 +143,12 @@ export class MysqlChangeFeed implements ChangeFeed {
   #buffered = 0
   #paused = false
   #wake: (() => void) | undefined
+  /** The stored position (absent until the first confirm after a `pending-rows` first open). */
   #confirmed: BinlogPosition | undefined
+  /** Where this open started reading. */
+  #start: BinlogPosition | undefined
+  /** Commit times of the positions read() returned, stored with them on confirm. */
+  #commitTimes = new Map<FeedPosition, number>()
   /** The oldest record of each transaction returned by read() and not confirmed yet. */
   #unconfirmed: { end: BinlogPosition; createdAt: Date }[] = []
 
@@ -173,6 +192,15 @@ export class MysqlChangeFeed implements ChangeFeed {
       undefined,
       SOURCE,
     )
+    const firstOpen = options.firstOpen ?? 'pending-rows'
+    if (firstOpen !== 'pending-rows' && firstOpen !== 'log-end') {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `firstOpen must be 'pending-rows' or 'log-end', got ${String(firstOpen)}.`,
+        { source: SOURCE, details: { option: 'firstOpen', value: firstOpen } },
+      )
+    }
+    this.#firstOpen = firstOpen
   }
 
   async open(): Promise<void> {
@@ -192,11 +220,27 @@ export class MysqlChangeFeed implements ChangeFeed {
       await this.#checkServer(db)
       await this.#lock(db)
       await this.#run('create the position table', () => db.query(positionTableSql(this.#positions)))
-      const start = (await this.#storedPosition(db)) ?? (await this.#startAtEnd(db))
-      await this.#checkAvailable(db, start)
-      this.#confirmed = start
+      const stored = await this.#storedPosition(db)
+      let start: BinlogPosition
+      if (stored) {
+        start = stored
+        await this.#checkAvailable(db, start)
+        this.#confirmed = stored
+      } else if (this.#firstOpen === 'log-end') {
+        start = await this.#startAtEnd(db)
+        this.#confirmed = start
+      } else {
+        const snapshot = await this.#snapshot(mysql)
+        start = snapshot.end
+        if (snapshot.records.length > 0) {
+          this.#queue.push(snapshot)
+          this.#buffered = snapshot.records.length
+        }
+      }
+      this.#start = start
       this.#file = start.file
       this.#zongji = await this.#stream(zongjiModule, start)
+      this.#pauseIfFull()
     } catch (error) {
       await this.close()
       throw error
@@ -228,13 +272,20 @@ export class MysqlChangeFeed implements ChangeFeed {
     const target = parsePosition(position, SOURCE)
     const db = this.#assertOpen()
     if (this.#confirmed && comparePositions(target, this.#confirmed) <= 0) return
+    const committedAt = this.#commitTimes.get(position)
     await this.#run('confirm', () =>
+      // An upsert: a position row deleted by hand is written again, never silently left out.
       db.query(
-        `UPDATE ${this.#positions} SET binlog_file = ?, binlog_position = ?, updated_at = CURRENT_TIMESTAMP(6) WHERE feed = ?`,
-        [target.file, target.offset, this.#feedName],
+        `INSERT INTO ${this.#positions} (feed, binlog_file, binlog_position, committed_at) VALUES (?, ?, ?, FROM_UNIXTIME(?))
+         ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_position = VALUES(binlog_position),
+           committed_at = VALUES(committed_at), updated_at = CURRENT_TIMESTAMP(6)`,
+        [this.#feedName, target.file, target.offset, committedAt === undefined ? null : committedAt / 1000],
       ),
     )
     this.#confirmed = target
+    for (const known of this.#commitTimes.keys()) {
+      if (comparePositions(parsePosition(known, SOURCE), target) <= 0) this.#commitTimes.delete(known)
+    }
     this.#unconfirmed = this.#unconfirmed.filter((entry) => comparePositions(entry.end, target) > 0)
   }
 
@@ -267,7 +318,8 @@ export class MysqlChangeFeed implements ChangeFeed {
       undefined,
     )
     const ageMs = oldest === undefined ? 0 : Math.max(0, Date.now() - oldest)
-    const bytes = this.#confirmed ? bytesBehind(logs, this.#confirmed) : undefined
+    const from = this.#confirmed ?? this.#start
+    const bytes = from ? bytesBehind(logs, from) : undefined
     return bytes === undefined ? { ageMs } : { bytes, ageMs }
   }
 
@@ -275,6 +327,7 @@ export class MysqlChangeFeed implements ChangeFeed {
     const zongji = this.#zongji
     const db = this.#db
     this.#zongji = undefined
+    this.#current = undefined
     this.#db = undefined
     if (zongji) await stopStream(zongji)
     // Ending the session releases the reader lock: a standby may take over from here.
@@ -285,6 +338,8 @@ export class MysqlChangeFeed implements ChangeFeed {
     this.#buffered = 0
     this.#paused = false
     this.#confirmed = undefined
+    this.#start = undefined
+    this.#commitTimes.clear()
     this.#unconfirmed = []
     this.#notify()
   }
@@ -371,6 +426,59 @@ export class MysqlChangeFeed implements ChangeFeed {
     return end
   }
 
+  /**
+   * First use with `pending-rows`: the pending rows and the binlog position of one consistent
+   * snapshot (MariaDB's `binlog_snapshot_file`/`_position`), so every row is read exactly once
+   * from the table or from the log. Nothing is stored: until the first confirm, an open takes a
+   * new snapshot (reading the same rows again, with the same ids).
+   */
+  async #snapshot(
+    mysql: Pick<typeof import('mysql2/promise'), 'createConnection'>,
+  ): Promise<CommittedTransaction> {
+    const connection = await this.#run('connect for the first snapshot', () =>
+      mysql.createConnection(connectionConfig(this.#connection)),
+    )
+    try {
+      return await this.#run('read the pending rows', async () => {
+        await connection.query('SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ')
+        await connection.query('START TRANSACTION WITH CONSISTENT SNAPSHOT')
+        const [status] = await connection.query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        const values = new Map(
+          (status as Record<string, unknown>[]).map((row) => [
+            String(row['Variable_name']).toLowerCase(),
+            row['Value'],
+          ]),
+        )
+        const file = values.get('binlog_snapshot_file')
+        const offset = Number(values.get('binlog_snapshot_position'))
+        if (typeof file !== 'string' || file === '' || !(offset > 0)) {
+          throw new OutboxKitError(
+            ErrorCode.InvalidOptions,
+            "The server gives no binlog position for a consistent snapshot (MariaDB's binlog_snapshot_file): on MySQL, open the feed with firstOpen: 'log-end'.",
+            { source: SOURCE },
+          )
+        }
+        const c = this.#columns
+        const select = [c.id, c.topic, c.key, c.type, c.payload, c.headers, c.createdAt]
+          .map((name) => quote('mysql', name))
+          .join(', ')
+        const [rows] = await connection.query(
+          `SELECT ${select} FROM ${this.#outbox}
+           WHERE ${quote('mysql', c.status)} = ${Status.pending} ORDER BY ${quote('mysql', c.seq)}`,
+        )
+        await connection.query('COMMIT')
+        const pending = rows as Record<string, unknown>[]
+        return {
+          records: pending.map((row) => decodeRow(row, c)),
+          end: { file, offset },
+          committedAt: Date.now(),
+        }
+      })
+    } finally {
+      await connection.end().catch(() => connection.destroy())
+    }
+  }
+
   /** The stored position's file must still exist, or the records after it would be skipped. */
   async #checkAvailable(db: Connection, start: BinlogPosition): Promise<void> {
     const logs = await this.#binaryLogs(db)
@@ -405,6 +513,7 @@ export class MysqlChangeFeed implements ChangeFeed {
 
   async #stream(module: ZongJiModule, start: BinlogPosition): Promise<ZongJi> {
     const zongji = new module.default(connectionConfig(this.#connection))
+    this.#current = zongji
     zongji.on('binlog', (event: BinlogEvent) => {
       try {
         this.#onEvent(zongji, event)
@@ -453,7 +562,7 @@ export class MysqlChangeFeed implements ChangeFeed {
    * binlog at all, and a ROLLBACK query drops what was kept.
    */
   #onEvent(zongji: ZongJi, event: BinlogEvent): void {
-    if (zongji !== this.#zongji && this.#zongji !== undefined) return
+    if (zongji !== this.#current) return
     switch (event.getEventName()) {
       case 'rotate': {
         this.#file = (event as import('@vlasky/zongji').RotateEvent).binlogName
@@ -473,19 +582,19 @@ export class MysqlChangeFeed implements ChangeFeed {
         if (statement === 'BEGIN') {
           this.#open ??= newTransaction()
         } else if (statement === 'COMMIT') {
-          this.#commit(event.nextPosition)
+          this.#commit(event.nextPosition, event.timestamp)
         } else if (statement === 'ROLLBACK') {
           this.#open = undefined
-          this.#commit(event.nextPosition)
+          this.#commit(event.nextPosition, event.timestamp)
         } else if (!this.#open) {
           // A statement outside a transaction (DDL): the log moved on.
-          this.#commit(event.nextPosition)
+          this.#commit(event.nextPosition, event.timestamp)
         }
         return
       }
       case 'xid':
       case 'xaprepare':
-        this.#commit(event.nextPosition)
+        this.#commit(event.nextPosition, event.timestamp)
         return
       case 'writerows': {
         const rows = event as import('@vlasky/zongji').WriteRowsEvent
@@ -518,7 +627,7 @@ export class MysqlChangeFeed implements ChangeFeed {
     return this.#open
   }
 
-  #commit(nextPosition: number): void {
+  #commit(nextPosition: number, committedAt: number): void {
     const open = this.#open
     this.#open = undefined
     // MariaDB writes 0 as the next position of events it cannot place; never store one.
@@ -530,17 +639,21 @@ export class MysqlChangeFeed implements ChangeFeed {
     const last = this.#queue[this.#queue.length - 1]
     if (records.length === 0 && last && last.records.length === 0) {
       // Runs of transactions outside the outbox collapse into their last position.
-      this.#queue[this.#queue.length - 1] = { records, end }
+      this.#queue[this.#queue.length - 1] = { records, end, committedAt }
       return
     }
-    this.#queue.push({ records, end })
+    this.#queue.push({ records, end, committedAt })
     if (records.length === 0) return
     this.#buffered += records.length
+    this.#pauseIfFull()
+    this.#notify()
+  }
+
+  #pauseIfFull(): void {
     if (this.#buffered >= this.#maxBuffered && !this.#paused) {
       this.#paused = true
       this.#zongji?.connection?.pause()
     }
-    this.#notify()
   }
 
   #take(limit: number): FeedBatch {
@@ -554,6 +667,7 @@ export class MysqlChangeFeed implements ChangeFeed {
         this.#track(next.records, next.end)
         for (const record of next.records) records.push(record)
         position = formatPosition(next.end)
+        this.#commitTimes.set(position, next.committedAt)
         continue
       }
       if (records.length === 0) {
@@ -674,6 +788,7 @@ function positionTableSql(table: string): string {
   \`feed\` VARCHAR(255) ${MYSQL_NO_PAD} NOT NULL PRIMARY KEY,
   \`binlog_file\` VARCHAR(512) NOT NULL,
   \`binlog_position\` BIGINT NOT NULL,
+  \`committed_at\` DATETIME(6) NULL,
   \`updated_at\` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`
 }
