@@ -41,6 +41,7 @@ afterAll(async () => {
 async function openTable(): Promise<{
   table: string
   outbox: Outbox<Transaction<AnyDB>>
+  store: ReturnType<typeof createKyselyOutboxStore<AnyDB>>
   feed(feedName?: string, options?: Partial<MysqlChangeFeedOptions>): MysqlChangeFeed
 }> {
   const table = uniqueName('ob')
@@ -51,6 +52,7 @@ async function openTable(): Promise<{
   return {
     table,
     outbox: new Outbox({ store }),
+    store,
     feed: (feedName, options = {}) =>
       createMysqlChangeFeed({
         ...options,
@@ -291,6 +293,37 @@ describe('MariaDB binlog change feed', () => {
     await second.open()
     // The standby reads what the first never confirmed.
     expect((await readRecords(second, 1)).records.map((r) => r.id)).toEqual([id])
+  }, 30_000)
+
+  test('rows are read as their transaction left them: a requeued dead row comes again with its id; rows deleted or not pending at commit never', async () => {
+    const { table, outbox, store, feed: makeFeed } = await openTable()
+    const feed = await opened(makeFeed())
+    const dead = (await db.transaction().execute((trx) => outbox.add(trx, message('q', 1)))) as string
+    expect((await readRecords(feed, 1)).records.map((r) => r.id)).toEqual([dead])
+    await feed.markDead([{ id: dead, error: 'refused' }])
+    // On MySQL a requeue inserts a copy under a temporary id, deletes the row, then renames the copy.
+    expect((await store.requeue([dead])).requeued).toEqual([dead])
+
+    const conn = await createConnection({ uri: MYSQL_URL, database: schema })
+    const gone = uuidv7()
+    const settled = uuidv7()
+    await conn.beginTransaction()
+    await conn.query(
+      `INSERT INTO \`${table}\` (id, topic, \`key\`, type, payload, headers) VALUES (?, 't', 'q', 'X', 'x', '{}')`,
+      [gone],
+    )
+    await conn.query(`DELETE FROM \`${table}\` WHERE id = ?`, [gone])
+    await conn.query(
+      `INSERT INTO \`${table}\` (id, topic, \`key\`, type, payload, headers, status) VALUES (?, 't', 'q', 'X', 'x', '{}', 1)`,
+      [settled],
+    )
+    await conn.commit()
+    await conn.end()
+    const last = (await db.transaction().execute((trx) => outbox.add(trx, message('q', 2)))) as string
+
+    const { records } = await readRecords(feed, 2)
+    expect(records.map((r) => r.id)).toEqual([dead, last])
+    expect(records[0]!.payload).toEqual(new TextEncoder().encode(JSON.stringify({ key: 'q', n: 1 })))
   }, 30_000)
 
   test('markDead marks the rows dead with their error, as the polling store does', async () => {

@@ -109,7 +109,13 @@ interface CommittedTransaction {
 
 /** The transaction whose events are being read. */
 interface OpenTransaction {
-  readonly records: ClaimedRecord[]
+  /**
+   * Rows it inserted into the outbox, in order, as they stand so far (undefined once deleted):
+   * a later statement of the same transaction may still change them.
+   */
+  readonly rows: (InsertedRow | undefined)[]
+  /** Index in `rows` by message id. */
+  readonly byId: Map<string, number>
   /** It wrote the position table: possibly the feed's own confirm. */
   touchedPositions: boolean
   /** It changed something else the feed sees (outbox updates, deletes). */
@@ -601,23 +607,64 @@ export class MysqlChangeFeed implements ChangeFeed {
         const table = rows.tableMap[rows.tableId]?.tableName
         const open = this.#transaction()
         if (table === this.#outboxName) {
-          for (const row of rows.rows) open.records.push(decodeRow(row, this.#columns))
+          for (const row of rows.rows) {
+            open.byId.set(String(row[this.#columns.id]), open.rows.length)
+            open.rows.push(this.#inserted(row))
+          }
         } else if (table === this.#positionName) {
           open.touchedPositions = true
         }
         return
       }
-      case 'updaterows':
-      case 'deleterows': {
+      case 'updaterows': {
         const rows = event as import('@vlasky/zongji').UpdateRowsEvent
         const table = rows.tableMap[rows.tableId]?.tableName
         const open = this.#transaction()
-        if (table === this.#positionName) open.touchedPositions = true
-        else open.touchedOther = true
+        if (table === this.#positionName) {
+          open.touchedPositions = true
+          return
+        }
+        open.touchedOther = true
+        if (table !== this.#outboxName) return
+        // Rows written before this transaction are not read again; rows it inserted are read as
+        // they stand at its commit (a requeue on MySQL inserts a copy, then gives it its id).
+        for (const { before, after } of rows.rows) {
+          const index = open.byId.get(String(before[this.#columns.id]))
+          if (index === undefined) continue
+          open.byId.delete(String(before[this.#columns.id]))
+          open.byId.set(String(after[this.#columns.id]), index)
+          open.rows[index] = this.#inserted(after)
+        }
+        return
+      }
+      case 'deleterows': {
+        const rows = event as import('@vlasky/zongji').DeleteRowsEvent
+        const table = rows.tableMap[rows.tableId]?.tableName
+        const open = this.#transaction()
+        if (table === this.#positionName) {
+          open.touchedPositions = true
+          return
+        }
+        open.touchedOther = true
+        if (table !== this.#outboxName) return
+        for (const row of rows.rows) {
+          const index = open.byId.get(String(row[this.#columns.id]))
+          if (index === undefined) continue
+          open.byId.delete(String(row[this.#columns.id]))
+          open.rows[index] = undefined
+        }
         return
       }
       default:
         return
+    }
+  }
+
+  /** An inserted outbox row; only pending ones (status 0, as the polling relay claims) are published. */
+  #inserted(row: Record<string, unknown>): InsertedRow {
+    return {
+      record: decodeRow(row, this.#columns),
+      pending: Number(row[this.#columns.status]) === Status.pending,
     }
   }
 
@@ -633,9 +680,10 @@ export class MysqlChangeFeed implements ChangeFeed {
     // MariaDB writes 0 as the next position of events it cannot place; never store one.
     if (!(nextPosition > 0)) return
     // The feed's own confirm: reporting it would make an idle relay confirm its own confirms.
-    if (open && open.records.length === 0 && open.touchedPositions && !open.touchedOther) return
+    if (open && open.rows.length === 0 && open.touchedPositions && !open.touchedOther) return
     const end = { file: this.#file, offset: nextPosition }
-    const records = open?.records ?? []
+    const records: ClaimedRecord[] = []
+    for (const row of open?.rows ?? []) if (row?.pending) records.push(row.record)
     const last = this.#queue[this.#queue.length - 1]
     if (records.length === 0 && last && last.records.length === 0) {
       // Runs of transactions outside the outbox collapse into their last position.
@@ -751,8 +799,13 @@ export class MysqlChangeFeed implements ChangeFeed {
 
 // ---- Helpers ----------------------------------------------------------------------------------
 
+interface InsertedRow {
+  readonly record: ClaimedRecord
+  readonly pending: boolean
+}
+
 function newTransaction(): OpenTransaction {
-  return { records: [], touchedPositions: false, touchedOther: false }
+  return { rows: [], byId: new Map(), touchedPositions: false, touchedOther: false }
 }
 
 function qualified(schema: string, table: string): string {
