@@ -326,6 +326,31 @@ describe('MariaDB binlog change feed', () => {
     expect(records[0]!.payload).toEqual(new TextEncoder().encode(JSON.stringify({ key: 'q', n: 1 })))
   }, 30_000)
 
+  test('a reader whose connection is killed fails its next read as retriable, and a standby opens', async () => {
+    const { table, outbox, feed: makeFeed } = await openTable()
+    const feed = await opened(makeFeed())
+    const [holder] = await admin.query(`SELECT IS_USED_LOCK(CONCAT('outboxkit_feed_', MD5(?))) AS id`, [
+      `${schema}.${table}.default`,
+    ])
+    const thread = (holder as { id: number | null }[])[0]!.id
+    expect(thread).not.toBeNull()
+    await admin.query(`KILL ${Number(thread)}`)
+    let failure: unknown
+    for (let round = 0; round < 100 && failure === undefined; round++) {
+      failure = await feed.read({ limit: 10, maxWaitMs: 100 }).then(
+        () => undefined,
+        (error: unknown) => error,
+      )
+    }
+    expect(isOutboxKitError(failure, ErrorCode.StoreFailed)).toBe(true)
+    expect((failure as { retriable: boolean }).retriable).toBe(true)
+    // Its confirms fail too: the lock and the position writes share the dead session.
+    const standby = await opened(makeFeed())
+    const id = (await db.transaction().execute((trx) => outbox.add(trx, message('k', 1)))) as string
+    expect((await readRecords(standby, 1)).records.map((r) => r.id)).toEqual([id])
+    await feed.close()
+  }, 30_000)
+
   test('markDead marks the rows dead with their error, as the polling store does', async () => {
     const { table, outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())
