@@ -56,7 +56,18 @@ describe('LogRelay on the MariaDB binlog', () => {
     const store = createKyselyOutboxStore({ db, schema })
     const outbox = new Outbox({ store })
     const write = (tag: string) => store.transaction((trx) => outbox.add(trx, events(topic, 500, 25, tag)))
-    const env = { SCHEMA: schema, BROKERS: brokers.join(','), SERVER_ID: '424242', BATCH_SIZE: '200' }
+    const env = {
+      SCHEMA: schema,
+      BROKERS: brokers.join(','),
+      SERVER_ID: '424242',
+      BATCH_SIZE: '200',
+      ACK_PAUSE_MS: '300',
+    }
+    const acks = (worker: Worker) =>
+      worker
+        .output()
+        .split('\n')
+        .filter((line) => line.startsWith('acked')).length
     const workers: Worker[] = []
     const start = async () => {
       const worker = await startWorker('binlog-relay-worker', env)
@@ -78,6 +89,9 @@ describe('LogRelay on the MariaDB binlog', () => {
           async () => (await recordCount(brokers, topic)) >= round * 700,
           60_000,
         )
+        // Killed right after the broker acknowledged a batch, before the relay confirms it.
+        const acked = acks(active)
+        await waitFor(`round ${round}: an acknowledged batch`, () => acks(active) > acked, 30_000)
         await active.kill('SIGKILL')
         // Written while no relay reads the feed: the standby finds them in the binlog.
         ids.push(...(await write(`b${round}`)))
@@ -112,6 +126,8 @@ describe('LogRelay on the MariaDB binlog', () => {
       const written: Record<string, string[]> = {}
       for (const r of rows as { id: string; k: string }[]) written[r.k] = [...(written[r.k] ?? []), r.id]
       expect(orderByKey(consumed)).toEqual(written)
+      // Each kill fell between an ack and its confirm: that batch went out twice, with its ids.
+      expect(duplicates).toBeGreaterThan(0)
       console.log(`mariadb binlog: ${duplicates} duplicates after 3 kills of ${ids.length} records`)
     } finally {
       for (const worker of workers) await worker.kill('SIGKILL')
