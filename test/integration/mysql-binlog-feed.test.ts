@@ -214,6 +214,34 @@ describe('MariaDB binlog change feed', () => {
     expect(records.map((r) => r.id)).toEqual([after])
   }, 30_000)
 
+  test('a feed reads on across a binlog rotation, and resumes in the older file', async () => {
+    const { outbox, feed: makeFeed } = await openTable()
+    const feed = await opened(makeFeed())
+    const a = (await db.transaction().execute((trx) => outbox.add(trx, message('o', 1)))) as string
+    const first = await readRecords(feed, 1)
+    await admin.query('FLUSH BINARY LOGS')
+    const b = (await db.transaction().execute((trx) => outbox.add(trx, message('o', 2)))) as string
+    const second = await readRecords(feed, 1)
+    expect([...first.records, ...second.records].map((r) => r.id)).toEqual([a, b])
+    const file = (position: string | undefined) => position!.slice(0, position!.lastIndexOf(':'))
+    expect(file(second.positions[0])).not.toBe(file(first.positions[0]))
+    await feed.confirm(first.positions[0]!)
+    await feed.close()
+    await feed.open()
+    expect((await readRecords(feed, 1)).records.map((r) => r.id)).toEqual([b])
+  }, 30_000)
+
+  test('a feed whose buffer fills pauses the stream and resumes it as the relay reads', async () => {
+    const { outbox, feed: makeFeed } = await openTable()
+    const feed = await opened(makeFeed(undefined, { maxBufferedRecords: 2 }))
+    const ids: string[] = []
+    for (let n = 0; n < 8; n++) {
+      ids.push((await db.transaction().execute((trx) => outbox.add(trx, message(`w${n % 3}`, n)))) as string)
+    }
+    const { records } = await readRecords(feed, 8, 1)
+    expect(records.map((r) => r.id)).toEqual(ids)
+  }, 30_000)
+
   test('updates and deletes of outbox rows are not read', async () => {
     const { table, outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())
