@@ -168,6 +168,33 @@ describe('MariaDB binlog change feed', () => {
     }
   }, 30_000)
 
+  test("the 'debezium' layout reads topic and key from aggregatetype and aggregateid", async () => {
+    const table = uniqueName('dbz')
+    for (const statement of outboxSchemaSql({
+      dialect: 'mysql',
+      schema,
+      outboxTable: table,
+      layout: 'debezium',
+    })) {
+      await admin.query(statement)
+    }
+    const store = createKyselyOutboxStore({ db, schema, outboxTable: table, layout: 'debezium' })
+    const feed = await opened(
+      createMysqlChangeFeed({
+        connection: MYSQL_URL,
+        schema,
+        outboxTable: table,
+        layout: 'debezium',
+        serverId: 4_000_001,
+      }),
+    )
+    const id = (await db
+      .transaction()
+      .execute((trx) => new Outbox({ store }).add(trx, message('order-7', 1)))) as string
+    const [record] = (await readRecords(feed, 1)).records
+    expect(record).toMatchObject({ id, topic: 'binlog.events', key: 'order-7', type: 'Happened' })
+  }, 30_000)
+
   test('a transaction larger than the limit comes in parts; only its last part carries a position', async () => {
     const { outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())
