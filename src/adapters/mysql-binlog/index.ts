@@ -2,6 +2,7 @@ export { type BinlogPosition, comparePositions, formatPosition, parsePosition } 
 export {
   createMysqlChangeFeed,
   DEFAULT_FEED_NAME,
+  DEFAULT_IDLE_POSITION_INTERVAL_MS,
   DEFAULT_MAX_BUFFERED_RECORDS,
   feedPositionTableSql,
   MysqlChangeFeed,
