@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick] [--only m1,m2,m4,m5,m6,m7,m8] [--skip m8] [--repetitions N] [--rss-events N] [--no-save]
+ *   bun bench/run.ts [--quick | --smoke] [--only m1,m2,m4,m5,m6,m7,m8] [--skip m8] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -10,7 +10,15 @@
  * figures are reported, never asserted.
  */
 
-import { type Context, type Figure, FULL, type MeasurementResult, QUICK, type Sizes } from './lib/context.js'
+import {
+  type Context,
+  type Figure,
+  FULL,
+  type MeasurementResult,
+  QUICK,
+  type Sizes,
+  SMOKE,
+} from './lib/context.js'
 import { silenceNegativeTimeoutWarnings, testKafka } from './lib/kafka.js'
 import { describeMachine, loadAverage } from './lib/machine.js'
 import { figuresTable, machineLines, writeResults } from './lib/report.js'
@@ -45,7 +53,8 @@ function arg(name: string): string | undefined {
 
 silenceNegativeTimeoutWarnings()
 
-const quick = process.argv.includes('--quick')
+const smoke = process.argv.includes('--smoke')
+const quick = smoke || process.argv.includes('--quick')
 const save = !process.argv.includes('--no-save')
 const measurementIds = (list: string | undefined) =>
   new Set(
@@ -59,7 +68,7 @@ const skip = measurementIds(arg('skip'))
 const repetitions = arg('repetitions')
 const rssEvents = arg('rss-events')
 const sizes: Sizes = {
-  ...(quick ? QUICK : FULL),
+  ...(smoke ? SMOKE : quick ? QUICK : FULL),
   ...(repetitions ? { repetitions: Math.max(1, Number(repetitions)) } : {}),
   ...(rssEvents ? { rssEvents: Math.max(1, Number(rssEvents)) } : {}),
 }
@@ -108,7 +117,9 @@ async function main(): Promise<number> {
     return 1
   }
   log(machineLines(machine, load))
-  log(`Sizes: ${quick ? 'quick' : 'full'}, ${sizes.repetitions} repetitions after ${sizes.warmup} warm-up`)
+  log(
+    `Sizes: ${smoke ? 'smoke' : quick ? 'quick' : 'full'}, ${sizes.repetitions} repetitions after ${sizes.warmup} warm-up`,
+  )
 
   const figures: Figure[] = []
   const details: string[] = []

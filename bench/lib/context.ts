@@ -47,6 +47,23 @@ export const QUICK: Sizes = {
   limitsEvents: 3_000,
 }
 
+/**
+ * `--smoke`: the quick measurements at the smallest sizes that still run every step, for CI to
+ * check the suite works. Its figures are too small to mean anything.
+ */
+export const SMOKE: Sizes = {
+  repetitions: 1,
+  warmup: 0,
+  writeMs: 150,
+  relayEvents: { 1: 10, 100: 200, 1000: 1_000 },
+  latencyRate: 100,
+  latencySeconds: 0.5,
+  latencyRepetitions: 1,
+  consumeMessages: 150,
+  rssEvents: 1_000,
+  limitsEvents: 1_000,
+}
+
 export interface Context {
   readonly quick: boolean
   readonly sizes: Sizes

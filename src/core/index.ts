@@ -25,6 +25,13 @@ export {
 export type { ReconciledEvent } from './exactly-once.js'
 export type { ComponentHealth } from './health.js'
 export {
+  LogRelay,
+  type LogRelayEvents,
+  type LogRelayHealth,
+  type LogRelayListener,
+  type LogRelayOptions,
+} from './log-relay.js'
+export {
   DEFAULT_LOG_FAILURE_INTERVAL_MS,
   type ErrorSummary,
   type FieldsFirstLogger,
@@ -34,12 +41,6 @@ export {
   type LoggerOption,
   type LogMethod,
 } from './logger.js'
-export {
-  LogRelay,
-  type LogRelayEvents,
-  type LogRelayListener,
-  type LogRelayOptions,
-} from './log-relay.js'
 export {
   type ClaimedRecord,
   DEFAULT_MAX_HEADER_BYTES,

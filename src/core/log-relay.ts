@@ -3,6 +3,8 @@ import type { ChangeFeed, FeedPosition } from './change-feed.js'
 import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
+import { type ComponentHealth, HealthTracker } from './health.js'
+import { FailureLog, Log, type LoggerOption } from './logger.js'
 import type { ClaimedRecord } from './message.js'
 import { backoffOptions, MAX_CLAIM_LIMIT, nonEmptyString, positiveInteger } from './options.js'
 import type { DeadLetterOptions, RelayInstrumentation } from './relay.js'
@@ -59,6 +61,21 @@ export interface LogRelayOptions {
   instrumentation?: RelayInstrumentation
   /** Stops the relay when aborted, as `stop()` does. */
   signal?: AbortSignal
+  /**
+   * Where the relay writes what it does (see `RelayOptions.logger`). Left out, failures go to
+   * the console, throttled; `false` writes nothing.
+   */
+  logger?: LoggerOption
+}
+
+/** What {@link LogRelay.health} reports. */
+export interface LogRelayHealth extends ComponentHealth {
+  /** Whether this relay reads the feed now (false while it waits as a standby). */
+  readonly reading: boolean
+  /** The last position confirmed since it started. */
+  readonly confirmedPosition: FeedPosition | undefined
+  /** Records held back behind failing keys. */
+  readonly heldRecords: number
 }
 
 /** A record read from the feed, with the batch it came in and the attempts made so far. */
@@ -118,12 +135,21 @@ export class LogRelay {
   readonly #signal: AbortSignal | undefined
   #running: Promise<void> | undefined
   #stopping: AbortController | undefined
+  readonly #log: Log
+  readonly #failures: FailureLog
+  readonly #health = new HealthTracker()
+  #reading = false
+  #confirmedPosition: FeedPosition | undefined
 
   /** Batches read and not yet confirmed, in read order. */
   #batches: BatchState[] = []
   /** Keys whose head failed, with their waiting records in order. */
   #held = new Map<string, HeldKey>()
   #heldCount = 0
+  /** The confirmation being written, the latest one waiting behind it, and a failure of one. */
+  #confirmWriting: Promise<void> | undefined
+  #confirmNext: { position: FeedPosition; records: number } | undefined
+  #confirmError: unknown
   /** Dead records whose mark through the feed failed: marked again before anything is confirmed. */
   #unrecordedDead: { entry: Entry; error: string }[] = []
 
@@ -153,8 +179,53 @@ export class LogRelay {
       topic: nonEmptyString('deadLetter.topic', options.deadLetter.topic),
       transport: options.deadLetter.transport ?? options.transport,
     }
+    this.#log = new Log(options.logger, { feed: options.feed.name })
+    this.#failures = new FailureLog(this.#log)
+    this.#observeOwnEvents()
     this.#signal = options.signal
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+  }
+
+  /** Health and log lines follow the relay's own events. */
+  #observeOwnEvents(): void {
+    const log = this.#log
+    this.#events.on('error', ({ error, retryInMs }) => {
+      const consecutiveErrors = this.#health.failed(error)
+      this.#failures.failed(
+        retryInMs < 0 ? 'log relay stopped by an error' : 'log relay cycle failed',
+        error,
+        consecutiveErrors,
+        retryInMs < 0,
+        { retryInMs },
+      )
+    })
+    this.#events.on('opened', (e) => log.write('info', 'log relay reads the feed', e))
+    this.#events.on('standby', (e) => log.write('debug', 'log relay waits as a standby', e))
+    this.#events.on('published', (e) => log.write('debug', 'log relay published a batch', e))
+    this.#events.on('confirmed', (e) => {
+      this.#confirmedPosition = e.position
+      log.write('debug', 'log relay confirmed the feed position', e)
+    })
+    this.#events.on('failed', (e) =>
+      log.write('warn', 'log relay record failed, will retry', {
+        ids: e.ids,
+        error: e.error,
+        retryInMs: e.retryInMs,
+      }),
+    )
+    this.#events.on('deadLettered', (e) =>
+      log.write('warn', 'log relay record dead', { ids: e.ids, error: e.error }),
+    )
+  }
+
+  /** The loop's state for health checks; a plain object, safe to serialise. */
+  health(): LogRelayHealth {
+    return {
+      ...this.#health.snapshot(),
+      reading: this.#reading,
+      confirmedPosition: this.#confirmedPosition,
+      heldRecords: this.#heldCount,
+    }
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -190,8 +261,12 @@ export class LogRelay {
         'This relay was stopped; create a new LogRelay to run again.',
       )
     this.#stopping = new AbortController()
+    this.#health.started()
+    this.#log.write('info', 'log relay started', { batchSize: this.#batchSize })
     this.#running = this.#loop(this.#stopping.signal).finally(() => {
       this.#running = undefined
+      this.#health.stopped()
+      this.#log.write('info', 'log relay stopped')
     })
   }
 
@@ -223,7 +298,9 @@ export class LogRelay {
         await sleep(retryInMs, signal)
       } finally {
         // Whatever was read and not confirmed is read again after the next open.
+        await this.#confirmed().catch(() => {})
         this.#reset()
+        this.#reading = false
         await this.#feed.close().catch(() => {})
       }
     }
@@ -234,6 +311,7 @@ export class LogRelay {
     while (!signal.aborted) {
       try {
         await this.#feed.open()
+        this.#reading = true
         this.#events.emit('opened', { feed: this.#feed.name })
         return true
       } catch (error) {
@@ -249,6 +327,7 @@ export class LogRelay {
   async #tail(signal: AbortSignal): Promise<void> {
     let transportErrors = 0
     while (!signal.aborted) {
+      this.#throwConfirmError()
       await this.#recordDead()
       const due = this.#takeDue(Date.now())
       const fresh: Entry[] = []
@@ -279,8 +358,9 @@ export class LogRelay {
         await sleep(this.#nextWaitMs(), signal)
       }
       const sending = [...due, ...fresh]
+      let failure: unknown
       if (sending.length > 0) {
-        const failure = await this.#publish(sending)
+        failure = await this.#publish(sending)
         if (failure === undefined) {
           transportErrors = 0
         } else {
@@ -291,11 +371,16 @@ export class LogRelay {
           this.#events.emit('error', { error: failure, retryInMs })
         }
       }
-      await this.#confirm()
+      this.#confirm()
+      if (failure === undefined) {
+        const ended = this.#health.succeeded()
+        if (ended > 0) this.#failures.recovered('log relay recovered', ended)
+      }
     }
     // Stopping: confirm what is settled, so the next relay starts after it.
     await this.#recordDead().catch(() => {})
-    await this.#confirm().catch(() => {})
+    this.#confirm()
+    await this.#confirmed().catch(() => {})
   }
 
   /**
@@ -396,10 +481,12 @@ export class LogRelay {
   }
 
   /**
-   * Confirms the position of the last batch that carries one and before which every record is
-   * settled. Batches without a position (inside a transaction) wait for the one that ends it.
+   * Queues the confirmation of the last batch that carries a position and before which every
+   * record is settled (batches without a position, inside a transaction, wait for the one that
+   * ends it). Confirmations are written behind the publishing, one at a time; while one is being
+   * written, only the latest position waits for it.
    */
-  async #confirm(): Promise<void> {
+  #confirm(): void {
     let through = 0
     for (let i = 0; i < this.#batches.length; i++) {
       const batch = this.#batches[i]!
@@ -408,10 +495,44 @@ export class LogRelay {
     }
     if (through === 0) return
     const confirmed = this.#batches.slice(0, through)
-    const position = confirmed[through - 1]!.position!
-    await this.#feed.confirm(position)
     this.#batches = this.#batches.slice(through)
-    this.#events.emit('confirmed', { position, records: confirmed.reduce((n, b) => n + b.size, 0) })
+    this.#confirmNext = {
+      position: confirmed[through - 1]!.position!,
+      records: confirmed.reduce((n, b) => n + b.size, 0) + (this.#confirmNext?.records ?? 0),
+    }
+    this.#confirmWriting ??= this.#writeConfirms()
+  }
+
+  async #writeConfirms(): Promise<void> {
+    try {
+      while (this.#confirmNext && this.#confirmError === undefined) {
+        const next = this.#confirmNext
+        this.#confirmNext = undefined
+        try {
+          await this.#feed.confirm(next.position)
+        } catch (error) {
+          // Reported by the loop; the position is confirmed again after the feed is reopened.
+          this.#confirmError = error ?? new Error('confirm failed')
+          break
+        }
+        this.#events.emit('confirmed', next)
+      }
+    } finally {
+      this.#confirmWriting = undefined
+    }
+  }
+
+  /** Waits until every queued confirmation is written; throws the error of one that failed. */
+  async #confirmed(): Promise<void> {
+    while (this.#confirmWriting) await this.#confirmWriting
+    this.#throwConfirmError()
+  }
+
+  #throwConfirmError(): void {
+    const error = this.#confirmError
+    if (error === undefined) return
+    this.#confirmError = undefined
+    throw error
   }
 
   #settle(entry: Entry): void {
@@ -464,6 +585,8 @@ export class LogRelay {
   }
 
   #reset(): void {
+    this.#confirmNext = undefined
+    this.#confirmError = undefined
     this.#batches = []
     this.#held.clear()
     this.#heldCount = 0

@@ -21,11 +21,14 @@ import {
   type Backend,
   MYSQL_URL,
   mysqlBackend,
+  mysqlBackendAt,
   POSTGRES_URL,
   pgBackend,
+  pgBackendAt,
   postgresJsBackend,
 } from '../support/databases.js'
 import { testKafka, uniqueName } from '../support/kafka.js'
+import { startPrivateMariadb, startPrivatePostgres } from '../support/private-servers.js'
 import { events, openRelayWorld, waitFor } from '../support/relay-world.js'
 import { checkTopic, type TopicCheck } from './checker.js'
 
@@ -256,6 +259,106 @@ function writeWhile(
 
 async function drained(world: Awaited<ReturnType<typeof openRelayWorld>>, total: number): Promise<void> {
   await waitFor('every event published', async () => (await world.counts()).published === total, 90_000)
+}
+
+// ------------------------------------------------------------ the database server itself
+
+/** Writes 10 events every 40 ms until `go()` turns false; a write the database refuses is tried again. */
+function writeThroughOutages(
+  world: Awaited<ReturnType<typeof openRelayWorld>>,
+  go: () => boolean,
+): { done: Promise<void>; refused(): number } {
+  let refused = 0
+  let n = 0
+  const done = (async () => {
+    while (go()) {
+      try {
+        await world.write(events(world.topic, 10, KEYS, `live${n++}`))
+      } catch {
+        // The server is down (or the commit's outcome is unknown): the checker reads the table,
+        // so a transaction that did commit is counted whether or not it was acknowledged.
+        refused++
+      }
+      await sleep(40)
+    }
+  })()
+  return { done, refused: () => refused }
+}
+
+function relayDatabaseServerCrash(kind: 'postgres' | 'mysql', ownership: RelayOwnership): Scenario {
+  const name = `relay, ${kind === 'postgres' ? 'pg' : 'mariadb'}, ownership '${ownership}': database server SIGKILLed and restarted`
+  return {
+    name,
+    proves:
+      'L, O: every committed event survives the server crash (fsync on) and is published once the server is back; what the relay had in flight is only republished (same id).',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      // A server of the scenario's own: the machine's servers serve other tests.
+      const server = kind === 'postgres' ? await startPrivatePostgres() : await startPrivateMariadb()
+      let world: Awaited<ReturnType<typeof openRelayWorld>> | undefined
+      let relay: Relay<Kysely<AnyDB>> | undefined
+      try {
+        world = await openRelayWorld(
+          kind === 'postgres' ? pgBackendAt(server.url) : mysqlBackendAt(server.url),
+          {
+            partitions: 3,
+          },
+        )
+        const scenario = scenarioRelay({
+          store: world.store,
+          transport: world.transport(),
+          ownership,
+          leaseMs: 2_000,
+        })
+        relay = scenario.relay
+        await world.write(events(world.topic, 1_500, KEYS * 2, 'backlog'))
+        await relay.start()
+        let writing = true
+        const writer = writeThroughOutages(world, () => writing)
+        // Crash it once or more within the fault, each time down for 0.3–1.3 s.
+        const faultEnds = Date.now() + faultMs
+        let crashes = 0
+        let downMs = 0
+        while (Date.now() < faultEnds) {
+          await sleep(200 + random() * Math.max(0, Math.min(1_500, faultEnds - Date.now() - 200)))
+          await server.crash()
+          crashes++
+          const down = 300 + random() * 1_000
+          await sleep(down)
+          const restarting = Date.now()
+          await server.start()
+          downMs += down + (Date.now() - restarting)
+        }
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await waitFor(
+          'every event published after the crashes',
+          async () => {
+            const counts = await world!.counts()
+            return counts.pending === 0 && counts.published > 0
+          },
+          90_000,
+        )
+        const recoveryMs = Date.now() - healed
+        await relay.stop()
+        const injected = `${crashes} server crashes (down ${(downMs / 1000).toFixed(1)} s in all), ${writer.refused()} writes refused, ${scenario.errors()} relay errors`
+        log(`  ${name}: ${injected}`)
+        return relayResult(
+          name,
+          seed,
+          await checkTopic(world),
+          recoveryMs,
+          injected,
+          crashes > 0 && scenario.errors() > 0,
+        )
+      } finally {
+        await relay?.stop().catch(() => {})
+        await world?.close().catch(() => {})
+        await server.close()
+      }
+    },
+  }
 }
 
 // ------------------------------------------------------------ the link to the broker
@@ -519,6 +622,8 @@ export const SCENARIOS: readonly Scenario[] = [
   relayDatabaseKills(pgBackend, 'shards'),
   relayDatabaseKills(mysqlBackend, 'rows'),
   relayDatabaseKills(mysqlBackend, 'shards'),
+  relayDatabaseServerCrash('postgres', 'shards'),
+  relayDatabaseServerCrash('mysql', 'rows'),
   relayBrokerLink(postgresJsBackend, 'shards', 'cut'),
   relayBrokerLink(mysqlBackend, 'rows', 'cut'),
   relayBrokerLink(postgresJsBackend, 'shards', 'blackhole'),

@@ -77,13 +77,31 @@ function postgresBackend(name: string, makeDb: () => Kysely<AnyDB>): Backend {
   }
 }
 
-export const postgresJsBackend = postgresBackend(
-  'postgres.js',
-  () =>
-    new Kysely<AnyDB>({
-      dialect: new PostgresJSDialect({ postgres: postgres(POSTGRES_URL, { max: 10, onnotice: () => {} }) }),
-    }),
-)
+/** A postgres.js backend on the server at `url` (the machine's by default). */
+export function postgresJsBackendAt(url: string): Backend {
+  return postgresBackend(
+    'postgres.js',
+    () =>
+      new Kysely<AnyDB>({
+        dialect: new PostgresJSDialect({ postgres: postgres(url, { max: 10, onnotice: () => {} }) }),
+      }),
+  )
+}
+
+export const postgresJsBackend = postgresJsBackendAt(POSTGRES_URL)
+
+/**
+ * A pg backend on the server at `url`, with the 'error' listeners a pool needs to survive its
+ * server going away (docs/relay.md, Failures).
+ */
+export function pgBackendAt(url: string): Backend {
+  return postgresBackend('pg', () => {
+    const pool = new pg.Pool({ connectionString: url, max: 10 })
+    pool.on('error', () => {})
+    pool.on('connect', (client) => client.on('error', () => {}))
+    return new Kysely<AnyDB>({ dialect: new PostgresDialect({ pool }) })
+  })
+}
 
 export const pgBackend = postgresBackend(
   'pg',
@@ -93,41 +111,46 @@ export const pgBackend = postgresBackend(
     }),
 )
 
-export const mysqlBackend: Backend = {
-  name: 'mariadb',
-  dialect: 'mysql',
-  async open() {
-    const schema = uniqueName(SCHEMA_PREFIX)
-    const makeDb = (database?: string) =>
-      new Kysely<AnyDB>({
-        dialect: new MysqlDialect({
-          pool: createPool({ uri: MYSQL_URL, connectionLimit: 10, ...(database ? { database } : {}) }),
-        }),
-      })
-    const admin = makeDb()
-    await sql.raw(`CREATE DATABASE \`${schema}\``).execute(admin)
-    const peers: Kysely<AnyDB>[] = []
-    return {
-      backend: 'mariadb',
-      dialect: 'mysql',
-      schema,
-      db: admin,
-      async query<R>(text: string) {
-        return (await sql.raw(text).execute(admin)).rows as R[]
-      },
-      async openPeer() {
-        const peer = makeDb()
-        peers.push(peer)
-        return peer
-      },
-      async close() {
-        for (const peer of peers) await peer.destroy()
-        await sql.raw(`DROP DATABASE \`${schema}\``).execute(admin)
-        await admin.destroy()
-      },
-    }
-  },
+/** A MariaDB backend on the server at `url` (the machine's by default). */
+export function mysqlBackendAt(url: string): Backend {
+  return {
+    name: 'mariadb',
+    dialect: 'mysql',
+    async open() {
+      const schema = uniqueName(SCHEMA_PREFIX)
+      const makeDb = (database?: string) =>
+        new Kysely<AnyDB>({
+          dialect: new MysqlDialect({
+            pool: createPool({ uri: url, connectionLimit: 10, ...(database ? { database } : {}) }),
+          }),
+        })
+      const admin = makeDb()
+      await sql.raw(`CREATE DATABASE \`${schema}\``).execute(admin)
+      const peers: Kysely<AnyDB>[] = []
+      return {
+        backend: 'mariadb',
+        dialect: 'mysql',
+        schema,
+        db: admin,
+        async query<R>(text: string) {
+          return (await sql.raw(text).execute(admin)).rows as R[]
+        },
+        async openPeer() {
+          const peer = makeDb()
+          peers.push(peer)
+          return peer
+        },
+        async close() {
+          for (const peer of peers) await peer.destroy()
+          await sql.raw(`DROP DATABASE \`${schema}\``).execute(admin)
+          await admin.destroy()
+        },
+      }
+    },
+  }
 }
+
+export const mysqlBackend = mysqlBackendAt(MYSQL_URL)
 
 // One embedded database per test process (it takes seconds to boot); each test gets a schema in it.
 let sharedPglite: Promise<{ pglite: PGlite; db: Kysely<AnyDB> }> | undefined

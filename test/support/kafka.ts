@@ -184,3 +184,33 @@ export function headerValues(headers: IHeaders, name: string): string[] {
   if (value === undefined) return []
   return (Array.isArray(value) ? value : [value]).map((item) => item.toString())
 }
+
+/** kafkajs' `ConfigResourceTypes.BROKER`. */
+const BROKER_CONFIG_RESOURCE = 4
+
+/**
+ * A consumer group session timeout for tests that kill members: `preferredMs`, or the broker's
+ * `group.min.session.timeout.ms` when that is higher. The broker `scripts/kafka` starts allows
+ * 1 s; a broker with the default minimum (6 s) gets 6 s.
+ */
+export async function groupSessionTimeoutMs(preferredMs = 2_500): Promise<number> {
+  const admin = testKafka().admin()
+  await admin.connect()
+  try {
+    const { brokers } = await admin.describeCluster()
+    const { resources } = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: [
+        {
+          type: BROKER_CONFIG_RESOURCE,
+          name: String(brokers[0]!.nodeId),
+          configNames: ['group.min.session.timeout.ms'],
+        },
+      ],
+    })
+    const minimum = Number(resources[0]?.configEntries[0]?.configValue ?? 6_000)
+    return Math.max(preferredMs, Number.isFinite(minimum) ? minimum : 6_000)
+  } finally {
+    await admin.disconnect()
+  }
+}

@@ -251,6 +251,28 @@ describe('LogRelay over the memory feed', () => {
     expect(transport.delivered.filter((d) => d.key === 'j').length).toBe(3)
   })
 
+  test('a confirm that fails reopens the feed; what was read since the last confirm is read again', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let outage = 1
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log, { failConfirm: () => outage-- > 0 }),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+    })
+    const errors = collect(relay, 'error')
+    const opened = collect(relay, 'opened')
+    log.commit([record('k', 0), record('k', 1)])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    await relay.stop()
+    expect(errors.map((e) => (e.error as OutboxKitError).code)).toEqual([ErrorCode.StoreFailed])
+    expect(opened.length).toBe(2)
+    // Published, confirm lost, read and published again: the same two ids, in order.
+    expect(transport.delivered.map((d) => payloadOf(d).n)).toEqual([0, 1, 0, 1])
+  })
+
   test('a transaction larger than the batch is confirmed only after its last part', async () => {
     const log = new MemoryChangeLog()
     const transport = new MemoryTransport()
@@ -291,5 +313,42 @@ describe('LogRelay over the memory feed', () => {
           batchSize: 0,
         }),
     ).toThrow('batchSize')
+  })
+})
+
+describe('LogRelay health and logs', () => {
+  test('health reports reading, the confirmed position and errors; a logger sees failures', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    let throws = 2
+    transport.throwWith = () => (throws-- > 0 ? new Error('connection reset') : undefined)
+    const lines: string[] = []
+    const logger = {
+      warn: (message: string) => lines.push(message),
+      error: (message: string) => lines.push(message),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 10,
+      backoff: FAST,
+      logger,
+    })
+    expect(relay.health().running).toBe(false)
+    log.commit([record('k', 0)])
+    await relay.start()
+    await until(() => log.confirmed === 1, 'confirmed')
+    const health = relay.health()
+    expect(health).toMatchObject({
+      running: true,
+      reading: true,
+      confirmedPosition: '1',
+      heldRecords: 0,
+      consecutiveErrors: 0,
+    })
+    expect(health.lastError?.message).toBe('connection reset')
+    expect(lines.filter((l) => l.includes('cycle failed')).length).toBe(2)
+    await relay.stop()
+    expect(relay.health()).toMatchObject({ running: false, reading: false })
   })
 })

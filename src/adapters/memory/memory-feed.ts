@@ -66,6 +66,8 @@ export class MemoryChangeLog {
 export interface MemoryChangeFeedOptions {
   /** Makes `markDead` throw (a database outage) while it returns true. */
   failMarkDead?: () => boolean
+  /** Makes `confirm` throw (the log connection lost) while it returns true. */
+  failConfirm?: () => boolean
 }
 
 /**
@@ -124,6 +126,11 @@ export class MemoryChangeFeed implements ChangeFeed {
 
   async confirm(position: FeedPosition): Promise<void> {
     this.#check()
+    if (this.#options.failConfirm?.()) {
+      throw new OutboxKitError(ErrorCode.StoreFailed, 'memory feed: confirm failed (simulated outage)', {
+        retriable: true,
+      })
+    }
     const next = Number(position)
     if (next > this.#log.confirmed) this.#log.confirmed = next
   }
