@@ -406,6 +406,36 @@ describe('MariaDB binlog change feed', () => {
     await feed.close()
   }, 30_000)
 
+  test('a binlog stream the server ends fails the next read as retriable; reopened, the feed resumes', async () => {
+    const { outbox, feed: makeFeed } = await openTable()
+    const dumps = async () => {
+      const [rows] = await admin.query(
+        "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+      )
+      return new Set((rows as { id: number }[]).map((r) => Number(r.id)))
+    }
+    const others = await dumps()
+    const feed = await opened(makeFeed())
+    const a = (await db.transaction().execute((trx) => outbox.add(trx, message('x', 1)))) as string
+    expect((await readRecords(feed, 1)).records.map((r) => r.id)).toEqual([a])
+    const mine = [...(await dumps())].filter((id) => !others.has(id))
+    expect(mine.length).toBe(1)
+    await admin.query(`KILL ${mine[0]}`)
+    let failure: unknown
+    for (let round = 0; round < 100 && failure === undefined; round++) {
+      failure = await feed.read({ limit: 10, maxWaitMs: 100 }).then(
+        () => undefined,
+        (error: unknown) => error,
+      )
+    }
+    expect(isOutboxKitError(failure, ErrorCode.StoreFailed)).toBe(true)
+    expect((failure as { retriable: boolean }).retriable).toBe(true)
+    await feed.close()
+    const b = (await db.transaction().execute((trx) => outbox.add(trx, message('x', 2)))) as string
+    await feed.open()
+    expect((await readRecords(feed, 2)).records.map((r) => r.id)).toEqual([a, b])
+  }, 30_000)
+
   test('markDead marks the rows dead with their error, as the polling store does', async () => {
     const { table, outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())
