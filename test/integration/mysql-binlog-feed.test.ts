@@ -436,6 +436,21 @@ describe('MariaDB binlog change feed', () => {
     expect((await readRecords(feed, 2)).records.map((r) => r.id)).toEqual([a, b])
   }, 30_000)
 
+  test('a closed feed opens again at once: its lock is released before its session ends', async () => {
+    const { feed: makeFeed } = await openTable()
+    const feed = makeFeed(undefined, { firstOpen: 'log-end' })
+    feeds.push(feed)
+    let busy = 0
+    for (let round = 0; round < 100; round++) {
+      await feed.open().catch((error: unknown) => {
+        if (!isOutboxKitError(error, ErrorCode.FeedBusy)) throw error
+        busy++
+      })
+      await feed.close()
+    }
+    expect(busy).toBe(0)
+  }, 30_000)
+
   test('markDead marks the rows dead with their error, as the polling store does', async () => {
     const { table, outbox, feed: makeFeed } = await openTable()
     const feed = await opened(makeFeed())

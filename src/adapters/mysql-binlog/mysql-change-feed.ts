@@ -358,8 +358,12 @@ export class MysqlChangeFeed implements ChangeFeed {
     this.#current = undefined
     this.#db = undefined
     if (zongji) await stopStream(zongji)
-    // Ending the session releases the reader lock: a standby may take over from here.
-    if (db) await db.end().catch(() => db.destroy())
+    if (db) {
+      // Released before the session ends: the server drops a closed session's locks only after
+      // the client has gone, so an open right after this close could still find the lock taken.
+      await db.query(`DO RELEASE_LOCK(CONCAT('outboxkit_feed_', MD5(?)))`, [this.#lockKey()]).catch(() => {})
+      await db.end().catch(() => db.destroy())
+    }
     this.#failure = undefined
     this.#open = undefined
     this.#queue = []
