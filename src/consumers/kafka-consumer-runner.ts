@@ -567,12 +567,16 @@ function isRebalancing(error: unknown): boolean {
   )
 }
 
-/** kafkajs headers as strings: Buffers decoded as UTF-8, the first value of repeated headers. */
+/**
+ * kafkajs headers as strings: Buffers decoded as UTF-8, the first value of repeated headers. A
+ * header without a value is left out: kafkajs hands it over as null (despite its types), e.g.
+ * from Debezium's outbox router for a NULL column placed in a header.
+ */
 export function decodeHeaders(headers: IHeaders | undefined): Record<string, string> {
   const result: Record<string, string> = {}
   for (const [name, raw] of Object.entries(headers ?? {})) {
-    const value = Array.isArray(raw) ? raw[0] : raw
-    if (value === undefined) continue
+    const value: Buffer | string | null | undefined = Array.isArray(raw) ? raw[0] : raw
+    if (value === undefined || value === null) continue
     result[name] = typeof value === 'string' ? value : value.toString('utf8')
   }
   return result
