@@ -104,6 +104,7 @@ writeFileSync(
         'outboxkit/kafka': ['../../src/adapters/kafka/index.ts'],
         'outboxkit/kafka-consumer': ['../../src/consumers/index.ts'],
         'outboxkit/memory': ['../../src/adapters/memory/index.ts'],
+        'outboxkit/mysql-binlog': ['../../src/adapters/mysql-binlog/index.ts'],
         'outboxkit/nats': ['../../src/adapters/nats/index.ts'],
         'outboxkit/otel': ['../../src/otel/index.ts'],
         'outboxkit/testing': ['../../src/testing/index.ts'],

@@ -39,6 +39,8 @@ const SUBPATHS = {
   'outboxkit/kafka': ['createKafkaTransport', 'KafkaTransport'],
   'outboxkit/kafka-consumer': ['createKafkaConsumerRunner', 'KafkaConsumerRunner'],
   'outboxkit/memory': ['MemoryDatabase', 'MemoryOutboxStore', 'MemoryTransport'],
+  // Loads neither @vlasky/zongji nor mysql2 until a feed opens.
+  'outboxkit/mysql-binlog': ['createMysqlChangeFeed', 'MysqlChangeFeed', 'feedPositionTableSql'],
   'outboxkit/nats': [
     'createNatsTransport',
     'NatsTransport',
