@@ -1,6 +1,6 @@
 import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
 import { isDatabaseOutage } from './database-outage.js'
-import { describeError, ErrorCode, OutboxKitError } from './errors.js'
+import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { decodePayload, Headers, type Payload } from './message.js'
 import { messageIdProblem } from './message-id.js'
@@ -288,6 +288,12 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
           continue
         }
         outages = 0
+        // The message itself is wrong (its payload failed its schema, its type has no handler):
+        // trying again cannot help, so it goes to the dead letter at once.
+        if (isOutboxKitError(error, ErrorCode.InvalidMessage)) {
+          await this.deadLetter(message, `${ErrorCode.InvalidMessage}: ${describeError(error)}`, signal)
+          return 'dead'
+        }
         if (attempt >= this.#maxAttempts) {
           await this.deadLetter(message, `${ErrorCode.HandlerFailed}: ${describeError(error)}`, signal)
           return 'dead'
