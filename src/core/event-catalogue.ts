@@ -1,6 +1,6 @@
 import type { InboundMessage, MessageHandler } from './consumer.js'
 import { ErrorCode, OutboxKitError } from './errors.js'
-import { MAX_TYPE_LENGTH, type OutboxMessageInput, type Payload } from './message.js'
+import { MAX_TYPE_LENGTH, type OutboxMessageInput, type Payload, type PayloadOf } from './message.js'
 import type { Outbox } from './outbox.js'
 import type { StandardSchemaV1 } from './standard-schema.js'
 
@@ -263,9 +263,25 @@ export class EventCatalogue<D extends EventDefinitions> {
  * })
  * ```
  */
-export function defineEvents<const D extends EventDefinitions>(definitions: D): EventCatalogue<D> {
-  return new EventCatalogue(definitions)
+export function defineEvents<const D extends EventDefinitions>(
+  definitions: D & StorableOutputs<D>,
+): EventCatalogue<D> {
+  return new EventCatalogue<D>(definitions)
 }
+
+/**
+ * What `defineEvents` asks of each schema at compile time: its output is stored, so it must be
+ * JSON (no `Date`, `bigint`, ...: {@link PayloadOf}), and a consumer validates it again with the
+ * same schema, so the output must also be a valid input (no transform that changes the type).
+ */
+export type StorableOutputs<D extends EventDefinitions> = {
+  readonly [K in keyof D]: {
+    readonly schema: StandardSchemaV1<unknown, PayloadOf<EventOutputOf<D[K]>> & EventInputOf<D[K]>>
+  }
+}
+
+type EventOutputOf<E extends EventDefinition> = StandardSchemaV1.InferOutput<E['schema']>
+type EventInputOf<E extends EventDefinition> = StandardSchemaV1.InferInput<E['schema']>
 
 function checkDefinitions(definitions: EventDefinitions): void {
   if (typeof definitions !== 'object' || definitions === null || Array.isArray(definitions)) {

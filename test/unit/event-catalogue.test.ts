@@ -390,11 +390,9 @@ describe('catalogue definitions and handler maps are checked', () => {
       expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
       return (error as Error).message
     }
-    expect(
-      refuse(() =>
-        defineEvents({ A: { topic: 't', schema: { parse: () => 1 } as unknown as StandardSchemaV1 } }),
-      ),
-    ).toContain('is not a Standard Schema')
+    expect(refuse(() => defineEvents({ A: { topic: 't', schema: { parse: () => 1 } as never } }))).toContain(
+      'is not a Standard Schema',
+    )
     expect(refuse(() => defineEvents({ A: { topic: '', schema: z.string() } }))).toContain('needs a `topic`')
     expect(refuse(() => defineEvents({}))).toContain('at least one event type')
     expect(
@@ -422,6 +420,36 @@ describe('catalogue definitions and handler maps are checked', () => {
     expect(w.store.rows).toHaveLength(0)
   })
 })
+
+/** Compile-time checks of what a catalogue accepts as schemas: never called. */
+function definitionChecks(): void {
+  // Outputs that are JSON and valid inputs again: defaults, refinements, same-type transforms, brands.
+  defineEvents({
+    A: {
+      topic: 't',
+      schema: z.object({ name: z.string().transform((s) => s.trim()), n: z.number().default(1) }),
+    },
+    B: { topic: 't', schema: z.object({ id: z.string().brand<'OrderId'>() }) },
+    C: { topic: 't', schema: v.object({ tags: v.array(v.string()), note: v.nullable(v.string()) }) },
+    D: {
+      topic: 't',
+      schema: z.union([z.object({ kind: z.literal('a') }), z.object({ kind: z.literal('b') })]),
+    },
+  })
+  defineEvents({
+    // @ts-expect-error a Date output cannot be stored as JSON
+    A: { topic: 't', schema: z.object({ at: z.date() }) },
+  })
+  defineEvents({
+    // @ts-expect-error a bigint output cannot be stored as JSON
+    A: { topic: 't', schema: v.object({ amount: v.bigint() }) },
+  })
+  defineEvents({
+    // @ts-expect-error the stored output (a number) would fail the consumer's validation (a string)
+    A: { topic: 't', schema: z.object({ n: z.string().transform((s) => Number(s)) }) },
+  })
+}
+void definitionChecks
 
 /** Compile-time checks only: never called. */
 function compileChecks(outbox: Outbox<MemoryTransaction>, tx: MemoryTransaction): void {
