@@ -204,6 +204,33 @@ for (const [library, events] of [
   })
 }
 
+describe('typed handlers in batches', () => {
+  test('a poison message in a batch is dead-lettered alone at once; the others are handled once, in order', async () => {
+    const w = world()
+    await w.store.transaction(async (tx) => {
+      const orders = zodEvents.outbox(w.outbox)
+      await orders.add(tx, 'OrderCreated', { id: 'o-1', total: 1 }, { key: 'o-1' })
+      await w.outbox.add(tx, { topic: 'orders', key: 'o-2', type: 'OrderCreated', payload: { id: 'o-2' } })
+      await orders.add(tx, 'OrderCreated', { id: 'o-3', total: 3 }, { key: 'o-3' })
+    })
+    const applied: string[] = []
+    const consumer = w.consumer(
+      zodEvents.handlers<MemoryTransaction>({
+        OrderCreated: async (event, tx) => {
+          tx.onCommit.push(() => applied.push(event.value.id))
+        },
+      }),
+      5,
+    )
+    const failures: unknown[] = []
+    consumer.on('failed', (e) => failures.push(e))
+    expect(await consumer.processBatch(await w.relayed())).toEqual(['processed', 'dead', 'processed'])
+    expect(applied).toEqual(['o-1', 'o-3'])
+    expect(failures).toHaveLength(0)
+    expect(w.dlq.delivered.map((d) => d.key)).toEqual(['o-2'])
+  })
+})
+
 describe('unknown types', () => {
   async function unknownTypeWorld(options: EventHandlersOptions | undefined) {
     const w = world()
