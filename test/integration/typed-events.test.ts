@@ -1,11 +1,25 @@
 /**
- * Typed adds on a real Postgres: the schema runs inside the caller's Kysely transaction, so a
- * payload it refuses rolls back the business rows with it, and a valid one commits with them.
+ * Typed events on a real Postgres: the schema runs inside the caller's Kysely transaction, so a
+ * payload it refuses rolls back the business rows with it, and a valid one commits with them;
+ * typed handlers write through the inbox's transaction.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { z } from 'zod'
-import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/kysely/index.js'
-import { defineEvents, ErrorCode, isOutboxKitError, Outbox } from '../../src/index.js'
+import {
+  createKyselyInboxStore,
+  createKyselyOutboxStore,
+  ensureOutboxSchema,
+} from '../../src/adapters/kysely/index.js'
+import {
+  defineEvents,
+  ErrorCode,
+  IdempotentConsumer,
+  type InboundMessage,
+  inboundMessage,
+  isOutboxKitError,
+  Outbox,
+  publishedHeaders,
+} from '../../src/index.js'
 import { assertReachable, pgBackend, type TestDatabase } from '../support/databases.js'
 
 const orderEvents = defineEvents({
@@ -35,6 +49,9 @@ beforeAll(async () => {
   await ensureOutboxSchema(database.db, { dialect: 'postgres', schema: database.schema })
   await database.query(
     `CREATE TABLE "${database.schema}".orders (id text PRIMARY KEY, total numeric NOT NULL)`,
+  )
+  await database.query(
+    `CREATE TABLE "${database.schema}".invoices (order_id text PRIMARY KEY, total numeric NOT NULL)`,
   )
   outbox = new Outbox({ store: createKyselyOutboxStore({ db: database.db, schema: database.schema }) })
 })
@@ -83,5 +100,67 @@ describe('typed events on postgres (pg)', () => {
   test('a valid payload commits with the order, stored as the schema output', async () => {
     await placeOrder({ id: 'o-1', total: 12.5 })
     expect(await rows()).toEqual({ orders: ['o-1'], events: [['OrderCreated', { id: 'o-1', total: 12.5 }]] })
+  })
+})
+
+/** The outbox rows as the relay publishes them, as a broker consumer receives them. */
+async function published(): Promise<InboundMessage[]> {
+  const records = await database.query<{
+    id: string
+    topic: string
+    key: string
+    type: string
+    payload: Uint8Array
+    headers: Record<string, string>
+  }>(`SELECT id, topic, key, type, payload, headers FROM "${database.schema}".outbox ORDER BY seq`)
+  return records.map((r) =>
+    inboundMessage({ ...r, payload: new Uint8Array(r.payload), headers: publishedHeaders(r) }),
+  )
+}
+
+describe('typed handlers on postgres (pg)', () => {
+  test('a valid event is handled in the inbox transaction; a poison one is dead-lettered once and writes nothing', async () => {
+    await placeOrder({ id: 'o-10', total: 7 })
+    // A producer without the catalogue wrote an OrderCreated the schema refuses.
+    await database.db.transaction().execute((trx) =>
+      outbox.add(trx, {
+        topic: 'orders',
+        key: 'o-11',
+        type: 'OrderCreated',
+        payload: { id: 'o-11', total: -1 },
+      }),
+    )
+    const consumer = new IdempotentConsumer({
+      store: createKyselyInboxStore({ db: database.db, schema: database.schema }),
+      name: 'invoicing',
+      maxAttempts: 5,
+      backoff: { initialMs: 1, maxMs: 2 },
+      handler: orderEvents.handlers({
+        OrderCreated: async (event, trx) => {
+          await trx
+            .withSchema(database.schema)
+            .insertInto('invoices')
+            .values({ order_id: event.value.id, total: event.value.total })
+            .execute()
+        },
+      }),
+    })
+    const reasons: string[] = []
+    consumer.on('deadLettered', (e) => reasons.push(e.reason))
+    const messages = (await published()).filter((m) => m.key === 'o-10' || m.key === 'o-11')
+    expect(messages.map((m) => m.key)).toEqual(['o-10', 'o-11'])
+    const outcomes = []
+    for (const message of messages) outcomes.push(await consumer.process(message))
+    expect(outcomes).toEqual(['processed', 'dead'])
+    expect(reasons).toHaveLength(1)
+    expect(reasons[0]).toStartWith('INVALID_MESSAGE: ')
+    expect(await database.query(`SELECT order_id FROM "${database.schema}".invoices`)).toEqual([
+      { order_id: 'o-10' },
+    ])
+    const inbox = await database.query<{ message_id: string }>(
+      `SELECT message_id FROM "${database.schema}".outbox_inbox WHERE consumer = 'invoicing' ORDER BY message_id`,
+    )
+    expect(inbox.map((r) => r.message_id).sort()).toEqual(messages.map((m) => m.id).sort())
+    for (const message of messages) expect(await consumer.process(message)).toBe('duplicate')
   })
 })
