@@ -23,6 +23,10 @@ const PRELUDE: Record<string, string> = {
   dialect: `declare const dialect: import('kysely').Dialect`,
   order: `declare const order: { id: string; sku: string; qty: number }`,
   message: `declare const message: import('outboxkit').OutboxMessageInput`,
+  orderEvents: `declare const orderEvents: import('outboxkit').EventCatalogue<{
+  OrderCreated: { topic: string; schema: import('outboxkit').StandardSchemaV1<{ id: string; sku: string; qty: number }> }
+  OrderCancelled: { topic: string; schema: import('outboxkit').StandardSchemaV1<{ id: string; reason: string }> }
+}>`,
   outbox: `declare const outbox: import('outboxkit').Outbox<import('kysely').Kysely<Database>>`,
   store: `declare const store: import('outboxkit').OutboxStore<import('kysely').Kysely<Database>>`,
   inbox: `declare const inbox: import('outboxkit').InboxStore<import('kysely').Kysely<Database>>`,

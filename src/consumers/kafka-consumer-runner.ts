@@ -96,7 +96,8 @@ export interface KafkaConsumerRunnerEvents {
   /** The consumer had already processed this message id: the handler did not run. */
   duplicate: RunnerRecordEvent
   /**
-   * The record went to the dead letter (its handler kept failing, or it has no usable id). The
+   * The record went to the dead letter (its handler kept failing or refused it with
+   * `INVALID_MESSAGE`, or it has no usable id). The
    * consumer's own `deadLettered` event carries the reason.
    */
   dead: RunnerRecordEvent

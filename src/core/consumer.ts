@@ -1,6 +1,6 @@
 import { type BackoffOptions, backoffDelay, sleep } from './backoff.js'
 import { isDatabaseOutage } from './database-outage.js'
-import { describeError, ErrorCode, OutboxKitError } from './errors.js'
+import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { decodePayload, Headers, type Payload } from './message.js'
 import { messageIdProblem } from './message-id.js'
@@ -35,7 +35,10 @@ export type ProcessOutcome =
   | 'processed'
   /** The message was already processed by this consumer: the handler did not run. */
   | 'duplicate'
-  /** The handler kept failing (or the message had no usable id): it went to the dead letter. */
+  /**
+   * The handler kept failing, or refused the message (`INVALID_MESSAGE`), or the message had no
+   * usable id: it went to the dead letter.
+   */
   | 'dead'
 
 /** Handles one message inside the transaction that records it as processed. */
@@ -146,7 +149,8 @@ export interface IdempotentConsumerOptions<Tx> {
   batchHandler?: BatchMessageHandler<Tx>
   /**
    * Attempts before a failing message goes to the dead letter. Default 5. A database outage
-   * (`isDatabaseOutage`) spends none: the message waits for the database instead.
+   * (`isDatabaseOutage`) spends none: the message waits for the database instead. A handler that
+   * throws `INVALID_MESSAGE` (the message itself is wrong) is dead-lettered at its first failure.
    */
   maxAttempts?: number
   /** Backoff between attempts, and between tries while the database is unavailable. Default 200 ms ×2, max 10 s. */
@@ -240,7 +244,8 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
 
   /**
    * Processes one message: at most once in effect, retried with backoff while the handler
-   * throws, dead-lettered after `maxAttempts`. A message whose id an inbox cannot store is
+   * throws, dead-lettered after `maxAttempts` (at once when it throws `INVALID_MESSAGE`, e.g. a
+   * payload that fails an event catalogue's schema). A message whose id an inbox cannot store is
    * dead-lettered at once (`INVALID_MESSAGE_ID` or `MISSING_MESSAGE_ID`). While the database is
    * unavailable the message waits and is tried again, without spending attempts, until it
    * succeeds or `signal` aborts. Resolves once the outcome is durable, so a runner may then commit
@@ -288,6 +293,12 @@ export class IdempotentConsumer<Tx> implements MessageProcessor {
           continue
         }
         outages = 0
+        // The message itself is wrong (its payload failed its schema, its type has no handler):
+        // trying again cannot help, so it goes to the dead letter at once.
+        if (isOutboxKitError(error, ErrorCode.InvalidMessage)) {
+          await this.deadLetter(message, `${ErrorCode.InvalidMessage}: ${describeError(error)}`, signal)
+          return 'dead'
+        }
         if (attempt >= this.#maxAttempts) {
           await this.deadLetter(message, `${ErrorCode.HandlerFailed}: ${describeError(error)}`, signal)
           return 'dead'

@@ -22,6 +22,21 @@ export {
   OutboxKitError,
   type OutboxKitErrorOptions,
 } from './errors.js'
+export {
+  type AddEventOptions,
+  type CatalogueEvent,
+  defineEvents,
+  EventCatalogue,
+  type EventDefinition,
+  type EventDefinitions,
+  type EventHandlers,
+  type EventHandlersOptions,
+  type EventInput,
+  type EventOutput,
+  type EventType,
+  type TypedInboundMessage,
+  type TypedOutbox,
+} from './event-catalogue.js'
 export type { ReconciledEvent } from './exactly-once.js'
 export type { ComponentHealth } from './health.js'
 export {
@@ -84,6 +99,7 @@ export {
   type RelayOwnership,
   type RelayOwnershipHealth,
 } from './relay.js'
+export type { StandardSchemaV1 } from './standard-schema.js'
 export type {
   Claim,
   ClaimOptions,

@@ -7,8 +7,46 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 /** A message payload: a JSON value (stored as UTF-8 JSON) or raw bytes (stored as they are). */
 export type Payload = JsonValue | Uint8Array
 
-/** What a caller passes to `outbox.add`. */
-export interface OutboxMessageInput {
+/** Values `JSON.stringify` drops or turns into something else. */
+type NotJson =
+  | undefined
+  | bigint
+  | symbol
+  | ((...args: never[]) => unknown)
+  | Date
+  | RegExp
+  | Map<unknown, unknown>
+  | Set<unknown>
+  | WeakMap<object, unknown>
+  | WeakSet<object>
+  | Promise<unknown>
+  | ArrayBufferView
+  | ArrayBuffer
+
+/**
+ * `T` itself when it is JSON, else `T` with `never` in place of each part JSON cannot represent
+ * (a `Date`, a function, a `bigint`, `undefined`, ...), so that passing a `T` fails to compile
+ * at that part. Unlike {@link JsonValue} it accepts interfaces, which have no index signature.
+ * Optional properties are allowed; an explicit `undefined` in one is still refused at run time.
+ */
+export type JsonCompatible<T> = T extends JsonValue
+  ? T
+  : T extends NotJson
+    ? never
+    : T extends readonly unknown[]
+      ? { [I in keyof T]: JsonCompatible<T[I]> }
+      : T extends object
+        ? { [K in keyof T]: JsonCompatible<T[K]> }
+        : never
+
+/** What `outbox.add` accepts as the payload of type `T`: bytes, or `T` when it is JSON. */
+export type PayloadOf<T> = T extends Uint8Array ? T : JsonCompatible<T>
+
+/**
+ * What a caller passes to `outbox.add`. `P` is the payload's type: `outbox.add` checks at compile
+ * time that it is JSON or bytes ({@link PayloadOf}), and `toRecord` checks the value at run time.
+ */
+export interface OutboxMessageInput<P = Payload> {
   /** The Kafka topic (or the transport's destination). 1–249 characters of `[a-zA-Z0-9._-]`. */
   topic: string
   /**
@@ -18,8 +56,11 @@ export interface OutboxMessageInput {
   key: string
   /** The event type, e.g. `OrderCreated`. 1–255 characters. */
   type: string
-  /** A JSON value, or bytes for a payload you encode yourself (Avro, Protobuf, ...). */
-  payload: Payload
+  /**
+   * A JSON value (plain objects, arrays, strings, finite numbers, booleans, null; interfaces are
+   * fine), or bytes for a payload you encode yourself (Avro, Protobuf, ...).
+   */
+  payload: P
   /** Extra headers, string to string. Reserved names (see {@link RESERVED_HEADERS}) are refused. */
   headers?: Readonly<Record<string, string>>
   /**
@@ -187,7 +228,7 @@ function checkJson(value: unknown, path: string, seen: Set<object>): void {
  * Throws {@link OutboxKitError} (`INVALID_MESSAGE` or `PAYLOAD_TOO_LARGE`) before anything is written.
  */
 export function toRecord(
-  input: OutboxMessageInput,
+  input: OutboxMessageInput<unknown>,
   limits: MessageLimits,
   traceHeaders: Readonly<Record<string, string>> = {},
 ): OutboxRecord {

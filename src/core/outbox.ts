@@ -5,6 +5,7 @@ import {
   type MessageLimits,
   type OutboxMessageInput,
   type OutboxRecord,
+  type PayloadOf,
   toRecord,
 } from './message.js'
 import { positiveInteger } from './options.js'
@@ -73,11 +74,19 @@ export class Outbox<Tx> {
    * Throws `INVALID_MESSAGE` or `PAYLOAD_TOO_LARGE` before writing anything, so letting the error
    * propagate rolls back the caller's transaction with its business rows.
    */
-  add(tx: Tx, message: OutboxMessageInput): Promise<string>
-  add(tx: Tx, messages: readonly OutboxMessageInput[]): Promise<string[]>
-  async add(tx: Tx, input: OutboxMessageInput | readonly OutboxMessageInput[]): Promise<string | string[]> {
+  add<P>(tx: Tx, message: OutboxMessageInput<P> & { readonly payload: PayloadOf<P> }): Promise<string>
+  add<M extends readonly OutboxMessageInput<unknown>[]>(
+    tx: Tx,
+    messages: M & { readonly [I in keyof M]: OutboxMessageInput<PayloadOf<M[I]['payload']>> },
+  ): Promise<string[]>
+  async add(
+    tx: Tx,
+    input: OutboxMessageInput<unknown> | readonly OutboxMessageInput<unknown>[],
+  ): Promise<string | string[]> {
     const many = Array.isArray(input)
-    const inputs: readonly OutboxMessageInput[] = many ? input : [input as OutboxMessageInput]
+    const inputs: readonly OutboxMessageInput<unknown>[] = many
+      ? input
+      : [input as OutboxMessageInput<unknown>]
     const records = this.prepare(inputs)
     if (records.length > 0) await this.store.add(tx, records)
     const ids = records.map((r) => r.id)
@@ -85,7 +94,7 @@ export class Outbox<Tx> {
   }
 
   /** Validates messages and captures the trace context, without writing. */
-  prepare(inputs: readonly OutboxMessageInput[]): OutboxRecord[] {
+  prepare(inputs: readonly OutboxMessageInput<unknown>[]): OutboxRecord[] {
     const trace = this.#tracing?.capture() ?? {}
     const records = inputs.map((message, index) => {
       try {

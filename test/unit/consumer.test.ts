@@ -13,7 +13,7 @@ import {
   isDatabaseOutage,
   isOutboxKitError,
   messageIdProblem,
-  type OutboxKitError,
+  OutboxKitError,
   uuidv7,
 } from '../../src/index.js'
 
@@ -95,6 +95,25 @@ describe('IdempotentConsumer', () => {
     expect(dlq.delivered[0]!.headers['outboxkit-original-topic']).toBe('orders')
     // A redelivery of the dead message does not run the handler again.
     expect(await consumer.process(message('m-1', 'Poison'))).toBe('duplicate')
+  })
+
+  test('a handler that throws INVALID_MESSAGE is dead-lettered at once, without retries, and recorded', async () => {
+    let calls = 0
+    const { consumer, effects, dlq } = setup(
+      async () => {
+        calls++
+        throw new OutboxKitError(ErrorCode.InvalidMessage, 'Invalid message payload: total is not a number.')
+      },
+      { maxAttempts: 5 },
+    )
+    const failures: ConsumerEvents['failed'][] = []
+    consumer.on('failed', (e) => failures.push(e))
+    expect(await consumer.process(message('m-1'))).toBe('dead')
+    expect(calls).toBe(1)
+    expect(failures).toHaveLength(0)
+    expect(effects).toEqual([])
+    expect(dlq.delivered[0]!.headers['outboxkit-dead-reason']).toStartWith('INVALID_MESSAGE: ')
+    expect(await consumer.process(message('m-1'))).toBe('duplicate')
   })
 
   test('an outage the driver reports without a classified error spends no attempt: the message waits, then is processed once', async () => {
