@@ -30,6 +30,7 @@ export {
   type OutboxLayout,
   outboxDowngradeSql,
   outboxSchemaSql,
+  outboxSettledIndexUpgradeSql,
   outboxShardsUpgradeSql,
   outboxUpgradeSql,
   SHARD_COUNT,
