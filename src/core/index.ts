@@ -84,11 +84,24 @@ export {
   type RelayOwnership,
   type RelayOwnershipHealth,
 } from './relay.js'
+export {
+  type InboxRetention,
+  MAX_RETENTION_BATCH_SIZE,
+  type OutboxRetention,
+  Retention,
+  type RetentionEvents,
+  type RetentionInboxStore,
+  type RetentionOptions,
+  type RetentionOutboxStore,
+  type RetentionReport,
+} from './retention.js'
 export type {
   Claim,
   ClaimOptions,
   ClaimOwnedOptions,
   DeadRecord,
+  ExclusiveOutcome,
+  ExclusiveRunner,
   FailedRecord,
   InboxStore,
   OutboxStats,
