@@ -9,6 +9,7 @@ export const entries = {
   memory: 'src/adapters/memory/index.ts',
   nats: 'src/adapters/nats/index.ts',
   otel: 'src/otel/index.ts',
+  process: 'src/process/index.ts',
   testing: 'src/testing/index.ts',
 }
 

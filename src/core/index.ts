@@ -25,6 +25,14 @@ export {
 export type { ReconciledEvent } from './exactly-once.js'
 export type { ComponentHealth } from './health.js'
 export {
+  Lifecycle,
+  type LifecycleClosable,
+  type LifecycleComponent,
+  type LifecycleHealth,
+  type LifecycleOptions,
+  type LifecycleStopResult,
+} from './lifecycle.js'
+export {
   LogRelay,
   type LogRelayEvents,
   type LogRelayHealth,
