@@ -21,6 +21,8 @@ export interface RunUntilSignalOptions extends LifecycleOptions {
    * result, and your code closes what is yours (the database) and exits.
    */
   exit?: boolean
+  /** Called once every component has started (e.g. to report readiness). */
+  onStarted?: () => void
   /** Called with the signal received, before the components are stopped. */
   onSignal?: (signal: string) => void
 }
@@ -84,6 +86,7 @@ export async function runUntilSignal(options: RunUntilSignalOptions): Promise<Ru
   })
   try {
     await lifecycle.start()
+    options.onStarted?.()
     const signal = await signalled
     options.onSignal?.(signal)
     const result = await lifecycle.stop()
