@@ -4,7 +4,7 @@ import {
   MemoryDatabase,
   MemoryInboxStore,
   MemoryOutboxStore,
-  MemoryTransaction,
+  type MemoryTransaction,
   MemoryTransport,
 } from '../../src/adapters/memory/index.js'
 import { ErrorCode, IdempotentConsumer, isOutboxKitError, Outbox } from '../../src/index.js'
@@ -102,10 +102,15 @@ describe('drain', () => {
         await w.outbox.add(tx, { topic: 'ping', key: message.key!, type: 'Ping', payload: {} })
       },
     })
-    await w.store.transaction((tx) => w.outbox.add(tx, { topic: 'ping', key: 'k', type: 'Ping', payload: {} }))
-    const error = await drain({ store: w.store, transport: w.transport, consumers: [echo], maxRounds: 3 }).catch(
-      (e: unknown) => e,
+    await w.store.transaction((tx) =>
+      w.outbox.add(tx, { topic: 'ping', key: 'k', type: 'Ping', payload: {} }),
     )
+    const error = await drain({
+      store: w.store,
+      transport: w.transport,
+      consumers: [echo],
+      maxRounds: 3,
+    }).catch((e: unknown) => e)
     expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
     expect(String(error)).toContain('after 3 rounds')
   })
