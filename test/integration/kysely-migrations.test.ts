@@ -67,7 +67,6 @@ for (const backend of BACKENDS) {
           'outboxkit_0002_outbox_nopad',
           'outboxkit_0003_outbox_pending_keys',
           'outboxkit_0004_outbox_shards',
-          'outboxkit_0005_outbox_settled_status',
         ])
         // An application that ran the first version's 0001.
         expect(
@@ -99,7 +98,6 @@ for (const backend of BACKENDS) {
           'outboxkit_0002_outbox_nopad:Success',
           'outboxkit_0003_outbox_pending_keys:Success',
           'outboxkit_0004_outbox_shards:Success',
-          'outboxkit_0005_outbox_settled_status:Success',
         ])
         if (dialect === 'mysql') {
           expect(await collations(db, schema)).toEqual([
@@ -206,47 +204,6 @@ for (const backend of BACKENDS) {
         await migration.down!(db)
         await migration.up(db)
         expect(await shardsByKey(database)).toEqual(after)
-      } finally {
-        await database.close()
-      }
-    }, 60_000)
-
-    test('0005 replaces the settled rows index by one on (status, created_at), and its down restores it', async () => {
-      const database = await backend.open()
-      const { db, schema, dialect } = database
-      try {
-        for (const s of schemaSql({ dialect, schema }, false)) await sql.raw(s).execute(db)
-        const indexes = async () =>
-          dialect === 'mysql'
-            ? (
-                await database.query<{ n: string }>(
-                  `SELECT DISTINCT index_name AS n FROM information_schema.statistics WHERE table_schema = '${schema}' AND table_name = 'outbox' AND index_name LIKE '%created%' ORDER BY n`,
-                )
-              ).map((r) => r.n)
-            : (
-                await database.query<{ n: string }>(
-                  `SELECT indexname AS n FROM pg_indexes WHERE schemaname = '${schema}' AND indexname LIKE 'outbox_settled%' ORDER BY n`,
-                )
-              ).map((r) => r.n)
-        const migration = outboxMigrations({ dialect, schema })['outboxkit_0005_outbox_settled_status']!
-        const before = await indexes()
-        await migration.up(db)
-        await migration.up(db)
-        const after = await indexes()
-        if (dialect === 'mysql') {
-          // MariaDB's (status, created_at) index was there from the start.
-          expect(before).toEqual(['outbox_status_created'])
-          expect(after).toEqual(before)
-        } else {
-          expect(before).toEqual(['outbox_settled'])
-          expect(after).toEqual(['outbox_settled_status'])
-          const def = await database.query<{ d: string }>(
-            `SELECT indexdef AS d FROM pg_indexes WHERE schemaname = '${schema}' AND indexname = 'outbox_settled_status'`,
-          )
-          expect(def[0]!.d).toContain('(status, created_at) WHERE (status <> 0)')
-        }
-        await migration.down!(db)
-        expect(await indexes()).toEqual(before)
       } finally {
         await database.close()
       }

@@ -30,7 +30,6 @@ export {
   type OutboxLayout,
   outboxDowngradeSql,
   outboxSchemaSql,
-  outboxSettledIndexUpgradeSql,
   outboxShardsUpgradeSql,
   outboxUpgradeSql,
   SHARD_COUNT,

@@ -3,7 +3,6 @@ import {
   dropOutboxSchemaSql,
   outboxDowngradeSql,
   outboxSchemaSql,
-  outboxSettledIndexUpgradeSql,
   outboxShardsUpgradeSql,
   outboxUpgradeSql,
   quote,
@@ -25,11 +24,7 @@ import {
  *   and its index, and the `<table>_shards` and `<table>_relays` tables. Adding a stored column
  *   rewrites the outbox table (Postgres takes an ACCESS EXCLUSIVE lock for the rewrite; MariaDB
  *   copies the table, blocking writes): run it when the table is small (purged) or in a quiet
- *   window;
- * - `outboxkit_0005_<table>_settled_status` (Postgres) replaces the index on settled rows'
- *   `created_at` by one on (`status`, `created_at`), so a purge of published rows never walks over
- *   the dead rows it keeps. Building it reads the table and holds writes back meanwhile: on a large
- *   table run it after a purge or in a quiet window. A no-op on MySQL/MariaDB.
+ *   window.
  *
  * @example
  * ```ts
@@ -91,25 +86,6 @@ export function outboxMigrations(options: TableOptions): Record<string, Migratio
         }
       },
     },
-    [`outboxkit_0005_${tables.outboxName}_settled_status`]: {
-      async up(db: Kysely<unknown>) {
-        for (const statement of outboxSettledIndexUpgradeSql(options)) await sql.raw(statement).execute(db)
-      },
-      async down(db: Kysely<unknown>) {
-        if (tables.dialect !== 'postgres') return
-        const c = tables.columns
-        const index = (suffix: string) =>
-          options.schema === undefined
-            ? quote(tables.dialect, `${tables.outboxName}_${suffix}`)
-            : `${quote(tables.dialect, options.schema)}.${quote(tables.dialect, `${tables.outboxName}_${suffix}`)}`
-        await sql
-          .raw(
-            `CREATE INDEX IF NOT EXISTS ${quote(tables.dialect, `${tables.outboxName}_settled`)} ON ${tables.outbox} (${c.createdAt}) WHERE ${c.status} <> 0`,
-          )
-          .execute(db)
-        await sql.raw(`DROP INDEX IF EXISTS ${index('settled_status')}`).execute(db)
-      },
-    },
   }
 }
 
@@ -126,7 +102,6 @@ export async function ensureOutboxSchema<DB>(db: Kysely<DB>, options: TableOptio
     for (const statement of outboxUpgradeSql(options)) await sql.raw(statement).execute(db)
   }
   await addPendingKeyIndex(db as Kysely<unknown>, options)
-  for (const statement of outboxSettledIndexUpgradeSql(options)) await sql.raw(statement).execute(db)
 }
 
 /** MariaDB: whether the key, consumer or message id column still has a PAD SPACE collation. */

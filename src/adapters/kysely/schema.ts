@@ -247,31 +247,6 @@ function shardColumn(t: ResolvedTables): string {
     : `${t.columns.shard} smallint GENERATED ALWAYS AS ${expression} STORED`
 }
 
-/**
- * Postgres: settled rows by status and age, for purges. A purge of published rows reads only
- * published rows from it, never walking over the dead rows it keeps.
- */
-function settledStatusIndexSql(t: ResolvedTables): string {
-  const c = t.columns
-  const index = quote(t.dialect, `${t.outboxName}_settled_status`)
-  return `CREATE INDEX IF NOT EXISTS ${index} ON ${t.outbox} (${c.status}, ${c.createdAt}) WHERE ${c.status} <> 0`
-}
-
-/**
- * Postgres: replaces the settled rows' index on (created_at) of tables created before it by the
- * one on (status, created_at). `CREATE INDEX` reads the whole table and holds writes back while
- * it builds. Nothing on MySQL/MariaDB, whose (status, created_at) index has always been there.
- */
-export function outboxSettledIndexUpgradeSql(options: TableOptions): string[] {
-  const t = resolveTables(options)
-  if (t.dialect !== 'postgres') return []
-  const old =
-    options.schema === undefined
-      ? quote(t.dialect, `${t.outboxName}_settled`)
-      : `${quote(t.dialect, options.schema)}.${quote(t.dialect, `${t.outboxName}_settled`)}`
-  return [settledStatusIndexSql(t), `DROP INDEX IF EXISTS ${old}`]
-}
-
 /** Postgres: the pending rows of a shard by key, for the owned-shard reads. */
 function pendingShardIndexSql(t: ResolvedTables): string {
   const c = t.columns
@@ -345,9 +320,7 @@ export function schemaSql(options: TableOptions, withShards: boolean): string[] 
       `CREATE INDEX IF NOT EXISTS ${name('pending')} ON ${t.outbox} (${c.seq}) WHERE ${c.status} = 0`,
       `CREATE INDEX IF NOT EXISTS ${name('pending_key')} ON ${t.outbox} (${c.key}, ${c.seq}) WHERE ${c.status} = 0`,
       `CREATE INDEX IF NOT EXISTS ${name('claim')} ON ${t.outbox} (${c.claimToken}) WHERE ${c.claimToken} IS NOT NULL`,
-      withShards
-        ? settledStatusIndexSql(t)
-        : `CREATE INDEX IF NOT EXISTS ${name('settled')} ON ${t.outbox} (${c.createdAt}) WHERE ${c.status} <> 0`,
+      `CREATE INDEX IF NOT EXISTS ${name('settled')} ON ${t.outbox} (${c.createdAt}) WHERE ${c.status} <> 0`,
       ...(withShards ? [pendingShardIndexSql(t), ...shardTablesSql(t)] : []),
       `CREATE TABLE IF NOT EXISTS ${t.inbox} (
   "consumer" varchar(255) NOT NULL,
