@@ -9,8 +9,7 @@
  * The table gets `--rows` published rows and `--dead` dead rows, all two days old, interleaved
  * (one dead row every rows/dead published ones), and 1 000 pending rows. The pass deletes the
  * published rows (horizon one day) and keeps the dead ones, as the default retention does.
- * `--old-index` (Postgres): the settled rows' index of tables before migration 0005, on
- * (created_at) alone, to compare. `OUTBOXKIT_SCHEMA_PREFIX` names the schema (default `bench`).
+ * `OUTBOXKIT_SCHEMA_PREFIX` names the schema (default `bench`).
  */
 import { sql } from 'kysely'
 import { createKyselyOutboxStore, ensureOutboxSchema } from '../src/adapters/kysely/index.js'
@@ -32,7 +31,6 @@ const ROWS = Number(arg('rows', '1000000'))
 const DEAD = Number(arg('dead', '20000'))
 const BATCH = Number(arg('batch', '500'))
 const PAUSE = Number(arg('pause', '10'))
-const OLD_INDEX = process.argv.includes('--old-index')
 const BASELINE_MS = 10_000
 const CHUNK = 100_000
 
@@ -57,12 +55,6 @@ async function run(backend: BackendName): Promise<void> {
     .execute(db)
   try {
     await ensureOutboxSchema(db, { dialect, schema })
-    if (OLD_INDEX && dialect === 'postgres') {
-      await sql.raw(`DROP INDEX ${q(schema)}.${q('outbox_settled_status')}`).execute(db)
-      await sql
-        .raw(`CREATE INDEX ${q('outbox_settled')} ON ${table} (created_at) WHERE status <> 0`)
-        .execute(db)
-    }
     const store = createKyselyOutboxStore({ db, schema })
     const outbox = new Outbox({ store })
     const every = Math.max(1, Math.floor(ROWS / Math.max(1, DEAD)))
@@ -178,7 +170,7 @@ async function run(backend: BackendName): Promise<void> {
       .execute(db)
 
     const lines = [
-      `${backend}${OLD_INDEX && dialect === 'postgres' ? ' (index on created_at only)' : ''}: retention pass deleted ${report.published} published rows in ${(passMs / 1000).toFixed(1)} s (${Math.round(report.published / (passMs / 1000))} rows/s), ${report.batches} batches of ${BATCH}, pause ${PAUSE} ms`,
+      `${backend}: retention pass deleted ${report.published} published rows in ${(passMs / 1000).toFixed(1)} s (${Math.round(report.published / (passMs / 1000))} rows/s), ${report.batches} batches of ${BATCH}, pause ${PAUSE} ms`,
       `  batch (one purge call) ${summary(batchMs)}`,
       `  old rows left: ${left.rows.map((r) => `status ${r.status}: ${r.n}`).join(', ') || 'none'}`,
       `  writes (10 events/tx)  baseline ${summary(baseline.writes)}`,
