@@ -119,7 +119,7 @@ export class Lifecycle {
     if (this.#started.length > 0 || this.#stopping) {
       throw new OutboxKitError(
         ErrorCode.AlreadyStarted,
-        'This lifecycle was already started; create a new one.',
+        'This lifecycle was already started (or stopped); create a new one.',
       )
     }
     for (const component of this.#components) {
