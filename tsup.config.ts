@@ -11,6 +11,7 @@ export const entries = {
   nats: 'src/adapters/nats/index.ts',
   otel: 'src/otel/index.ts',
   'postgres-log': 'src/adapters/postgres-log/index.ts',
+  process: 'src/process/index.ts',
   testing: 'src/testing/index.ts',
 }
 

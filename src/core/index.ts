@@ -40,6 +40,14 @@ export {
 export type { ReconciledEvent } from './exactly-once.js'
 export type { ComponentHealth } from './health.js'
 export {
+  Lifecycle,
+  type LifecycleClosable,
+  type LifecycleComponent,
+  type LifecycleHealth,
+  type LifecycleOptions,
+  type LifecycleStopResult,
+} from './lifecycle.js'
+export {
   LogRelay,
   type LogRelayEvents,
   type LogRelayHealth,
@@ -99,12 +107,25 @@ export {
   type RelayOwnership,
   type RelayOwnershipHealth,
 } from './relay.js'
+export {
+  type InboxRetention,
+  MAX_RETENTION_BATCH_SIZE,
+  type OutboxRetention,
+  Retention,
+  type RetentionEvents,
+  type RetentionInboxStore,
+  type RetentionOptions,
+  type RetentionOutboxStore,
+  type RetentionReport,
+} from './retention.js'
 export type { StandardSchemaV1 } from './standard-schema.js'
 export type {
   Claim,
   ClaimOptions,
   ClaimOwnedOptions,
   DeadRecord,
+  ExclusiveOutcome,
+  ExclusiveRunner,
   FailedRecord,
   InboxStore,
   OutboxStats,

@@ -155,6 +155,25 @@ export interface ClaimOwnedOptions {
   readonly excludeShards?: readonly number[]
 }
 
+/** What {@link ExclusiveRunner.runExclusive} did. */
+export type ExclusiveOutcome<T> =
+  | { readonly acquired: true; readonly value: T }
+  | { readonly acquired: false }
+
+/**
+ * A named lock across every process that uses the same database (Postgres advisory lock, MariaDB
+ * `GET_LOCK`): jobs that must run on one instance at a time, such as retention, take it.
+ */
+export interface ExclusiveRunner {
+  /**
+   * Takes the lock `name` without waiting and runs `fn` while holding it, then releases it. When
+   * another session holds it, resolves `{ acquired: false }` at once without running `fn`. A lock
+   * whose holder dies (its connection closes) is free again. `fn` may use the store freely; the
+   * lock is held by a session of its own.
+   */
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>>
+}
+
 /** Runs a function in a new transaction of the backend, committing if it resolves. */
 export interface TransactionRunner<Tx> {
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>
@@ -241,6 +260,9 @@ export interface OutboxStore<Tx> extends TransactionRunner<Tx> {
   purge(options: PurgeOptions): Promise<number>
   stats(): Promise<OutboxStats>
 
+  /** Optional: a lock across processes, see {@link ExclusiveRunner}. `Retention` needs it (or `lock: false`). */
+  runExclusive?: ExclusiveRunner['runExclusive']
+
   /**
    * Resolves when new records may be ready (a notification arrived), or when `signal` aborts.
    * Only called when `capabilities.notify` is true.
@@ -290,4 +312,6 @@ export interface InboxStore<Tx> extends TransactionRunner<Tx> {
     readonly consumer?: string
     readonly limit?: number
   }): Promise<number>
+  /** Optional: a lock across processes, see {@link ExclusiveRunner}. */
+  runExclusive?: ExclusiveRunner['runExclusive']
 }

@@ -1,3 +1,4 @@
+export { type DrainConsumer, type DrainOptions, type DrainResult, drain } from './drain.js'
 export { type InboxStoreHarness, type InboxStoreSuiteOptions, inboxStoreSuite } from './inbox-store-suite.js'
 export {
   type InspectedOutboxRow,

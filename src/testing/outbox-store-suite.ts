@@ -487,6 +487,38 @@ export function outboxStoreSuite<Tx>(
       expect((await h.readRows()).map((r) => r.type)).toEqual(['old-pending', 'new'])
     })
 
+    test('runExclusive (when implemented): a second holder is refused until the first is done, even on a peer', async (h) => {
+      const store = h.store
+      if (!store.runExclusive) return
+      const peer = await h.peer()
+      let release!: () => void
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      let entered!: () => void
+      const inside = new Promise<void>((resolve) => {
+        entered = resolve
+      })
+      const first = store.runExclusive('suite-lock', async () => {
+        entered()
+        await gate
+        // The holder can use the store while it holds the lock.
+        return (await store.stats()).pending
+      })
+      await inside
+      expect(await peer.runExclusive!('suite-lock', async () => 'ran')).toEqual({ acquired: false })
+      expect(await peer.runExclusive!('another-lock', async () => 'ran')).toEqual({
+        acquired: true,
+        value: 'ran',
+      })
+      release()
+      expect(await first).toEqual({ acquired: true, value: 0 })
+      expect(await peer.runExclusive!('suite-lock', async () => 'ran')).toEqual({
+        acquired: true,
+        value: 'ran',
+      })
+    })
+
     test('a duplicate message id is refused and the transaction rolls back', async (h, outbox) => {
       const [id] = await h.store.transaction((tx) => outbox.add(tx, [message('a', 'a1')]))
       const failure = await captureError(() =>

@@ -48,7 +48,8 @@ const SUBPATHS = {
     'NatsConsumerRunner',
   ],
   'outboxkit/otel': ['otelTraceCapture', 'otelRelayInstrumentation', 'otelConsumerInstrumentation'],
-  'outboxkit/testing': ['outboxStoreSuite', 'inboxStoreSuite', 'transportSuite'],
+  'outboxkit/process': ['runUntilSignal', 'Lifecycle'],
+  'outboxkit/testing': ['outboxStoreSuite', 'inboxStoreSuite', 'transportSuite', 'drain'],
 }
 const DRIVERS =
   /\/node_modules\/(kysely|kysely-postgres-js|kafkajs|pg|postgres|mysql2|@electric-sql|@opentelemetry|@nats-io)\//

@@ -3,9 +3,10 @@ import { isDatabaseOutage } from '../../core/database-outage.js'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import { MAX_MESSAGE_ID_LENGTH, messageIdProblem } from '../../core/message-id.js'
 import { checkPurgeOptions } from '../../core/options.js'
-import type { InboxStore } from '../../core/store.js'
+import type { ExclusiveOutcome, InboxStore } from '../../core/store.js'
 import { runStoreOperation } from './database-errors.js'
 import { DIALECT_SQL, type DialectSql, resolveStoreSetup, toNumber } from './dialect.js'
+import { runExclusive } from './exclusive-lock.js'
 import type { KyselyStoreOptions } from './kysely-outbox-store.js'
 import type { ResolvedTables } from './schema.js'
 
@@ -239,6 +240,17 @@ export class KyselyInboxStore<DB> implements InboxStore<Transaction<DB>> {
       if (outcome.found < batch) break
     }
     return purged
+  }
+
+  /** A lock across processes, as `KyselyOutboxStore.runExclusive` takes it. */
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>> {
+    return runExclusive(
+      this.#db as Kysely<unknown>,
+      this.tables.dialect,
+      { name: this.name, table: this.tables.inboxName, scope: this.tables.inbox },
+      name,
+      fn,
+    )
   }
 
   #run<T>(operation: string, fn: () => Promise<T>): Promise<T> {

@@ -16,6 +16,7 @@ import type {
   ClaimOptions,
   ClaimOwnedOptions,
   DeadRecord,
+  ExclusiveOutcome,
   FailedRecord,
   OutboxStats,
   OutboxStore,
@@ -37,6 +38,7 @@ import {
   toHeaders,
   toNumber,
 } from './dialect.js'
+import { runExclusive } from './exclusive-lock.js'
 import { ChangeSignal, type PostgresListener } from './notify.js'
 import {
   type ResolvedTables,
@@ -1295,6 +1297,21 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
       if (deleted.found < batch) break
     }
     return purged
+  }
+
+  /**
+   * A lock across processes: Postgres `pg_try_advisory_lock` (a session lock on a key hashed from
+   * the name), MariaDB `GET_LOCK(name, 0)`, each on a pooled connection reserved while `fn` runs.
+   * On PGlite (one process, one session) a lock within the process.
+   */
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>> {
+    return runExclusive(
+      this.#db as Kysely<unknown>,
+      this.tables.dialect,
+      { name: this.name, table: this.tables.outboxName, scope: this.tables.outbox },
+      name,
+      fn,
+    )
   }
 
   async stats(): Promise<OutboxStats> {

@@ -41,7 +41,7 @@ export class PGliteDialect implements Dialect {
   }
 
   createAdapter(): DialectAdapter {
-    return new PostgresAdapter()
+    return new PGliteAdapter()
   }
   createDriver(): Driver {
     return new PGliteDriver(this.#config.pglite)
@@ -52,6 +52,11 @@ export class PGliteDialect implements Dialect {
   createIntrospector(db: Kysely<unknown>): DatabaseIntrospector {
     return new PostgresIntrospector(db)
   }
+}
+
+/** Postgres SQL; `singleConnection` tells the stores that every query shares one session. */
+class PGliteAdapter extends PostgresAdapter {
+  readonly singleConnection = true
 }
 
 class PGliteDriver implements Driver {

@@ -21,6 +21,7 @@ import type {
   ClaimOptions,
   ClaimOwnedOptions,
   DeadRecord,
+  ExclusiveOutcome,
   FailedRecord,
   InboxStore,
   OutboxStats,
@@ -108,6 +109,8 @@ export class MemoryDatabase {
   }))
   /** Registered relays and when their registration expires. */
   readonly relays = new Map<string, number>()
+  /** Names of the locks `runExclusive` holds now. */
+  readonly locks = new Set<string>()
 
   readonly now: () => number
   #seq = 0
@@ -183,6 +186,17 @@ export class MemoryDatabase {
     tx.state = 'committed'
     for (const callback of tx.onCommit) callback()
     if (tx.outbox.length > 0) this.wake()
+  }
+
+  /** `runExclusive` of both stores: one holder per name among the stores of this database. */
+  async runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>> {
+    if (this.locks.has(name)) return { acquired: false }
+    this.locks.add(name)
+    try {
+      return { acquired: true, value: await fn() }
+    } finally {
+      this.locks.delete(name)
+    }
   }
 
   waitForChange(signal: AbortSignal): Promise<void> {
@@ -586,6 +600,10 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     return removed
   }
 
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>> {
+    return this.db.runExclusive(name, fn)
+  }
+
   async stats(): Promise<OutboxStats> {
     const now = this.db.now()
     let pending = 0
@@ -669,6 +687,10 @@ export class MemoryInboxStore implements InboxStore<MemoryTransaction> {
 
   async isProcessed(consumer: string, messageId: string): Promise<boolean> {
     return this.db.inbox.has(inboxKey(consumer, messageId))
+  }
+
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<ExclusiveOutcome<T>> {
+    return this.db.runExclusive(name, fn)
   }
 
   async purge(options: { olderThanMs: number; consumer?: string; limit?: number }): Promise<number> {

@@ -1,0 +1,100 @@
+/**
+ * outboxkit/process: runs a {@link Lifecycle} until the process gets a signal. For runtimes with
+ * process signals (Node, Bun, Deno); on others (Workers) use `Lifecycle` and call `stop()` yourself.
+ */
+import { ErrorCode, OutboxKitError } from '../core/errors.js'
+import { Lifecycle, type LifecycleOptions, type LifecycleStopResult } from '../core/lifecycle.js'
+
+/** The part of `process` this module uses, so it needs no Node types at runtime. */
+interface SignalProcess {
+  once(signal: string, listener: () => void): unknown
+  off(signal: string, listener: () => void): unknown
+  exit(code?: number): never
+}
+
+export interface RunUntilSignalOptions extends LifecycleOptions {
+  /** The signals that start the shutdown. Default `['SIGTERM', 'SIGINT']`. */
+  signals?: readonly string[]
+  /**
+   * Exit the process once stopped: code 0 when the stop was clean, 1 otherwise; and at once, with
+   * code 1, on a second signal during the shutdown. Default false: the promise resolves with the
+   * result, and your code closes what is yours (the database) and exits.
+   */
+  exit?: boolean
+  /** Called once every component has started (e.g. to report readiness). */
+  onStarted?: () => void
+  /** Called with the signal received, before the components are stopped. */
+  onSignal?: (signal: string) => void
+}
+
+/** What {@link runUntilSignal} resolves with. */
+export interface RunUntilSignalResult extends LifecycleStopResult {
+  /** The signal that started the shutdown. */
+  readonly signal: string
+}
+
+function signalProcess(): SignalProcess {
+  const candidate = (globalThis as { process?: Partial<SignalProcess> }).process
+  if (typeof candidate?.once !== 'function' || typeof candidate.off !== 'function') {
+    throw new OutboxKitError(
+      ErrorCode.InvalidOptions,
+      'runUntilSignal needs process signals (Node, Bun, Deno). On this runtime create a Lifecycle from outboxkit and call its stop() yourself.',
+    )
+  }
+  return candidate as SignalProcess
+}
+
+/**
+ * Starts the components, waits for the first of `signals`, then stops them within `timeoutMs`
+ * (see {@link Lifecycle.stop}). Never closes your database.
+ *
+ * @example
+ * ```ts
+ * const { clean } = await runUntilSignal({ relays: [relay], runners: [runner], close: [transport], timeoutMs: 20_000 })
+ * await db.destroy()
+ * process.exit(clean ? 0 : 1)
+ * ```
+ */
+export async function runUntilSignal(options: RunUntilSignalOptions): Promise<RunUntilSignalResult> {
+  const proc = signalProcess()
+  const signals = options.signals ?? ['SIGTERM', 'SIGINT']
+  if (!Array.isArray(signals) || signals.length === 0 || signals.some((s) => typeof s !== 'string')) {
+    throw new OutboxKitError(ErrorCode.InvalidOptions, 'signals must be a non-empty list of signal names.', {
+      details: { option: 'signals' },
+    })
+  }
+  const lifecycle = new Lifecycle(options)
+  let received!: (signal: string) => void
+  const signalled = new Promise<string>((resolve) => {
+    received = resolve
+  })
+  let stopping = false
+  const listeners = signals.map((signal) => {
+    const listener = () => {
+      if (stopping) {
+        // A second signal: the operator does not want to wait.
+        if (options.exit) proc.exit(1)
+        return
+      }
+      stopping = true
+      // Listen again, so a second signal is not the runtime's default (an abrupt exit).
+      proc.once(signal, listener)
+      received(signal)
+    }
+    proc.once(signal, listener)
+    return { signal, listener }
+  })
+  try {
+    await lifecycle.start()
+    options.onStarted?.()
+    const signal = await signalled
+    options.onSignal?.(signal)
+    const result = await lifecycle.stop()
+    if (options.exit) proc.exit(result.clean ? 0 : 1)
+    return { ...result, signal }
+  } finally {
+    for (const { signal, listener } of listeners) proc.off(signal, listener)
+  }
+}
+
+export { Lifecycle, type LifecycleOptions, type LifecycleStopResult }

@@ -1,0 +1,155 @@
+/** Lifecycle starts components together and stops them together, within its timeout. */
+import { describe, expect, test } from 'bun:test'
+import { MemoryDatabase, MemoryOutboxStore, MemoryTransport } from '../../src/adapters/memory/index.js'
+import {
+  ErrorCode,
+  isOutboxKitError,
+  Lifecycle,
+  type LifecycleComponent,
+  Outbox,
+  Relay,
+} from '../../src/index.js'
+import { runUntilSignal } from '../../src/process/index.js'
+
+function component(
+  log: string[],
+  name: string,
+  stop: () => Promise<void> = async () => {},
+): LifecycleComponent {
+  return {
+    start: async () => {
+      log.push(`start ${name}`)
+    },
+    stop: async () => {
+      log.push(`stop ${name}`)
+      await stop()
+      log.push(`stopped ${name}`)
+    },
+  }
+}
+
+describe('Lifecycle', () => {
+  test('starts runners, relays, then retention; stops them all, then closes the transports', async () => {
+    const log: string[] = []
+    const lifecycle = new Lifecycle({
+      relays: [component(log, 'relay')],
+      runners: [component(log, 'runner')],
+      retention: component(log, 'retention'),
+      close: [{ close: async () => void log.push('close transport') }],
+      logger: false,
+    })
+    await lifecycle.start()
+    expect(log).toEqual(['start runner', 'start relay', 'start retention'])
+    log.length = 0
+    expect(await lifecycle.stop()).toEqual({ clean: true, timedOut: [], failed: [] })
+    expect(log.at(-1)).toBe('close transport')
+    expect(log.filter((l) => l.startsWith('stopped')).sort()).toEqual([
+      'stopped relay',
+      'stopped retention',
+      'stopped runner',
+    ])
+  })
+
+  test('a component that does not stop in time is named, and the transports are closed all the same', async () => {
+    const log: string[] = []
+    const lifecycle = new Lifecycle({
+      relays: [component(log, 'stuck', () => new Promise(() => {})), component(log, 'fine')],
+      close: [{ close: async () => void log.push('close transport') }],
+      timeoutMs: 50,
+      logger: false,
+    })
+    await lifecycle.start()
+    const result = await lifecycle.stop()
+    expect(result).toEqual({ clean: false, timedOut: ['relay[0]'], failed: [] })
+    expect(log).toContain('close transport')
+    expect(log).toContain('stopped fine')
+  })
+
+  test('a stop that throws is reported, not thrown; a failed start stops what had started', async () => {
+    const log: string[] = []
+    const failing = new Lifecycle({
+      relays: [
+        component(log, 'bad', async () => {
+          throw new Error('stop failed')
+        }),
+      ],
+      logger: false,
+    })
+    await failing.start()
+    const result = await failing.stop()
+    expect(result.clean).toBe(false)
+    expect(result.failed.map((f) => [f.name, String(f.error)])).toEqual([['relay[0]', 'Error: stop failed']])
+
+    log.length = 0
+    const broken = new Lifecycle({
+      runners: [component(log, 'runner')],
+      relays: [
+        {
+          start: async () => {
+            throw new Error('no broker')
+          },
+          stop: async () => {},
+        },
+      ],
+      logger: false,
+    })
+    await expect(broken.start()).rejects.toThrow('no broker')
+    expect(log).toEqual(['start runner', 'stop runner', 'stopped runner'])
+  })
+
+  test('a relay stopped by the lifecycle finishes its records: none is left claimed', async () => {
+    const store = new MemoryOutboxStore(new MemoryDatabase())
+    const transport = new MemoryTransport()
+    const outbox = new Outbox({ store })
+    await store.transaction((tx) =>
+      outbox.add(
+        tx,
+        Array.from({ length: 50 }, (_, i) => ({ topic: 't', key: `k${i % 5}`, type: 'T', payload: { i } })),
+      ),
+    )
+    let publishing!: () => void
+    const published = new Promise<void>((resolve) => {
+      publishing = resolve
+    })
+    transport.throwWith = () => {
+      publishing()
+      return undefined
+    }
+    const relay = new Relay({ store, transport, batchSize: 10, logger: false })
+    const lifecycle = new Lifecycle({ relays: [relay], close: [transport], logger: false })
+    await lifecycle.start()
+    await published
+    expect((await lifecycle.stop()).clean).toBe(true)
+    expect(transport.closed).toBe(true)
+    expect(store.rows.filter((r) => r.status === 'pending' && r.claimToken !== null)).toEqual([])
+    expect(lifecycle.health()['relay[0]']?.running).toBe(false)
+  })
+
+  test('options that cannot work are refused with INVALID_OPTIONS', () => {
+    for (const options of [{ relays: [{}] }, { close: [{}] }, { timeoutMs: 0 }]) {
+      let error: unknown
+      try {
+        new Lifecycle(options as never)
+      } catch (e) {
+        error = e
+      }
+      expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+    }
+  })
+})
+
+describe('runUntilSignal', () => {
+  test('runs until the signal, then stops everything and resolves with the signal', async () => {
+    const log: string[] = []
+    const running = runUntilSignal({
+      relays: [component(log, 'relay')],
+      signals: ['SIGUSR2'],
+      logger: false,
+    })
+    while (!log.includes('start relay')) await new Promise((r) => setTimeout(r, 1))
+    process.emit('SIGUSR2')
+    expect(await running).toEqual({ clean: true, timedOut: [], failed: [], signal: 'SIGUSR2' })
+    expect(log).toContain('stopped relay')
+    expect(process.listenerCount('SIGUSR2')).toBe(0)
+  })
+})
