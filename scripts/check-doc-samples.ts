@@ -111,6 +111,7 @@ writeFileSync(
         'outboxkit/kafka-consumer': ['../../src/consumers/index.ts'],
         'outboxkit/memory': ['../../src/adapters/memory/index.ts'],
         'outboxkit/mysql-binlog': ['../../src/adapters/mysql-binlog/index.ts'],
+        'outboxkit/postgres-log': ['../../src/adapters/postgres-log/index.ts'],
         'outboxkit/nats': ['../../src/adapters/nats/index.ts'],
         'outboxkit/otel': ['../../src/otel/index.ts'],
         'outboxkit/process': ['../../src/process/index.ts'],
