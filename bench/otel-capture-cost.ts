@@ -6,9 +6,9 @@
  *   bun bench/otel-capture-cost.ts
  */
 
-import { MemoryDatabase, MemoryOutboxStore } from '../src/adapters/memory/index.ts'
-import { Outbox } from '../src/index.ts'
-import { otelTraceCapture } from '../src/otel/index.ts'
+import { MemoryDatabase, MemoryOutboxStore } from '../src/adapters/memory/index.js'
+import { Outbox } from '../src/index.js'
+import { otelTraceCapture } from '../src/otel/index.js'
 
 const store = new MemoryOutboxStore(new MemoryDatabase())
 const plain = new Outbox({ store })
