@@ -97,4 +97,5 @@ export async function runUntilSignal(options: RunUntilSignalOptions): Promise<Ru
   }
 }
 
+export { type HealthServer, type HealthServerOptions, serveHealth } from './health-server.js'
 export { Lifecycle, type LifecycleOptions, type LifecycleStopResult }

@@ -48,7 +48,7 @@ const SUBPATHS = {
     'NatsConsumerRunner',
   ],
   'outboxkit/otel': ['otelTraceCapture', 'otelRelayInstrumentation', 'otelConsumerInstrumentation'],
-  'outboxkit/process': ['runUntilSignal', 'Lifecycle'],
+  'outboxkit/process': ['runUntilSignal', 'Lifecycle', 'serveHealth'],
   'outboxkit/testing': ['outboxStoreSuite', 'inboxStoreSuite', 'transportSuite', 'drain'],
 }
 const DRIVERS =
