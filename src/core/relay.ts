@@ -55,7 +55,7 @@ export interface RelayEvents {
    */
   reconciled: ReconciledEvent
   /** The age of the oldest pending record, sampled every `lagIntervalMs`. */
-  lag: { readonly pending: number; readonly oldestPendingAgeMs: number }
+  lag: { readonly pending: number; readonly dead: number; readonly oldestPendingAgeMs: number }
   /**
    * The loop hit an error (store or transport unreachable) and backs off `retryInMs` before trying
    * again; `retryInMs` is -1 when the relay stops because of it (its transport was fenced), and 0
@@ -416,6 +416,8 @@ export class Relay<Tx> {
    * the outbox without a long-running loop.
    */
   async runOnce(): Promise<number> {
+    // A scheduled function has no loop: it samples the backlog here (every lagIntervalMs at most).
+    if (this.#lagDue()) await this.#sampleLag()
     if (this.#ownership === 'shards') return this.#runOnceOwned()
     const claim = await this.#store.claim({ limit: this.#batchSize, leaseMs: this.#leaseMs })
     if (claim.records.length === 0) return 0
@@ -674,12 +676,17 @@ export class Relay<Tx> {
     }
   }
 
+  /** Whether a lag sample is wanted (someone listens) and due. */
+  #lagDue(): boolean {
+    if (this.#lagIntervalMs <= 0 || Date.now() - this.#lastLagSample < this.#lagIntervalMs) return false
+    return this.#events.has('lag') || this.#instrumentation?.recordLag !== undefined
+  }
+
   async #sampleLag(): Promise<void> {
-    if (this.#lagIntervalMs <= 0 || Date.now() - this.#lastLagSample < this.#lagIntervalMs) return
-    if (!this.#events.has('lag') && !this.#instrumentation?.recordLag) return
+    if (!this.#lagDue()) return
     this.#lastLagSample = Date.now()
     const stats = await this.#store.stats()
-    const sample = { pending: stats.pending, oldestPendingAgeMs: stats.oldestPendingAgeMs }
+    const sample = { pending: stats.pending, dead: stats.dead, oldestPendingAgeMs: stats.oldestPendingAgeMs }
     this.#instrumentation?.recordLag?.(sample)
     this.#events.emit('lag', sample)
   }

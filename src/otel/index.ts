@@ -104,7 +104,8 @@ export interface OtelInstrumentationOptions {
  * Span: `send <topic>` (kind PRODUCER) per batch, linked to each event's creation context, with
  * the messaging semantic-convention attributes; `error.type` on failure.
  * Metrics: `outboxkit.relay.published` (events), `outboxkit.relay.failed` (events),
- * `outboxkit.relay.publish.duration` (s, per batch), `outboxkit.relay.lag` (ms, oldest pending age).
+ * `outboxkit.relay.publish.duration` (s, per batch), `outboxkit.relay.lag` (ms, oldest pending age),
+ * `outboxkit.relay.pending` and `outboxkit.relay.dead` (events), sampled every `lagIntervalMs`.
  */
 export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {}): RelayInstrumentation {
   const tracer = options.tracer ?? trace.getTracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
@@ -130,6 +131,22 @@ export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {
     })
     .addCallback((result) => {
       if (lastLag) result.observe(lastLag.oldestPendingAgeMs)
+    })
+  meter
+    .createObservableGauge('outboxkit.relay.pending', {
+      description: 'Events in the outbox not yet published nor dead',
+      unit: '{event}',
+    })
+    .addCallback((result) => {
+      if (lastLag) result.observe(lastLag.pending)
+    })
+  meter
+    .createObservableGauge('outboxkit.relay.dead', {
+      description: 'Dead events in the outbox, waiting for an operator',
+      unit: '{event}',
+    })
+    .addCallback((result) => {
+      if (lastLag) result.observe(lastLag.dead)
     })
 
   return {

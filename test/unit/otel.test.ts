@@ -128,6 +128,36 @@ describe('OpenTelemetry instrumentation', () => {
     expect(store.rows[0]!.record.headers['traceparent']).toBeUndefined()
   })
 
+  test('runOnce samples the backlog: pending and dead gauges for a scheduled relay without a loop', async () => {
+    const t = telemetry()
+    const store = new MemoryOutboxStore(new MemoryDatabase())
+    const transport = new MemoryTransport({ maxPayloadBytes: 20 })
+    const outbox = new Outbox({ store })
+    await store.transaction((tx) =>
+      outbox.add(tx, [
+        { topic: 'orders', key: 'big', type: 'A', payload: 'x'.repeat(100) },
+        { topic: 'orders', key: 'a', type: 'A', payload: 1 },
+        { topic: 'orders', key: 'b', type: 'A', payload: 2 },
+      ]),
+    )
+    const relay = new Relay({
+      store,
+      transport,
+      batchSize: 2,
+      lagIntervalMs: 1,
+      logger: false,
+      instrumentation: otelRelayInstrumentation({ tracer: t.tracer, meter: t.meter }),
+    })
+    // First run samples 3 pending (before it claims), publishes 'a' and kills 'big'.
+    await relay.runOnce()
+    let values = await t.metrics()
+    expect([values['outboxkit.relay.pending'], values['outboxkit.relay.dead']]).toEqual([3, 0])
+    await new Promise((r) => setTimeout(r, 5))
+    await relay.runOnce()
+    values = await t.metrics()
+    expect([values['outboxkit.relay.pending'], values['outboxkit.relay.dead']]).toEqual([1, 1])
+  })
+
   test('relay and consumer report spans and metrics: published, duration, lag, processed, deduplicated, dead', async () => {
     const t = telemetry()
     const db = new MemoryDatabase()
