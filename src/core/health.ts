@@ -1,4 +1,4 @@
-import { type ErrorSummary, summarizeError } from './logger.js'
+import { type ErrorSummary, type FailureLog, summarizeError } from './logger.js'
 
 /** What every component's `health()` reports, whatever it does. */
 export interface ComponentHealth {
@@ -60,5 +60,26 @@ export class HealthTracker {
       consecutiveErrors: this.#consecutiveErrors,
       lastError: this.#lastError,
     }
+  }
+}
+
+/**
+ * The `error` listener of a relay's loop: counts the error in its health and writes it to its
+ * failure log (`retryInMs` -1: the loop stopped because of it).
+ */
+export function loopErrorListener(
+  health: HealthTracker,
+  failures: FailureLog,
+  component: string,
+): (event: { readonly error: unknown; readonly retryInMs: number }) => void {
+  return ({ error, retryInMs }) => {
+    const stopped = retryInMs < 0
+    failures.failed(
+      stopped ? `${component} stopped by an error` : `${component} cycle failed`,
+      error,
+      health.failed(error),
+      stopped,
+      { retryInMs },
+    )
   }
 }

@@ -1,9 +1,10 @@
+import { BackgroundLoop } from './background-loop.js'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import type { ChangeFeed, FeedPosition } from './change-feed.js'
 import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
-import { type ComponentHealth, HealthTracker } from './health.js'
+import { type ComponentHealth, HealthTracker, loopErrorListener } from './health.js'
 import { FailureLog, Log, type LoggerOption } from './logger.js'
 import type { ClaimedRecord } from './message.js'
 import { backoffOptions, MAX_CLAIM_LIMIT, nonEmptyString, positiveInteger } from './options.js'
@@ -132,9 +133,7 @@ export class LogRelay {
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<LogRelayEvents>()
-  readonly #signal: AbortSignal | undefined
-  #running: Promise<void> | undefined
-  #stopping: AbortController | undefined
+  readonly #background: BackgroundLoop
   readonly #log: Log
   readonly #failures: FailureLog
   readonly #health = new HealthTracker()
@@ -182,23 +181,21 @@ export class LogRelay {
     this.#log = new Log(options.logger, { feed: options.feed.name })
     this.#failures = new FailureLog(this.#log)
     this.#observeOwnEvents()
-    this.#signal = options.signal
-    options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+    this.#background = new BackgroundLoop(
+      {
+        running: 'This relay is already running; call stop() first.',
+        aborted:
+          'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
+        stopped: 'This relay was stopped; create a new LogRelay to run again.',
+      },
+      options.signal,
+    )
   }
 
   /** Health and log lines follow the relay's own events. */
   #observeOwnEvents(): void {
     const log = this.#log
-    this.#events.on('error', ({ error, retryInMs }) => {
-      const consecutiveErrors = this.#health.failed(error)
-      this.#failures.failed(
-        retryInMs < 0 ? 'log relay stopped by an error' : 'log relay cycle failed',
-        error,
-        consecutiveErrors,
-        retryInMs < 0,
-        { retryInMs },
-      )
-    })
+    this.#events.on('error', loopErrorListener(this.#health, this.#failures, 'log relay'))
     this.#events.on('opened', (e) => log.write('info', 'log relay reads the feed', e))
     this.#events.on('standby', (e) => log.write('debug', 'log relay waits as a standby', e))
     this.#events.on('published', (e) => log.write('debug', 'log relay published a batch', e))
@@ -235,7 +232,7 @@ export class LogRelay {
 
   /** Whether the loop is running. */
   get running(): boolean {
-    return this.#running !== undefined
+    return this.#background.running
   }
 
   /**
@@ -247,27 +244,17 @@ export class LogRelay {
    * or its signal was already aborted.
    */
   async start(): Promise<void> {
-    if (this.#running)
-      throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This relay is already running; call stop() first.')
-    if (this.#signal?.aborted) {
-      throw new OutboxKitError(
-        ErrorCode.Closed,
-        'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
-      )
-    }
-    if (this.#stopping?.signal.aborted)
-      throw new OutboxKitError(
-        ErrorCode.Closed,
-        'This relay was stopped; create a new LogRelay to run again.',
-      )
-    this.#stopping = new AbortController()
-    this.#health.started()
-    this.#log.write('info', 'log relay started', { batchSize: this.#batchSize })
-    this.#running = this.#loop(this.#stopping.signal).finally(() => {
-      this.#running = undefined
-      this.#health.stopped()
-      this.#log.write('info', 'log relay stopped')
-    })
+    this.#background.start(
+      (signal) => {
+        this.#health.started()
+        this.#log.write('info', 'log relay started', { batchSize: this.#batchSize })
+        return this.#loop(signal)
+      },
+      () => {
+        this.#health.stopped()
+        this.#log.write('info', 'log relay stopped')
+      },
+    )
   }
 
   /**
@@ -276,9 +263,7 @@ export class LogRelay {
    * stays open.
    */
   async stop(): Promise<void> {
-    this.#stopping ??= new AbortController()
-    this.#stopping.abort()
-    await this.#running
+    await this.#background.stop()
   }
 
   async #loop(signal: AbortSignal): Promise<void> {

@@ -1,9 +1,10 @@
+import { BackgroundLoop } from './background-loop.js'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { ExactlyOnceCoordinator, type ReconciledEvent } from './exactly-once.js'
-import { type ComponentHealth, HealthTracker } from './health.js'
+import { type ComponentHealth, HealthTracker, loopErrorListener } from './health.js'
 import { FailureLog, Log, type LoggerOption } from './logger.js'
 import type { ClaimedRecord } from './message.js'
 import {
@@ -208,9 +209,7 @@ export class Relay<Tx> {
   readonly #failures: FailureLog
   readonly #health = new HealthTracker()
 
-  readonly #signal: AbortSignal | undefined
-  #running: Promise<void> | undefined
-  #stopping: AbortController | undefined
+  readonly #background: BackgroundLoop
   #lastLagSample = 0
 
   constructor(options: RelayOptions<Tx>) {
@@ -282,23 +281,21 @@ export class Relay<Tx> {
     this.#log = new Log(options.logger, { relayId: this.#relayId })
     this.#failures = new FailureLog(this.#log)
     this.#observeOwnEvents()
-    this.#signal = options.signal
-    options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+    this.#background = new BackgroundLoop(
+      {
+        running: 'This relay is already running; call stop() first.',
+        aborted:
+          'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
+        stopped: 'This relay was stopped.',
+      },
+      options.signal,
+    )
   }
 
   /** Health and log lines follow the relay's own events, so every report reaches them the same way. */
   #observeOwnEvents(): void {
     const log = this.#log
-    this.#events.on('error', ({ error, retryInMs }) => {
-      const consecutiveErrors = this.#health.failed(error)
-      this.#failures.failed(
-        retryInMs < 0 ? 'relay stopped by an error' : 'relay cycle failed',
-        error,
-        consecutiveErrors,
-        retryInMs < 0,
-        { retryInMs },
-      )
-    })
+    this.#events.on('error', loopErrorListener(this.#health, this.#failures, 'relay'))
     this.#events.on('claimed', (e) => log.write('debug', 'relay claimed a batch', e))
     this.#events.on('published', (e) => log.write('debug', 'relay published a batch', e))
     this.#events.on('failed', (e) =>
@@ -364,7 +361,7 @@ export class Relay<Tx> {
 
   /** Whether the loop is running. */
   get running(): boolean {
-    return this.#running !== undefined
+    return this.#background.running
   }
 
   /**
@@ -376,28 +373,22 @@ export class Relay<Tx> {
    * or if its `signal` was already aborted (the loop does not start).
    */
   async start(): Promise<void> {
-    if (this.#running)
-      throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This relay is already running; call stop() first.')
-    if (this.#signal?.aborted) {
-      throw new OutboxKitError(
-        ErrorCode.Closed,
-        'This relay was not started: its signal was already aborted. Create the relay with a signal that is not aborted yet.',
-      )
-    }
-    if (this.#stopping?.signal.aborted) throw new OutboxKitError(ErrorCode.Closed, 'This relay was stopped.')
-    this.#stopping = new AbortController()
-    this.#health.started()
-    this.#log.write('info', 'relay started', {
-      ownership: this.#ownership,
-      exactlyOnce: this.#exactlyOnce,
-      store: this.#store.name,
-      transport: this.#transport.name,
-    })
-    this.#running = this.#loop(this.#stopping.signal).finally(() => {
-      this.#running = undefined
-      this.#health.stopped()
-      this.#log.write('info', 'relay stopped')
-    })
+    this.#background.start(
+      (signal) => {
+        this.#health.started()
+        this.#log.write('info', 'relay started', {
+          ownership: this.#ownership,
+          exactlyOnce: this.#exactlyOnce,
+          store: this.#store.name,
+          transport: this.#transport.name,
+        })
+        return this.#loop(signal)
+      },
+      () => {
+        this.#health.stopped()
+        this.#log.write('info', 'relay stopped')
+      },
+    )
   }
 
   /**
@@ -405,9 +396,7 @@ export class Relay<Tx> {
    * the returned promise resolves when the loop has ended. The store and transport stay open.
    */
   async stop(): Promise<void> {
-    this.#stopping ??= new AbortController()
-    this.#stopping.abort()
-    await this.#running
+    await this.#background.stop()
   }
 
   /**
@@ -444,7 +433,7 @@ export class Relay<Tx> {
         'runOnce() is not available with exactlyOnce: each run would open a broker session and reconcile its shards. Use start() and stop().',
       )
     }
-    if (this.#running) {
+    if (this.#background.running) {
       throw new OutboxKitError(
         ErrorCode.AlreadyStarted,
         "runOnce() cannot run while this relay's loop runs with ownership 'shards': the loop already claims its shards.",
@@ -488,7 +477,7 @@ export class Relay<Tx> {
   #stopIfFenced(error: unknown): boolean {
     if (!isOutboxKitError(error, ErrorCode.Fenced)) return false
     this.#events.emit('error', { error, retryInMs: -1 })
-    this.#stopping?.abort()
+    this.#background.abort()
     return true
   }
 
@@ -496,7 +485,7 @@ export class Relay<Tx> {
   #stopIfUnprovable(error: unknown): boolean {
     if (!isOutboxKitError(error, ErrorCode.ProgressUnavailable) || error.retriable) return false
     this.#events.emit('error', { error, retryInMs: -1 })
-    this.#stopping?.abort()
+    this.#background.abort()
     return true
   }
 

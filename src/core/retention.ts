@@ -1,3 +1,4 @@
+import { BackgroundLoop } from './background-loop.js'
 import { backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import { ErrorCode, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
@@ -128,9 +129,7 @@ export class Retention {
   readonly #health = new HealthTracker()
   readonly #log: Log
   readonly #failures: FailureLog
-  readonly #signal: AbortSignal | undefined
-  #stopping: AbortController | undefined
-  #running: Promise<void> | undefined
+  readonly #background: BackgroundLoop
   #lastReport: RetentionReport | undefined
 
   constructor(options: RetentionOptions) {
@@ -186,8 +185,14 @@ export class Retention {
     }
     this.#log = new Log(options.logger, { component: 'retention' })
     this.#failures = new FailureLog(this.#log)
-    this.#signal = options.signal
-    options.signal?.addEventListener('abort', () => void this.stop(), { once: true })
+    this.#background = new BackgroundLoop(
+      {
+        running: 'Retention is already running; call stop() first.',
+        aborted: 'This retention was stopped (or its signal aborted).',
+        stopped: 'This retention was stopped (or its signal aborted).',
+      },
+      options.signal,
+    )
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -197,7 +202,7 @@ export class Retention {
 
   /** Whether the schedule runs. */
   get running(): boolean {
-    return this.#running !== undefined
+    return this.#background.running
   }
 
   /** Whether it runs, its last successful pass, errors since, and what the last pass deleted. */
@@ -213,30 +218,27 @@ export class Retention {
    * signal already aborted.
    */
   async start(): Promise<void> {
-    if (this.#running)
-      throw new OutboxKitError(ErrorCode.AlreadyStarted, 'Retention is already running; call stop() first.')
-    if (this.#signal?.aborted || this.#stopping?.signal.aborted)
-      throw new OutboxKitError(ErrorCode.Closed, 'This retention was stopped (or its signal aborted).')
-    this.#stopping = new AbortController()
-    this.#health.started()
-    this.#log.write('info', 'retention started', { intervalMs: this.#intervalMs, lock: this.#lock })
-    this.#running = this.#loop(this.#stopping.signal).finally(() => {
-      this.#running = undefined
-      this.#health.stopped()
-      this.#log.write('info', 'retention stopped')
-    })
+    this.#background.start(
+      (signal) => {
+        this.#health.started()
+        this.#log.write('info', 'retention started', { intervalMs: this.#intervalMs, lock: this.#lock })
+        return this.#loop(signal)
+      },
+      () => {
+        this.#health.stopped()
+        this.#log.write('info', 'retention stopped')
+      },
+    )
   }
 
   /** Stops the schedule: a batch being deleted finishes, no other starts. Resolves when it ended. */
   async stop(): Promise<void> {
-    this.#stopping ??= new AbortController()
-    this.#stopping.abort()
-    await this.#running
+    await this.#background.stop()
   }
 
   /** One pass now, outside the schedule (scripts, cron jobs, tests). */
   runOnce(): Promise<RetentionReport> {
-    return this.#pass(this.#running && this.#stopping ? this.#stopping.signal : new AbortController().signal)
+    return this.#pass(this.#background.signal ?? new AbortController().signal)
   }
 
   async #loop(signal: AbortSignal): Promise<void> {
