@@ -34,8 +34,8 @@ async function addEvent(database: TestDatabase, key: string): Promise<string> {
 describe('outboxkit feed: Postgres', () => {
   let database: TestDatabase
   const slots: string[] = []
-  const cli = (args: readonly string[]) =>
-    runCli([...args, '--schema', database.schema], { DATABASE_URL: POSTGRES_URL })
+  const cli = (args: readonly string[], env: Record<string, string | undefined> = {}) =>
+    runCli([...args, '--schema', database.schema], { DATABASE_URL: POSTGRES_URL, ...env })
   const json = async (args: readonly string[]) => {
     const run = await cli([...args, '--json'])
     if (run.code !== 0) throw new Error(`outboxkit ${args.join(' ')} exited ${run.code}: ${run.stderr}`)
@@ -83,6 +83,12 @@ describe('outboxkit feed: Postgres', () => {
 
     const created = await json(['feed', 'create', '--slot', slot])
     expect(created).toMatchObject({ dryRun: false, kind: 'postgres-logical', name: slot })
+    const doctor = await cli(['doctor', '--json'], { KAFKA_BROKERS: undefined })
+    expect(
+      JSON.parse(doctor.stdout).checks.find((c: { name: string }) => c.name === `feed ${slot}`),
+    ).toMatchObject({
+      status: 'ok',
+    })
     expect(await slotRow(slot)).toEqual({ active: false })
     expect(await publication(slot)).toBe(true)
     expect(await database.query(`SELECT slot_name FROM "${database.schema}".outbox_feeds`)).toEqual([
@@ -126,6 +132,12 @@ describe('outboxkit feed: Postgres', () => {
       lagBytes: null,
     })
     expect((await cli(['status'])).stdout).toContain('LOST')
+    // doctor fails the feed (the broker left out: no broker given).
+    const doctor = await cli(['doctor', '--json'], { KAFKA_BROKERS: undefined })
+    expect(doctor.code).toBe(1)
+    const check = JSON.parse(doctor.stdout).checks.find((c: { name: string }) => c.name === `feed ${slot}`)
+    expect(check).toMatchObject({ status: 'fail' })
+    expect(check.fix).toContain('outboxkit feed drop')
     const again = await cli(['feed', 'create', '--slot', slot])
     expect(again.code).toBe(1)
     expect(again.stderr).toContain('skip every event written since')
