@@ -352,3 +352,104 @@ describe('LogRelay health and logs', () => {
     expect(relay.health()).toMatchObject({ running: false, reading: false })
   })
 })
+
+describe('LogRelay feed lag', () => {
+  test('samples the lag only while something uses it, emits it and keeps it in health', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    let calls = 0
+    const lag = feed.lag.bind(feed)
+    feed.lag = () => {
+      calls++
+      return lag()
+    }
+    const relay = new LogRelay({
+      feed,
+      transport: new MemoryTransport(),
+      pollIntervalMs: 5,
+      lagIntervalMs: 1,
+    })
+    await relay.start()
+    await new Promise((r) => setTimeout(r, 40))
+    expect(calls).toBe(0)
+    expect(relay.health().lag).toBeUndefined()
+    const samples = collect(relay, 'lag')
+    await until(() => samples.length >= 2, 'lag samples')
+    await relay.stop()
+    expect(samples[0]).toEqual({ bytes: 0, ageMs: 0 })
+    expect(relay.health().lag).toEqual({ bytes: 0, ageMs: 0 })
+    expect(relay.health().lagExceeded).toBe(false)
+  })
+
+  test('a feed behind by more than maxLagBytes is reported loudly: lagExceeded events, a warning, health; and when it is back', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    // The broker is down: nothing is confirmed while records pile up in the log.
+    let down = true
+    transport.throwWith = () => (down ? new Error('broker down') : undefined)
+    const lines: { level: string; message: string; fields: unknown }[] = []
+    const logger = {
+      info: (message: string, fields?: unknown) => lines.push({ level: 'info', message, fields }),
+      warn: (message: string, fields?: unknown) => lines.push({ level: 'warn', message, fields }),
+      error: (message: string, fields?: unknown) => lines.push({ level: 'error', message, fields }),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 5,
+      backoff: FAST,
+      lagIntervalMs: 1,
+      maxLagBytes: 100,
+      logger,
+    })
+    const exceeded = collect(relay, 'lagExceeded')
+    for (let t = 0; t < 10; t++) log.commit([record(`k${t}`, t)])
+    const bytes = log.transactions.reduce((n, t) => n + t.records[0]!.payload.byteLength, 0)
+    expect(bytes).toBeGreaterThan(100)
+    await relay.start()
+    await until(() => exceeded.length >= 3, 'lagExceeded events')
+    expect(exceeded[0]).toMatchObject({ bytes, maxLagBytes: 100 })
+    expect(relay.health()).toMatchObject({ lagExceeded: true, lag: { bytes } })
+    const warnings = lines.filter((l) => l.level === 'warn' && l.message.includes('maxLagBytes'))
+    // Once while it lasts (then at most once a minute), not with every sample.
+    expect(warnings.length).toBe(1)
+    expect(warnings[0]!.fields).toMatchObject({ bytes, maxLagBytes: 100 })
+    down = false
+    await until(() => relay.health().lagExceeded === false, 'back within the limit')
+    await relay.stop()
+    expect(log.confirmed).toBe(10)
+    expect(lines.some((l) => l.level === 'info' && l.message.includes('back within maxLagBytes'))).toBe(true)
+  })
+
+  test('a lag sample that fails is reported and the relay goes on', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    feed.lag = () => Promise.reject(new Error('lag query failed'))
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({
+      feed,
+      transport,
+      pollIntervalMs: 5,
+      lagIntervalMs: 1,
+      maxLagBytes: 1,
+      logger: false,
+    })
+    const errors = collect(relay, 'error')
+    log.commit([record('a', 1)])
+    await relay.start()
+    await until(() => errors.length > 0 && log.confirmed === 1, 'error reported and record confirmed')
+    await relay.stop()
+    expect(errors[0]).toMatchObject({ retryInMs: 0 })
+    expect(transport.delivered.length).toBe(1)
+  })
+
+  test('lag options are checked', () => {
+    const feed = new MemoryChangeFeed(new MemoryChangeLog())
+    expect(() => new LogRelay({ feed, transport: new MemoryTransport(), lagIntervalMs: -1 })).toThrow(
+      'lagIntervalMs',
+    )
+    expect(() => new LogRelay({ feed, transport: new MemoryTransport(), maxLagBytes: 0 })).toThrow(
+      'maxLagBytes',
+    )
+  })
+})
