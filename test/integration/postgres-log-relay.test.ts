@@ -14,7 +14,7 @@ import {
   postgresFeedSetup,
 } from '../../src/adapters/postgres-log/index.js'
 import { ErrorCode, isOutboxKitError, LogRelay, Outbox, type OutboxMessageInput } from '../../src/index.js'
-import { type AnyDB, POSTGRES_URL, uniqueName } from '../support/databases.js'
+import { type AnyDB, POSTGRES_URL, SCHEMA_PREFIX, uniqueName } from '../support/databases.js'
 import { createTopic, kafkaBrokers, testKafka, uniqueTopic } from '../support/kafka.js'
 import { startWorker, type Worker } from '../support/processes.js'
 import {
@@ -27,7 +27,7 @@ import {
   waitFor,
 } from '../support/relay-world.js'
 
-const schema = uniqueName('pgfeed')
+const schema = uniqueName(`${SCHEMA_PREFIX}_pgfeed`)
 const slots = new Set<string>()
 const db = new Kysely<AnyDB>({
   dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: POSTGRES_URL, max: 4 }) }),
@@ -56,7 +56,7 @@ async function writeOrder(topic: string): Promise<Record<string, string[]>> {
  * written before a slot's creation are not in its log.
  */
 async function newSlot(): Promise<string> {
-  const slot = uniqueName('pgfeed').toLowerCase()
+  const slot = uniqueName(`${SCHEMA_PREFIX}_pgfeed`).toLowerCase()
   slots.add(slot)
   for (const statement of postgresFeedSetup({ slot, publication: slot, schema }))
     await sql.raw(statement).execute(db)

@@ -39,7 +39,7 @@ export interface Backend {
 }
 
 /** Prefix of the schemas (MySQL: databases) tests create; `OUTBOXKIT_SCHEMA_PREFIX` sets it. */
-const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
+export const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
 
 export function uniqueName(prefix: string): string {
   return `${prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`

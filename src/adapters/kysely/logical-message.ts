@@ -91,11 +91,12 @@ export function decodeLogicalMessage(content: Uint8Array): ClaimedRecord {
       throw malformed('a string is not valid UTF-8')
     }
   }
-  need(9)
+  need(1)
   const version = view.getUint8(0)
   if (version !== LOGICAL_MESSAGE_VERSION) {
     throw malformed(`its version is ${version}; this outboxkit reads version ${LOGICAL_MESSAGE_VERSION}`)
   }
+  need(9)
   const createdAt = new Date(Number(view.getBigInt64(1)))
   at = 9
   const id = text()
