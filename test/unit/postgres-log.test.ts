@@ -144,6 +144,15 @@ describe('logical message encoding (the table-less mode)', () => {
     expect(empty.headers).toEqual({})
   })
 
+  test('the decoded record owns its bytes: the content may be a view of a driver buffer that is reused', () => {
+    const content = encodeLogicalMessage(record, 0)
+    const driverBuffer = Buffer.from(content)
+    const decoded = decodeLogicalMessage(driverBuffer.subarray(0))
+    driverBuffer.fill(0)
+    expect(decoded.payload).toEqual(everyByte)
+    expect(decoded.key).toBe(record.key)
+  })
+
   test('is compact: fixed overhead of 21 bytes plus 4 a string', () => {
     const small = {
       id: 'i',

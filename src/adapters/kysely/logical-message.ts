@@ -79,7 +79,9 @@ export function decodeLogicalMessage(content: Uint8Array): ClaimedRecord {
   const bytes = () => {
     const n = u32()
     need(n)
-    const b = content.slice(at, at + n)
+    // A copy: the content may be a view of the driver's read buffer, which is reused (and a
+    // Buffer's slice() is a view too).
+    const b = new Uint8Array(content.subarray(at, at + n))
     at += n
     return b
   }
