@@ -574,10 +574,14 @@ describe('Postgres change feed: logical decoding messages (the table-less mode)'
     const [rowId] = await write([message('d', 3)])
     const records = (await readRecords(feed, 3)).flatMap((b) => b.records)
     await feed.markDead(records.map((record) => ({ id: record.id, error: `dead ${record.id}`, record })))
+    // An id outbox.add never writes (a foreign message's) cannot have a row: kept, never a failed UPDATE.
+    await feed.markDead([
+      { id: 'not-a-uuid', error: 'foreign', record: { ...records[0]!, id: 'not-a-uuid' } },
+    ])
     const dead = await query<Record<string, unknown>>(
       `SELECT id, topic, key, type, payload, headers, created_at, last_error FROM "${schema}"."outbox_dead" WHERE slot_name = '${[...slots].at(-1)}' ORDER BY id`,
     )
-    expect(dead.map((d) => d['id']).sort()).toEqual([id, deletedId].sort())
+    expect(dead.map((d) => d['id']).sort()).toEqual([id, deletedId, 'not-a-uuid'].sort())
     const kept = dead.find((d) => d['id'] === id)!
     expect(new Uint8Array(kept['payload'] as Uint8Array)).toEqual(bytes)
     expect(kept).toMatchObject({ topic: 'pgfeed.events', key: 'd', type: 'Tested', last_error: `dead ${id}` })

@@ -153,7 +153,7 @@ describe('logical message encoding (the table-less mode)', () => {
     expect(decoded.key).toBe(record.key)
   })
 
-  test('is compact: fixed overhead of 21 bytes plus 4 a string', () => {
+  test('is compact: 33 bytes of framing without headers, 8 more per header', () => {
     const small = {
       id: 'i',
       topic: 't',
@@ -178,6 +178,11 @@ describe('logical message encoding (the table-less mode)', () => {
     const notUtf8 = content.slice()
     notUtf8[13] = 0xff
     bad.push(notUtf8)
+    // A NUL in a string (Postgres text cannot hold it), and a time beyond Date's range.
+    bad.push(encodeLogicalMessage({ ...record, key: 'a\u0000b' }, 0))
+    const farFuture = content.slice()
+    new DataView(farFuture.buffer).setBigInt64(1, 2n ** 62n)
+    bad.push(farFuture)
     for (const c of bad) expect(codeOf(() => decodeLogicalMessage(c))).toBe(ErrorCode.InvalidMessage)
   })
 })

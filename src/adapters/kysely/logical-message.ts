@@ -17,7 +17,8 @@
  * | 4 + n | payload: its length, then its bytes as they are |
  *
  * Nothing may follow the payload. A decoder refuses an unknown version, a truncated content,
- * invalid UTF-8 and trailing bytes, rather than guess.
+ * invalid UTF-8, a NUL in a string, a time out of `Date`'s range and trailing bytes, rather than
+ * guess.
  */
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord, OutboxRecord } from '../../core/message.js'
@@ -86,12 +87,16 @@ export function decodeLogicalMessage(content: Uint8Array): ClaimedRecord {
     return b
   }
   const text = () => {
+    let value: string
     try {
-      return decoder.decode(bytes())
+      value = decoder.decode(bytes())
     } catch (error) {
       if (error instanceof OutboxKitError) throw error
       throw malformed('a string is not valid UTF-8')
     }
+    // outbox.add refuses NUL in every text field, and Postgres text and jsonb cannot hold it.
+    if (value.includes('\u0000')) throw malformed('a string contains a NUL character')
+    return value
   }
   need(1)
   const version = view.getUint8(0)
@@ -100,6 +105,7 @@ export function decodeLogicalMessage(content: Uint8Array): ClaimedRecord {
   }
   need(9)
   const createdAt = new Date(Number(view.getBigInt64(1)))
+  if (Number.isNaN(createdAt.getTime())) throw malformed('its createdAt is out of range')
   at = 9
   const id = text()
   const topic = text()

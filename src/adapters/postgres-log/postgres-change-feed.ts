@@ -318,7 +318,11 @@ export class PostgresChangeFeed implements ChangeFeed {
     let rowless: readonly DeadFeedRecord[] = records
     if (this.#names.table) {
       const byError = new Map<string, string[]>()
-      for (const r of records) byError.set(r.error, [...(byError.get(r.error) ?? []), r.id])
+      // Only ids outbox.add can have written (UUIDs) can have a row: anything else (a foreign
+      // message's id) would make the UPDATE fail on a uuid column, and the record never settle.
+      for (const r of records) {
+        if (UUID.test(r.id)) byError.set(r.error, [...(byError.get(r.error) ?? []), r.id])
+      }
       const marked = new Set<string>()
       for (const [error, ids] of byError) {
         const result = await this.#query<{ id: string }>(
@@ -846,6 +850,8 @@ function base64(bytes: Uint8Array): string {
   }
   return btoa(binary)
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 const MAX_ERROR_TEXT = 4000
 
