@@ -177,6 +177,8 @@ export class LogRelay {
   #lag: FeedLag | undefined
   #lagExceeded = false
   #lagWarnedAt = Number.NEGATIVE_INFINITY
+  /** The lag sample being taken, beside the loop (a slow lag query never holds publishing back). */
+  #lagSampling: Promise<void> | undefined
   #reading = false
   #confirmedPosition: FeedPosition | undefined
 
@@ -329,6 +331,7 @@ export class LogRelay {
       } finally {
         // Whatever was read and not confirmed is read again after the next open.
         await this.#confirmed().catch(() => {})
+        await this.#lagSampling
         this.#reset()
         this.#reading = false
         await this.#feed.close().catch(() => {})
@@ -358,7 +361,11 @@ export class LogRelay {
     let transportErrors = 0
     while (!signal.aborted) {
       this.#throwConfirmError()
-      await this.#sampleLag()
+      if (this.#lagSampling === undefined && this.#lagDue()) {
+        this.#lagSampling = this.#sampleLag().finally(() => {
+          this.#lagSampling = undefined
+        })
+      }
       await this.#recordDead()
       const due = this.#takeDue(Date.now())
       const fresh: Entry[] = []
@@ -528,11 +535,10 @@ export class LogRelay {
   }
 
   /**
-   * Samples the feed's lag when due. A failed sample is reported (`error` with `retryInMs` 0) and
+   * Samples the feed's lag (when due; run beside the loop). A failed sample is reported (`error` with `retryInMs` 0) and
    * does not stop the relay: the next one is due after `lagIntervalMs`.
    */
   async #sampleLag(): Promise<void> {
-    if (!this.#lagDue()) return
     this.#lastLagSample = Date.now()
     let lag: FeedLag
     try {

@@ -443,6 +443,24 @@ describe('LogRelay feed lag', () => {
     expect(transport.delivered.length).toBe(1)
   })
 
+  test('a slow lag sample never holds publishing back', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    let slow = 0
+    feed.lag = () => {
+      slow++
+      return new Promise((resolve) => setTimeout(() => resolve({ bytes: 0, ageMs: 0 }), 1_500))
+    }
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({ feed, transport, pollIntervalMs: 5, lagIntervalMs: 1, maxLagBytes: 1 })
+    await relay.start()
+    await until(() => slow === 1, 'a lag sample started')
+    log.commit([record('a', 1)])
+    await until(() => transport.delivered.length === 1, 'published while the sample runs', 1_000)
+    await relay.stop()
+    expect(slow).toBe(1)
+  })
+
   test('lag options are checked', () => {
     const feed = new MemoryChangeFeed(new MemoryChangeLog())
     expect(() => new LogRelay({ feed, transport: new MemoryTransport(), lagIntervalMs: -1 })).toThrow(
