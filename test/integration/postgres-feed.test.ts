@@ -11,6 +11,7 @@ import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/
 import {
   createPostgresChangeFeed,
   dropPostgresFeed,
+  encodeLogicalMessage,
   type PostgresChangeFeed,
   postgresFeedSetup,
 } from '../../src/adapters/postgres-log/index.js'
@@ -514,9 +515,16 @@ describe('Postgres change feed: logical decoding messages (the table-less mode)'
         throw new Error('roll back')
       })
       .catch(() => {})
+    // Valid records under another prefix, and outside any transaction: only the filter keeps them out.
     await query(`SELECT pg_logical_emit_message(true, 'someone-else', 'not ours')`)
-    await query(`SELECT pg_logical_emit_message(true, '${prefix}-other', 'not ours either')`)
-    await query(`SELECT pg_logical_emit_message(false, '${prefix}', 'outside any transaction')`)
+    const other = new Outbox({
+      store: createKyselyOutboxStore({ db, schema, messagePrefix: `${prefix}-other` }),
+    })
+    await db.transaction().execute((trx) => other.add(trx, [message('r', 'another prefix')]))
+    const [outside] = messageOutbox.prepare([message('r', 'outside any transaction')])
+    await sql`SELECT pg_logical_emit_message(false, ${prefix}, CAST(${Buffer.from(encodeLogicalMessage(outside!))} AS bytea))`.execute(
+      db,
+    )
     const kept = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('r', 'kept')]))
     const records = (await readRecords(feed, 1)).flatMap((b) => b.records)
     expect(records.map((r) => r.id)).toEqual(kept)

@@ -11,6 +11,7 @@ import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/
 import {
   createPostgresChangeFeed,
   dropPostgresFeed,
+  encodeLogicalMessage,
   postgresFeedSetup,
 } from '../../src/adapters/postgres-log/index.js'
 import {
@@ -268,7 +269,7 @@ describe('log-tailing relay on Postgres: the table-less mode (logical decoding m
     return db.transaction().execute((trx) => messageOutbox.add(trx, messages))
   }
 
-  test('a business row and its events in one transaction reach Kafka byte for byte, trace context included; a rollback sends nothing', async () => {
+  test('a business row and its events in one transaction reach Kafka byte for byte, trace context included; a rollback and other prefixes send nothing', async () => {
     const slot = await newSlot(false)
     const topic = uniqueTopic('pgmsg')
     await createTopic(brokers, topic, { partitions: 1 })
@@ -297,6 +298,19 @@ describe('log-tailing relay on Postgres: the table-less mode (logical decoding m
         throw new Error('roll back')
       })
       .catch(() => {})
+    // Other prefixes (another tool's messages, a near miss) and a non-transactional message: ignored.
+    // Valid records, so only the prefix keeps them out.
+    await sql.raw(`SELECT pg_logical_emit_message(true, 'other-tool', 'x')`).execute(db)
+    const nearMiss = new Outbox({
+      store: createKyselyOutboxStore({ db, schema, messagePrefix: `${prefix}x` }),
+    })
+    await db
+      .transaction()
+      .execute((trx) => nearMiss.add(trx, [{ topic, key: 'o-4', type: 'E', payload: 'near miss' }]))
+    const [outside] = messageOutbox.prepare([{ topic, key: 'o-5', type: 'E', payload: 'not transactional' }])
+    await sql`SELECT pg_logical_emit_message(false, ${prefix}, CAST(${Buffer.from(encodeLogicalMessage(outside!))} AS bytea))`.execute(
+      db,
+    )
     const after = await writeMessages([{ topic, key: 'o-3', type: 'OrderCreated', payload: 'after' }])
     expect((await sql.raw(`SELECT count(*)::int AS n FROM "${schema}"."outbox"`).execute(db)).rows).toEqual(
       rows.rows,
