@@ -535,8 +535,8 @@ export class LogRelay {
   }
 
   /**
-   * Samples the feed's lag (when due; run beside the loop). A failed sample is reported (`error` with `retryInMs` 0) and
-   * does not stop the relay: the next one is due after `lagIntervalMs`.
+   * Samples the feed's lag, beside the loop. A failed sample is reported (`error` with
+   * `retryInMs` 0) and does not stop the relay: the next one is due after `lagIntervalMs`.
    */
   async #sampleLag(): Promise<void> {
     this.#lastLagSample = Date.now()
