@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick | --smoke] [--only m1,m2,m4,m5,m6,m7,m8,m9] [--skip m8] [--repetitions N] [--rss-events N] [--no-save]
+ *   bun bench/run.ts [--quick | --smoke] [--only m1,m2,m4,m5,m6,m7,m8,m9,m10] [--skip m8,m10] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -30,6 +30,7 @@ import { runM6 } from './m6-memory.js'
 import { runM7 } from './m7-limits.js'
 import { runM8 } from './m8-exactly-once.js'
 import { runM9 } from './m9-log-relay.js'
+import { runM10 } from './m10-cdc.js'
 
 interface Measurement {
   readonly id: string
@@ -46,6 +47,7 @@ const MEASUREMENTS: readonly Measurement[] = [
   { id: 'm7', title: 'M7 relay against its limits', run: runM7 },
   { id: 'm8', title: 'M8 exactly-once cost', run: runM8 },
   { id: 'm9', title: 'M9 log-tailing relay throughput', run: runM9 },
+  { id: 'm10', title: 'M10 change data capture vs Debezium', run: runM10 },
 ]
 
 function arg(name: string): string | undefined {

@@ -5,7 +5,9 @@
 import { sql } from 'kysely'
 import { type Database, type DatabaseOptions, describe, openDatabase } from './connection.js'
 import { CliError, ExitCode, isCliError } from './exit-codes.js'
-import { schemaState } from './schema-state.js'
+import { type FeedStatus, feedStatus } from './feeds.js'
+import { formatBytes } from './output.js'
+import { existingTables, schemaState } from './schema-state.js'
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip'
 
@@ -123,6 +125,12 @@ export async function doctor(request: DoctorRequest): Promise<{ report: DoctorRe
             : 'at the current layout (tables made without outboxkit migrate)',
       })
     }
+    if (state.outbox) {
+      for (const feed of (await feedStatus(database, await existingTables(database))) ?? []) {
+        checks.push(feedCheck(feed))
+        if (feed.state === 'lost') worse(ExitCode.problems)
+      }
+    }
     if (topics.length === 0 && state.outbox) topics = await outboxTopics(database)
   } catch (error) {
     if (!isCliError(error) || error.exitCode === ExitCode.failed) throw error
@@ -141,6 +149,24 @@ export async function doctor(request: DoctorRequest): Promise<{ report: DoctorRe
   }
   await brokerChecks(request, topics, checks, worse)
   return { report: { ok: !checks.some((c) => c.status === 'fail'), checks }, exitCode }
+}
+
+/** A log-tailing feed: lost is a failure (the relay stops on FEED_LOST); otherwise the log it holds back. */
+function feedCheck(feed: FeedStatus): Check {
+  const name = `feed ${feed.name}`
+  const behind = feed.lagBytes === null ? '' : `, ${formatBytes(feed.lagBytes)} of log behind`
+  if (feed.state === 'lost') {
+    return {
+      name,
+      status: 'fail',
+      message:
+        feed.kind === 'postgres-logical'
+          ? `the replication slot ${feed.name} is gone or its WAL was removed (wal_status ${feed.walStatus ?? 'none'}): its relay stops with FEED_LOST`
+          : `the binlog file of the stored position ${feed.confirmedPosition ?? ''} was purged: its relay cannot resume there`,
+      fix: 'follow docs/relay.md (A dropped slot, recycled WAL): outboxkit feed drop, create it again, republish the pending rows with the polling relay',
+    }
+  }
+  return { name, status: 'ok', message: `${feed.kind}, ${feed.state}${behind}` }
 }
 
 /** Topics of the pending rows and of the newest rows. */

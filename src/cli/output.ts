@@ -47,6 +47,19 @@ export function formatDuration(ms: number): string {
   return h % 24 === 0 ? `${Math.floor(h / 24)}d` : `${Math.floor(h / 24)}d ${h % 24}h`
 }
 
+/** Bytes as a short human size: 512 B, 14.2 KiB, 3.0 MiB, 1.2 GiB. */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`
+  const units = ['KiB', 'MiB', 'GiB', 'TiB']
+  let value = bytes / 1024
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return `${value.toFixed(1)} ${units[unit]}`
+}
+
 const UNITS: Record<string, number> = {
   ms: 1,
   s: 1000,

@@ -7,6 +7,7 @@ import { type Database, type DatabaseOptions, openDatabase } from './connection.
 import { type DeadChange, type DeadFilter, dropDead, listDead, requeueDead, showDead } from './dead.js'
 import { doctor, formatDoctor } from './doctor.js'
 import { CliError, ExitCode } from './exit-codes.js'
+import { createFeed, dropFeed, type FeedNames, formatFeedChange } from './feeds.js'
 import { migrate } from './migrate.js'
 import {
   emit,
@@ -299,6 +300,45 @@ export function buildProgram(): Command {
       ),
     )
 
+  const feed = program
+    .command('feed')
+    .description('the database objects of a log-tailing relay: create or drop them (docs/relay.md)')
+  const feedCommand = (name: 'create' | 'drop', description: string) =>
+    feed
+      .command(name)
+      .description(description)
+      .option('--slot <name>', 'Postgres: the replication slot (1–63 lower-case letters, digits, _)')
+      .option('--publication <name>', "Postgres: the publication (default: the slot's name)")
+      .option(
+        '--feed <name>',
+        'MySQL/MariaDB: the feed name, feedName of createMysqlChangeFeed (default: default)',
+      )
+      .option('--dry-run', 'print the SQL and run nothing')
+  feedCommand(
+    'create',
+    'create the publication, the replication slot and its marker (Postgres) or the position table (MySQL)',
+  ).action(
+    action(async (options: GlobalOptions & FeedFlags) =>
+      withDatabase(options, async (database) => {
+        const result = await createFeed(database, feedNames(database, options), options.dryRun === true)
+        emit(options, result, () => formatFeedChange(result, 'created'))
+        return ExitCode.ok
+      }),
+    ),
+  )
+  feedCommand(
+    'drop',
+    'drop the slot, its marker and the publication (Postgres) or the stored position (MySQL)',
+  ).action(
+    action(async (options: GlobalOptions & FeedFlags) =>
+      withDatabase(options, async (database) => {
+        const result = await dropFeed(database, feedNames(database, options), options.dryRun === true)
+        emit(options, result, () => formatFeedChange(result, 'dropped'))
+        return ExitCode.ok
+      }),
+    ),
+  )
+
   program
     .command('doctor')
     .description(
@@ -415,6 +455,38 @@ async function loadRelay(): Promise<typeof import('./relay.js')> {
     )
   }
   return (await import(RELAY)) as typeof import('./relay.js')
+}
+
+interface FeedFlags {
+  slot?: string
+  publication?: string
+  feed?: string
+  dryRun?: boolean
+}
+
+/** `--slot`/`--publication` on Postgres, `--feed` on MySQL; the other dialect's flags are refused. */
+function feedNames(database: Database, options: FeedFlags): FeedNames {
+  if (database.dialect === 'postgres') {
+    if (options.feed !== undefined) {
+      throw new CliError(
+        ExitCode.usage,
+        'bad_flag',
+        'feed: --feed is for MySQL/MariaDB; on Postgres give --slot.',
+      )
+    }
+    return {
+      ...(options.slot !== undefined ? { name: options.slot } : {}),
+      ...(options.publication !== undefined ? { publication: options.publication } : {}),
+    }
+  }
+  if (options.slot !== undefined || options.publication !== undefined) {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      'feed: --slot and --publication are for Postgres; on MySQL/MariaDB give --feed.',
+    )
+  }
+  return options.feed !== undefined ? { name: options.feed } : {}
 }
 
 function collect(value: string, previous: string[]): string[] {

@@ -8,6 +8,7 @@ import { createKyselyOutboxStore } from '../adapters/kysely/kysely-outbox-store.
 import { Status } from '../adapters/kysely/schema.js'
 import type { Database } from './connection.js'
 import { CliError, ExitCode } from './exit-codes.js'
+import { type FeedStatus, feedStatus, formatFeeds } from './feeds.js'
 import { formatDuration, table } from './output.js'
 import { existingTables } from './schema-state.js'
 
@@ -42,6 +43,8 @@ export interface StatusReport {
     readonly owners: readonly { relayId: string; shards: number; leaseUntil: string }[]
     readonly relays: readonly { relayId: string; leaseUntil: string }[]
   }
+  /** Log-tailing feeds (replication slots, stored binlog positions); null when none was created. */
+  readonly feeds: null | readonly FeedStatus[]
   /** Inbox rows per consumer; null when the inbox table does not exist. */
   readonly inbox: null | {
     readonly table: string
@@ -145,6 +148,7 @@ export async function status(database: Database): Promise<StatusReport> {
     }))
     inbox = { table: t.inboxName, rows: list.reduce((sum, r) => sum + r.rows, 0), consumers: list }
   }
+  const feeds = await feedStatus(database, tables)
   const row = counts.rows[0]
   return {
     outbox: {
@@ -175,6 +179,7 @@ export async function status(database: Database): Promise<StatusReport> {
       leaseUntil: iso(r['lease']),
     })),
     shards,
+    feeds,
     inbox,
   }
 }
@@ -238,6 +243,11 @@ export function formatStatus(report: StatusReport): string {
     }
   } else {
     lines.push('shards: no shard tables (outboxkit migrate adds them)')
+  }
+  if (report.feeds && report.feeds.length > 0) {
+    const lost = report.feeds.filter((f) => f.state === 'lost').length
+    lines.push(`feeds (log-tailing relays): ${report.feeds.length}${lost > 0 ? `, ${lost} LOST` : ''}`)
+    lines.push(indent(formatFeeds(report.feeds)))
   }
   if (report.inbox) {
     lines.push(`inbox ${report.inbox.table}: ${report.inbox.rows} rows`)

@@ -248,6 +248,9 @@ describe('Debezium outbox event router → IdempotentConsumer', () => {
           })
         }
       }
+      // Another application's logical decoding message reaches every slot of the database: the
+      // connector must not pass it to the router (docs/debezium.md, the connector).
+      await world.query(`SELECT pg_logical_emit_message(true, 'another-app', 'not an outbox event')`)
       // Several events of one key in one transaction; the last one written without a trace context.
       const paymentMessages = [0, 1, 2].map((step) => ({
         topic: payments,

@@ -3,6 +3,7 @@
  * MySQL database) with a random name and drops it on `close()`, so tests can run in parallel and
  * twice in a row. `query` reads the database directly, never through the store under test.
  */
+import { randomUUID } from 'node:crypto'
 import { PGlite } from '@electric-sql/pglite'
 import { Kysely, MysqlDialect, PostgresDialect, sql } from 'kysely'
 import { PostgresJSDialect } from 'kysely-postgres-js'
@@ -41,8 +42,12 @@ export interface Backend {
 /** Prefix of the schemas (MySQL: databases) tests create; `OUTBOXKIT_SCHEMA_PREFIX` sets it. */
 export const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
 
+/**
+ * `<prefix>_<time>_<random>`: unique across the test processes that run side by side (the random
+ * part from the system's generator, not from a per-process `Math.random`).
+ */
 export function uniqueName(prefix: string): string {
-  return `${prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
+  return `${prefix}_${Date.now().toString(36)}_${randomUUID().slice(0, 8)}`
 }
 
 function postgresBackend(name: string, makeDb: () => Kysely<AnyDB>): Backend {

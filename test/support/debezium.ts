@@ -77,6 +77,9 @@ export function connectorProperties({ name, schema, extra = {} }: ConnectorOptio
     'table.include.list': `${schema}.outbox`,
     'snapshot.mode': 'no_data',
     'tombstones.on.delete': 'false',
+    // Logical decoding messages (pg_logical_emit_message) of any application reach every slot;
+    // the router passes them on unchanged and the ByteArrayConverter fails the task on them.
+    'message.prefix.exclude.list': '.*',
     'key.converter': 'org.apache.kafka.connect.storage.StringConverter',
     'value.converter': 'org.apache.kafka.connect.converters.ByteArrayConverter',
     transforms: 'outbox',
