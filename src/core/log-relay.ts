@@ -173,12 +173,9 @@ export class LogRelay {
   readonly #health = new HealthTracker()
   readonly #lagIntervalMs: number
   readonly #maxLagBytes: number | undefined
-  #lastLagSample = Number.NEGATIVE_INFINITY
   #lag: FeedLag | undefined
   #lagExceeded = false
   #lagWarnedAt = Number.NEGATIVE_INFINITY
-  /** The lag sample being taken, beside the loop (a slow lag query never holds publishing back). */
-  #lagSampling: Promise<void> | undefined
   #reading = false
   #confirmedPosition: FeedPosition | undefined
 
@@ -316,9 +313,11 @@ export class LogRelay {
   async #loop(signal: AbortSignal): Promise<void> {
     let consecutiveErrors = 0
     while (!signal.aborted) {
+      let sampler: (() => Promise<void>) | undefined
       try {
         if (!(await this.#open(signal))) break
         consecutiveErrors = 0
+        sampler = this.#sampleLagWhileReading()
         await this.#tail(signal)
       } catch (error) {
         if (this.#stopsTheRelay(error)) {
@@ -331,7 +330,7 @@ export class LogRelay {
       } finally {
         // Whatever was read and not confirmed is read again after the next open.
         await this.#confirmed().catch(() => {})
-        await this.#lagSampling
+        await sampler?.()
         this.#reset()
         this.#reading = false
         await this.#feed.close().catch(() => {})
@@ -361,11 +360,6 @@ export class LogRelay {
     let transportErrors = 0
     while (!signal.aborted) {
       this.#throwConfirmError()
-      if (this.#lagSampling === undefined && this.#lagDue()) {
-        this.#lagSampling = this.#sampleLag().finally(() => {
-          this.#lagSampling = undefined
-        })
-      }
       await this.#recordDead()
       const due = this.#takeDue(Date.now())
       const fresh: Entry[] = []
@@ -522,10 +516,29 @@ export class LogRelay {
     for (const d of dead) this.#settle(d.entry)
   }
 
-  /** Whether a lag sample is wanted (something uses it) and due. */
-  #lagDue(): boolean {
-    if (this.#lagIntervalMs <= 0 || this.#feed.lag === undefined) return false
-    if (Date.now() - this.#lastLagSample < this.#lagIntervalMs) return false
+  /**
+   * Samples the lag every `lagIntervalMs` while the feed is open, on a timer of its own: the
+   * moments a feed falls behind are those when the loop is stuck (a broker that hangs, a key that
+   * keeps failing), so the samples must not wait for the loop, nor a slow lag query hold the loop.
+   * Returns the function that stops it.
+   */
+  #sampleLagWhileReading(): () => Promise<void> {
+    if (this.#lagIntervalMs <= 0 || this.#feed.lag === undefined) return async () => {}
+    const stop = new AbortController()
+    const running = (async () => {
+      while (!stop.signal.aborted) {
+        if (this.#lagWanted()) await this.#sampleLag()
+        await sleep(this.#lagIntervalMs, stop.signal)
+      }
+    })()
+    return async () => {
+      stop.abort()
+      await running
+    }
+  }
+
+  /** Whether something uses lag samples. */
+  #lagWanted(): boolean {
     return (
       this.#maxLagBytes !== undefined ||
       this.#events.has('lag') ||
@@ -535,11 +548,10 @@ export class LogRelay {
   }
 
   /**
-   * Samples the feed's lag, beside the loop. A failed sample is reported (`error` with
-   * `retryInMs` 0) and does not stop the relay: the next one is due after `lagIntervalMs`.
+   * Takes one lag sample. A failed sample is reported (`error` with `retryInMs` 0) and does not
+   * stop the relay: the next one is due after `lagIntervalMs`.
    */
   async #sampleLag(): Promise<void> {
-    this.#lastLagSample = Date.now()
     let lag: FeedLag
     try {
       lag = await this.#feed.lag!()

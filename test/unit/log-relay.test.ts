@@ -461,6 +461,42 @@ describe('LogRelay feed lag', () => {
     expect(slow).toBe(1)
   })
 
+  test('lag is still sampled, and reported, while a publish hangs (a broker that does not answer)', async () => {
+    const log = new MemoryChangeLog()
+    const memory = new MemoryTransport()
+    let release!: () => void
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const transport = {
+      name: memory.name,
+      capabilities: memory.capabilities,
+      publish: async (records: Parameters<MemoryTransport['publish']>[0]) => {
+        await released
+        return memory.publish(records)
+      },
+      close: () => memory.close(),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 5,
+      lagIntervalMs: 5,
+      maxLagBytes: 50,
+      logger: false,
+    })
+    const exceeded = collect(relay, 'lagExceeded')
+    await relay.start()
+    log.commit([record('a', 0)])
+    await until(() => relay.health().lag !== undefined, 'a first sample')
+    // The relay now waits on the broker with the first record; more is written behind it.
+    for (let t = 1; t <= 10; t++) log.commit([record(`k${t}`, t)])
+    await until(() => exceeded.length >= 2, 'lagExceeded while the publish hangs')
+    release()
+    await until(() => log.confirmed === 11, 'everything confirmed')
+    await relay.stop()
+  })
+
   test('lag options are checked', () => {
     const feed = new MemoryChangeFeed(new MemoryChangeLog())
     expect(() => new LogRelay({ feed, transport: new MemoryTransport(), lagIntervalMs: -1 })).toThrow(
