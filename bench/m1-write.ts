@@ -1,6 +1,9 @@
 /**
  * M1 write overhead: business transactions with the outbox event(s) added ÷ the same transactions
- * without, 8 concurrent clients, on Postgres (postgres.js) and MariaDB (mysql2).
+ * without, 8 concurrent clients, on Postgres (postgres.js) and MariaDB (mysql2). On Postgres also
+ * the two ways of writing for a log-tailing relay, in the same rounds: `deleteAfterAdd` (the row
+ * inserted and deleted in the transaction) and the table-less mode (`messagePrefix`: a logical
+ * decoding message per event, no row).
  */
 import { createKyselyOutboxStore } from '../src/adapters/kysely/index.js'
 import { Outbox, type OutboxMessageInput } from '../src/index.js'
@@ -40,9 +43,27 @@ function events(orderId: string, count: number): OutboxMessageInput[] {
   }))
 }
 
-/** The three transactions, on `db`. */
+/** The write modes of the outbox on Postgres, beside the default (a row per event). */
+const LOG_MODES = {
+  delete: { label: 'deleteAfterAdd', store: { deleteAfterAdd: true } },
+  message: { label: 'table-less (messagePrefix)', store: { messagePrefix: 'outboxkit:bench' } },
+} as const
+type LogMode = keyof typeof LOG_MODES
+
+/** The transactions, on `db`. */
 function transactions(database: BenchDatabase, db: BenchKysely) {
   const outbox = new Outbox({ store: createKyselyOutboxStore({ db, schema: database.schema }) })
+  // Postgres only: MariaDB refuses messagePrefix.
+  const logOutboxes = (
+    database.dialect === 'postgres'
+      ? Object.fromEntries(
+          Object.entries(LOG_MODES).map(([mode, { store }]) => [
+            mode,
+            new Outbox({ store: createKyselyOutboxStore({ db, schema: database.schema, ...store }) }),
+          ]),
+        )
+      : {}
+  ) as Record<LogMode, Outbox<unknown>>
   return {
     plain: () =>
       db.transaction().execute(async (trx) => {
@@ -69,6 +90,13 @@ function transactions(database: BenchDatabase, db: BenchKysely) {
         await trx.withSchema(database.schema).insertInto('orders').values(order(id)).execute()
         await outbox.add(trx, events(id, count))
       }),
+    /** The same as `withEvents`, written for a log-tailing relay (Postgres only). */
+    withLogEvents: (mode: LogMode, count: number) => () =>
+      db.transaction().execute(async (trx) => {
+        const id = crypto.randomUUID()
+        await trx.withSchema(database.schema).insertInto('orders').values(order(id)).execute()
+        await logOutboxes[mode].add(trx, events(id, count))
+      }),
   }
 }
 
@@ -78,18 +106,28 @@ async function statementTimes(
   durationMs: number,
 ): Promise<Record<string, Record<string, number>>> {
   const result: Record<string, Record<string, number>> = {}
-  for (const [variant, events] of [
-    ['no event', 0],
-    ['1 event', 1],
-    ['10 events', 10],
-  ] as const) {
+  const variants: [string, number, LogMode | undefined][] = [
+    ['no event', 0, undefined],
+    ['1 event', 1, undefined],
+    ['10 events', 10, undefined],
+  ]
+  if (database.dialect === 'postgres') {
+    for (const mode of Object.keys(LOG_MODES) as LogMode[]) {
+      variants.push([`1 event, ${mode}`, 1, mode], [`10 events, ${mode}`, 10, mode])
+    }
+  }
+  for (const [variant, events, mode] of variants) {
     const times = new StatementTimes()
-    const tx = transactions(database, database.pool({ max: 10, log: times.log }))
-    const run = events === 0 ? tx.plain : tx.withEvents(events)
+    // One pool at a time: the server's connections are shared (destroyed again at close).
+    const pool = database.pool({ max: 10, log: times.log })
+    const tx = transactions(database, pool)
+    const run =
+      events === 0 ? tx.plain : mode === undefined ? tx.withEvents(events) : tx.withLogEvents(mode, events)
     await burst(Math.min(durationMs, 200), CLIENTS, run) // opens the pool's connections
     times.reset()
     await burst(durationMs, CLIENTS, run)
     result[variant] = times.means()
+    await pool.destroy()
   }
   return result
 }
@@ -97,32 +135,43 @@ async function statementTimes(
 async function measureBackend(ctx: Context, backend: BackendName): Promise<MeasurementResult> {
   const database = await openDatabase(backend)
   try {
-    const { plain, second, withEvents } = transactions(database, database.db)
+    const { plain, second, withEvents, withLogEvents } = transactions(database, database.db)
     const { writeMs } = ctx.sizes
+    const postgres = database.dialect === 'postgres'
+    const steps: Record<string, () => Promise<number>> = {
+      none: () => burst(writeMs, CLIENTS, plain),
+      one: () => burst(writeMs, CLIENTS, withEvents(1)),
+      ten: () => burst(writeMs, CLIENTS, withEvents(10)),
+      control: () => burst(writeMs, CLIENTS, second),
+    }
+    if (postgres) {
+      for (const mode of Object.keys(LOG_MODES) as LogMode[]) {
+        steps[`${mode}.1`] = () => burst(writeMs, CLIENTS, withLogEvents(mode, 1))
+        steps[`${mode}.10`] = () => burst(writeMs, CLIENTS, withLogEvents(mode, 10))
+      }
+    }
     const result = await rounds({
       warmup: ctx.sizes.warmup,
       repetitions: ctx.sizes.repetitions,
-      steps: {
-        none: () => burst(writeMs, CLIENTS, plain),
-        one: () => burst(writeMs, CLIENTS, withEvents(1)),
-        ten: () => burst(writeMs, CLIENTS, withEvents(10)),
-        control: () => burst(writeMs, CLIENTS, second),
-      },
+      steps,
       onRound: (round, v) =>
         ctx.log(
-          `  M1 ${backend} round ${round}: no event ${v.none.toFixed(0)} tx/s, 1 event ${v.one.toFixed(0)}, 10 events ${v.ten.toFixed(0)}, control ${v.control.toFixed(0)}`,
+          `  M1 ${backend} round ${round}: ${Object.entries(v)
+            .map(([name, value]) => `${name} ${value.toFixed(0)}`)
+            .join(', ')} tx/s`,
         ),
     })
+    const none = result['none']!
     const statements = await statementTimes(database, writeMs)
-    const baseline = rate(median(result.none), 'tx/s')
+    const baseline = rate(median(none), 'tx/s')
     const figures: Figure[] = [
       {
         id: `M1.${backend}.1`,
         group: 'M1 write overhead',
         label: `${backend}, 1 event/tx, ${CLIENTS} clients`,
         unit: 'ratio',
-        ...ofRounds(ratios(result.one, result.none)),
-        measured: rate(median(result.one), 'tx/s'),
+        ...ofRounds(ratios(result['one']!, none)),
+        measured: rate(median(result['one']!), 'tx/s'),
         baseline,
         target: { op: '>=', value: 0.95 },
       },
@@ -131,8 +180,8 @@ async function measureBackend(ctx: Context, backend: BackendName): Promise<Measu
         group: 'M1 write overhead',
         label: `${backend}, 10 events/tx, ${CLIENTS} clients`,
         unit: 'ratio',
-        ...ofRounds(ratios(result.ten, result.none)),
-        measured: rate(median(result.ten), 'tx/s'),
+        ...ofRounds(ratios(result['ten']!, none)),
+        measured: rate(median(result['ten']!), 'tx/s'),
         baseline,
       },
       {
@@ -140,16 +189,32 @@ async function measureBackend(ctx: Context, backend: BackendName): Promise<Measu
         group: 'M1 write overhead',
         label: `${backend}, control: a second plain INSERT instead of the event`,
         unit: 'ratio',
-        ...ofRounds(ratios(result.control, result.none)),
-        measured: rate(median(result.control), 'tx/s'),
+        ...ofRounds(ratios(result['control']!, none)),
+        measured: rate(median(result['control']!), 'tx/s'),
         baseline,
       },
     ]
+    if (postgres) {
+      for (const [mode, { label }] of Object.entries(LOG_MODES) as [LogMode, (typeof LOG_MODES)[LogMode]][]) {
+        for (const count of [1, 10]) {
+          const values = result[`${mode}.${count}`]!
+          figures.push({
+            id: `M1.${backend}.${mode}.${count}`,
+            group: 'M1 write overhead',
+            label: `${backend}, ${label}, ${count} event${count === 1 ? '' : 's'}/tx, ${CLIENTS} clients`,
+            unit: 'ratio',
+            ...ofRounds(ratios(values, none)),
+            measured: rate(median(values), 'tx/s'),
+            baseline,
+          })
+        }
+      }
+    }
     return {
       figures,
       raw: { backend, clients: CLIENTS, burstMs: writeMs, ...result, msPerStatement: statements },
       details: Object.entries(statements)
-        .map(([name, times]) => `  ${backend.padEnd(11)} ${name.padEnd(9)} ${formatTimes(times)}`)
+        .map(([name, times]) => `  ${backend.padEnd(11)} ${name.padEnd(22)} ${formatTimes(times)}`)
         .join('\n'),
     }
   } finally {

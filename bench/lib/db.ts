@@ -58,7 +58,11 @@ export interface BenchDatabase {
   close(): Promise<void>
 }
 
-export function uniqueSchema(prefix = 'bench'): string {
+export function uniqueSchema(
+  prefix = process.env['OUTBOXKIT_SCHEMA_PREFIX']
+    ? `${process.env['OUTBOXKIT_SCHEMA_PREFIX']}_bench`
+    : 'bench',
+): string {
   return `${prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
 }
 

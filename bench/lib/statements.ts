@@ -16,6 +16,8 @@ export function statementKind(text: string): string {
   if (/^UPDATE .*status/i.test(sql)) return 'settle'
   if (/^WITH inserted/i.test(sql)) return 'insert outbox + notify'
   if (/^SELECT 1 AS found FROM/i.test(sql)) return 'confirm'
+  if (/pg_logical_emit_message/i.test(sql)) return 'emit messages'
+  if (/^DELETE FROM \S*"outbox"/i.test(sql)) return 'delete outbox'
   if (/^(savepoint|release savepoint|rollback to savepoint)/i.test(sql)) return 'savepoint'
   const insert = /^insert (?:ignore )?into (?:\S+\.)?[`"]?(\w+)[`"]?/i.exec(sql)
   if (insert) return `insert ${insert[1]}`

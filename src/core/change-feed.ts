@@ -24,6 +24,15 @@ export interface FeedBatch {
   readonly position?: FeedPosition
 }
 
+/**
+ * A record a log-tailing relay gave up on, as {@link ChangeFeed.markDead} receives it: its id and
+ * error, and the record as the feed handed it out, for a feed that has no row to mark (a table-less
+ * mode, rows deleted as they were added) and keeps the whole record instead.
+ */
+export interface DeadFeedRecord extends DeadRecord {
+  readonly record?: ClaimedRecord
+}
+
 /** How far a feed's confirmed position is behind the end of the log. */
 export interface FeedLag {
   /** Bytes of log between the confirmed position and the log's end, where the database tells it. */
@@ -73,9 +82,9 @@ export interface ChangeFeed {
   /**
    * Records the relay gave up on (after `maxAttempts`, or refused by the broker): keeps them where
    * an operator can find and requeue them (the outbox row marked dead with its error, or a dead
-   * table in a table-less mode). Called before their position is confirmed.
+   * table in a table-less mode, which `record` fills). Called before their position is confirmed.
    */
-  markDead(records: readonly DeadRecord[]): Promise<void>
+  markDead(records: readonly DeadFeedRecord[]): Promise<void>
   /** How far behind the feed is; optional. */
   lag?(): Promise<FeedLag>
   /** Stops reading and releases the connection; `open` may be called again afterwards. Safe to call twice. */

@@ -1,5 +1,5 @@
 export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
-export type { ChangeFeed, FeedBatch, FeedLag, FeedPosition } from './change-feed.js'
+export type { ChangeFeed, DeadFeedRecord, FeedBatch, FeedLag, FeedPosition } from './change-feed.js'
 export { CLAIM_KEY_SHARE, claimKeyShare, shareClaim, withinShares } from './claim-share.js'
 export {
   type BatchMessageHandler,

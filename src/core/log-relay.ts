@@ -1,15 +1,20 @@
 import { BackgroundLoop } from './background-loop.js'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
-import type { ChangeFeed, FeedPosition } from './change-feed.js'
+import type { ChangeFeed, DeadFeedRecord, FeedLag, FeedPosition } from './change-feed.js'
 import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { type ComponentHealth, HealthTracker, loopErrorListener } from './health.js'
-import { FailureLog, Log, type LoggerOption } from './logger.js'
+import { DEFAULT_LOG_FAILURE_INTERVAL_MS, FailureLog, Log, type LoggerOption } from './logger.js'
 import type { ClaimedRecord } from './message.js'
-import { backoffOptions, MAX_CLAIM_LIMIT, nonEmptyString, positiveInteger } from './options.js'
+import {
+  backoffOptions,
+  MAX_CLAIM_LIMIT,
+  nonEmptyString,
+  nonNegativeInteger,
+  positiveInteger,
+} from './options.js'
 import type { DeadLetterOptions, RelayInstrumentation } from './relay.js'
-import type { DeadRecord } from './store.js'
 import type { PublishOutcome, Transport } from './transport.js'
 
 /** What a log-tailing relay reports while it runs. Subscribe with {@link LogRelay.on}. */
@@ -28,6 +33,17 @@ export interface LogRelayEvents {
   deadLetterFailed: { readonly ids: readonly string[]; readonly error: string }
   /** The feed's position was confirmed: every record before it is settled. */
   confirmed: { readonly position: FeedPosition; readonly records: number }
+  /**
+   * How far the feed is behind the end of the log ({@link ChangeFeed.lag}), sampled every
+   * `lagIntervalMs` while the relay reads the feed and someone listens (or `maxLagBytes` is set).
+   */
+  lag: FeedLag
+  /**
+   * A lag sample found more than `maxLagBytes` of log behind the confirmed position: the database
+   * keeps that log (a replication slot holds its WAL) until the relay confirms past it. Emitted
+   * with every such sample; the relay also logs a warning.
+   */
+  lagExceeded: { readonly bytes: number; readonly maxLagBytes: number; readonly ageMs: number | undefined }
   /**
    * The loop hit an error and backs off `retryInMs` before trying again; -1 when the relay stops
    * because of it (the feed is lost, or the transport was fenced), 0 when nothing is retried.
@@ -60,6 +76,20 @@ export interface LogRelayOptions {
   deadLetter?: DeadLetterOptions
   /** Spans and metrics around publishing, e.g. `otelRelayInstrumentation()` from `outboxkit/otel`. */
   instrumentation?: RelayInstrumentation
+  /**
+   * How often to sample the feed's lag (the `lag` event, `health().lag`, the instrumentation's
+   * feed lag gauges), in ms, while the relay reads the feed. Sampled only when something uses it:
+   * a `lag` or `lagExceeded` listener, an instrumentation with `recordFeedLag`, or `maxLagBytes`.
+   * Default 5 000; 0 turns it off.
+   */
+  lagIntervalMs?: number
+  /**
+   * Bytes of log behind the confirmed position above which the relay reports the feed as falling
+   * behind: a `lagExceeded` event with every such sample, a warning in its log (repeated at most
+   * once a minute while it lasts, and an info line when it is back below), and
+   * `health().lagExceeded`. Unset by default: nothing is compared.
+   */
+  maxLagBytes?: number
   /** Stops the relay when aborted, as `stop()` does. */
   signal?: AbortSignal
   /**
@@ -77,6 +107,10 @@ export interface LogRelayHealth extends ComponentHealth {
   readonly confirmedPosition: FeedPosition | undefined
   /** Records held back behind failing keys. */
   readonly heldRecords: number
+  /** The last lag sample (see `lagIntervalMs`); undefined before the first. */
+  readonly lag: FeedLag | undefined
+  /** Whether the last lag sample was above `maxLagBytes`. */
+  readonly lagExceeded: boolean
 }
 
 /** A record read from the feed, with the batch it came in and the attempts made so far. */
@@ -137,6 +171,11 @@ export class LogRelay {
   readonly #log: Log
   readonly #failures: FailureLog
   readonly #health = new HealthTracker()
+  readonly #lagIntervalMs: number
+  readonly #maxLagBytes: number | undefined
+  #lag: FeedLag | undefined
+  #lagExceeded = false
+  #lagWarnedAt = Number.NEGATIVE_INFINITY
   #reading = false
   #confirmedPosition: FeedPosition | undefined
 
@@ -174,6 +213,9 @@ export class LogRelay {
     this.#maxHeldRecords = positiveInteger('maxHeldRecords', options.maxHeldRecords ?? 10_000)
     this.#standbyRetryMs = positiveInteger('standbyRetryMs', options.standbyRetryMs ?? 1_000)
     this.#instrumentation = options.instrumentation
+    this.#lagIntervalMs = nonNegativeInteger('lagIntervalMs', options.lagIntervalMs ?? 5_000)
+    this.#maxLagBytes =
+      options.maxLagBytes === undefined ? undefined : positiveInteger('maxLagBytes', options.maxLagBytes)
     this.#deadLetter = options.deadLetter && {
       topic: nonEmptyString('deadLetter.topic', options.deadLetter.topic),
       transport: options.deadLetter.transport ?? options.transport,
@@ -222,6 +264,8 @@ export class LogRelay {
       reading: this.#reading,
       confirmedPosition: this.#confirmedPosition,
       heldRecords: this.#heldCount,
+      lag: this.#lag,
+      lagExceeded: this.#lagExceeded,
     }
   }
 
@@ -269,9 +313,11 @@ export class LogRelay {
   async #loop(signal: AbortSignal): Promise<void> {
     let consecutiveErrors = 0
     while (!signal.aborted) {
+      let sampler: (() => Promise<void>) | undefined
       try {
         if (!(await this.#open(signal))) break
         consecutiveErrors = 0
+        sampler = this.#sampleLagWhileReading()
         await this.#tail(signal)
       } catch (error) {
         if (this.#stopsTheRelay(error)) {
@@ -284,6 +330,7 @@ export class LogRelay {
       } finally {
         // Whatever was read and not confirmed is read again after the next open.
         await this.#confirmed().catch(() => {})
+        await sampler?.()
         this.#reset()
         this.#reading = false
         await this.#feed.close().catch(() => {})
@@ -459,10 +506,82 @@ export class LogRelay {
   async #recordDead(): Promise<void> {
     if (this.#unrecordedDead.length === 0) return
     const dead = this.#unrecordedDead
-    const records: DeadRecord[] = dead.map((d) => ({ id: d.entry.record.id, error: d.error }))
+    const records: DeadFeedRecord[] = dead.map((d) => ({
+      id: d.entry.record.id,
+      error: d.error,
+      record: d.entry.record,
+    }))
     await this.#feed.markDead(records)
     this.#unrecordedDead = []
     for (const d of dead) this.#settle(d.entry)
+  }
+
+  /**
+   * Samples the lag every `lagIntervalMs` while the feed is open, on a timer of its own: the
+   * moments a feed falls behind are those when the loop is stuck (a broker that hangs, a key that
+   * keeps failing), so the samples must not wait for the loop, nor a slow lag query hold the loop.
+   * Returns the function that stops it.
+   */
+  #sampleLagWhileReading(): () => Promise<void> {
+    if (this.#lagIntervalMs <= 0 || this.#feed.lag === undefined) return async () => {}
+    const stop = new AbortController()
+    const running = (async () => {
+      while (!stop.signal.aborted) {
+        if (this.#lagWanted()) await this.#sampleLag()
+        await sleep(this.#lagIntervalMs, stop.signal)
+      }
+    })()
+    return async () => {
+      stop.abort()
+      await running
+    }
+  }
+
+  /** Whether something uses lag samples. */
+  #lagWanted(): boolean {
+    return (
+      this.#maxLagBytes !== undefined ||
+      this.#events.has('lag') ||
+      this.#events.has('lagExceeded') ||
+      this.#instrumentation?.recordFeedLag !== undefined
+    )
+  }
+
+  /**
+   * Takes one lag sample. A failed sample is reported (`error` with `retryInMs` 0) and does not
+   * stop the relay: the next one is due after `lagIntervalMs`.
+   */
+  async #sampleLag(): Promise<void> {
+    let lag: FeedLag
+    try {
+      lag = await this.#feed.lag!()
+    } catch (error) {
+      this.#events.emit('error', { error, retryInMs: 0 })
+      return
+    }
+    this.#lag = lag
+    this.#instrumentation?.recordFeedLag?.(lag)
+    this.#events.emit('lag', lag)
+    const limit = this.#maxLagBytes
+    if (limit === undefined) return
+    const exceeded = lag.bytes !== undefined && lag.bytes > limit
+    const fields = { bytes: lag.bytes, maxLagBytes: limit, ageMs: lag.ageMs }
+    if (exceeded) {
+      const now = Date.now()
+      if (!this.#lagExceeded || now - this.#lagWarnedAt >= DEFAULT_LOG_FAILURE_INTERVAL_MS) {
+        this.#lagWarnedAt = now
+        this.#log.write(
+          'warn',
+          'log relay feed is behind by more than maxLagBytes: the database keeps that log until the relay confirms past it',
+          fields,
+        )
+      }
+      this.#lagExceeded = true
+      this.#events.emit('lagExceeded', { bytes: lag.bytes!, maxLagBytes: limit, ageMs: lag.ageMs })
+    } else if (this.#lagExceeded) {
+      this.#lagExceeded = false
+      this.#log.write('info', 'log relay feed is back within maxLagBytes', fields)
+    }
   }
 
   /**

@@ -1,5 +1,6 @@
 import { BackgroundLoop } from './background-loop.js'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
+import type { FeedLag } from './change-feed.js'
 import { publishDeadLetters } from './dead-letters.js'
 import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
@@ -96,6 +97,8 @@ export interface RelayInstrumentation {
   tracePublish<T>(records: readonly ClaimedRecord[], publish: () => Promise<T>): Promise<T>
   /** Receives each lag sample. */
   recordLag?(sample: RelayEvents['lag']): void
+  /** Receives each lag sample of a `LogRelay`'s change feed (see `LogRelayOptions.lagIntervalMs`). */
+  recordFeedLag?(sample: FeedLag): void
 }
 
 export interface RelayOptions<Tx> {

@@ -23,6 +23,7 @@ import {
   type Tracer,
   trace,
 } from '@opentelemetry/api'
+import type { FeedLag } from '../core/change-feed.js'
 import type { ConsumerInstrumentation, InboundMessage, ProcessOutcome } from '../core/consumer.js'
 import { isOutboxKitError } from '../core/errors.js'
 import { type ClaimedRecord, Headers } from '../core/message.js'
@@ -106,6 +107,9 @@ export interface OtelInstrumentationOptions {
  * Metrics: `outboxkit.relay.published` (events), `outboxkit.relay.failed` (events),
  * `outboxkit.relay.publish.duration` (s, per batch), `outboxkit.relay.lag` (ms, oldest pending age),
  * `outboxkit.relay.pending` and `outboxkit.relay.dead` (events), sampled every `lagIntervalMs`.
+ * On a `LogRelay`, instead of those three: `outboxkit.relay.feed.lag` (By, log behind the feed's
+ * confirmed position) and `outboxkit.relay.feed.age` (ms, oldest record read but not confirmed),
+ * sampled every `lagIntervalMs`.
  */
 export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {}): RelayInstrumentation {
   const tracer = options.tracer ?? trace.getTracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
@@ -149,9 +153,30 @@ export function otelRelayInstrumentation(options: OtelInstrumentationOptions = {
       if (lastLag) result.observe(lastLag.dead)
     })
 
+  let lastFeedLag: FeedLag | undefined
+  meter
+    .createObservableGauge('outboxkit.relay.feed.lag', {
+      description: "Log (WAL, binlog) between a log-tailing relay's confirmed position and the log's end",
+      unit: 'By',
+    })
+    .addCallback((result) => {
+      if (lastFeedLag?.bytes !== undefined) result.observe(lastFeedLag.bytes)
+    })
+  meter
+    .createObservableGauge('outboxkit.relay.feed.age', {
+      description: 'Age of the oldest event a log-tailing relay read and has not confirmed',
+      unit: 'ms',
+    })
+    .addCallback((result) => {
+      if (lastFeedLag?.ageMs !== undefined) result.observe(lastFeedLag.ageMs)
+    })
+
   return {
     recordLag(sample) {
       lastLag = sample
+    },
+    recordFeedLag(sample) {
+      lastFeedLag = sample
     },
     async tracePublish<T>(records: readonly ClaimedRecord[], publish: () => Promise<T>): Promise<T> {
       const topics = [...new Set(records.map((r) => r.topic))]

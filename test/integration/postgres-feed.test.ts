@@ -11,19 +11,20 @@ import { createKyselyOutboxStore, ensureOutboxSchema } from '../../src/adapters/
 import {
   createPostgresChangeFeed,
   dropPostgresFeed,
+  encodeLogicalMessage,
   type PostgresChangeFeed,
   postgresFeedSetup,
 } from '../../src/adapters/postgres-log/index.js'
 import type { FeedBatch } from '../../src/core/change-feed.js'
 import { ErrorCode, isOutboxKitError, Outbox, type OutboxMessageInput } from '../../src/index.js'
-import { type AnyDB, POSTGRES_URL, uniqueName } from '../support/databases.js'
+import { type AnyDB, POSTGRES_URL, SCHEMA_PREFIX, uniqueName } from '../support/databases.js'
 
 // A record that never arrives fails readRecords' bounded loop (20 s) rather than the test's timeout.
 setDefaultTimeout(60_000)
 
 const TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
 
-const schema = uniqueName('pgfeed')
+const schema = uniqueName(`${SCHEMA_PREFIX}_pgfeed`)
 const db = new Kysely<AnyDB>({
   dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: POSTGRES_URL, max: 6 }) }),
 })
@@ -46,7 +47,7 @@ function newFeed(slot: string = uniqueSlot(), maxBufferedRecords?: number): Post
 }
 
 function uniqueSlot(): string {
-  return uniqueName('pgfeed').toLowerCase()
+  return uniqueName(`${SCHEMA_PREFIX}_pgfeed`).toLowerCase()
 }
 
 async function query<R = Record<string, unknown>>(text: string): Promise<R[]> {
@@ -443,5 +444,179 @@ describe('Postgres change feed', () => {
     await query(`SELECT pg_drop_replication_slot('${slot}')`)
     for (const statement of statements) await query(statement)
     expect(await slotRow(slot)).toBeUndefined()
+  })
+})
+
+describe('Postgres change feed: logical decoding messages (the table-less mode)', () => {
+  const prefix = `outboxkit:${schema}`
+  const messageStore = createKyselyOutboxStore({ db, schema, messagePrefix: prefix })
+  const messageOutbox = new Outbox({
+    store: messageStore,
+    tracing: { capture: () => ({ traceparent: TRACEPARENT, tracestate: 'vendor=1' }) },
+  })
+
+  function newMessageFeed(options: { table?: boolean; slot?: string } = {}): PostgresChangeFeed {
+    const slot = options.slot ?? uniqueSlot()
+    slots.add(slot)
+    const feed = createPostgresChangeFeed({
+      connectionString: POSTGRES_URL,
+      slot,
+      publication: slot,
+      schema,
+      messagePrefix: prefix,
+      ...(options.table === undefined ? {} : { table: options.table }),
+    })
+    feeds.push(feed)
+    return feed
+  }
+
+  const count = async (table: string) =>
+    Number((await query<{ n: string }>(`SELECT count(*)::text AS n FROM "${schema}"."${table}"`))[0]!.n)
+
+  test('messages and table INSERTs arrive in commit order together, byte for byte; nothing is written to the table', async () => {
+    const feed = newMessageFeed()
+    await feed.open()
+    const rowsBefore = await count('outbox')
+    const bytes = Uint8Array.from({ length: 256 }, (_, i) => i)
+    const first = await db.transaction().execute(async (trx) => {
+      await sql`INSERT INTO ${sql.raw(`"${schema}"."pgfeed_other"`)} (note) VALUES ('order 1')`.execute(trx)
+      return messageOutbox.add(trx, [
+        message('a', bytes, { contentType: 'application/x-raw', headers: { 'x-tenant': 'ünï 😀' } }),
+        message('b', { text: 'zß€😀', n: 1 }),
+      ])
+    })
+    expect(await count('outbox')).toBe(rowsBefore)
+    // A row written the old way, in a transaction of its own, then a message again.
+    const row = await write([message('a', 'a row')])
+    const last = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('a', 'a message')]))
+    const records = (await readRecords(feed, 4)).flatMap((b) => b.records)
+    expect(records.map((r) => r.id)).toEqual([...first, ...row, ...last])
+    const raw = records[0]!
+    expect(raw.payload).toEqual(bytes)
+    expect(raw).toMatchObject({ topic: 'pgfeed.events', key: 'a', type: 'Tested', attempts: 1 })
+    expect(raw.headers).toEqual({
+      'x-tenant': 'ünï 😀',
+      'content-type': 'application/x-raw',
+      traceparent: TRACEPARENT,
+      tracestate: 'vendor=1',
+    })
+    expect(Math.abs(raw.createdAt.getTime() - Date.now())).toBeLessThan(60_000)
+    expect(new TextDecoder().decode(records[1]!.payload)).toBe(JSON.stringify({ text: 'zß€😀', n: 1 }))
+    await feed.close()
+  })
+
+  test('a rolled-back transaction emits nothing; other prefixes and non-transactional messages are ignored', async () => {
+    const feed = newMessageFeed({ table: false })
+    await feed.open()
+    await db
+      .transaction()
+      .execute(async (trx) => {
+        await messageOutbox.add(trx, message('r', 'rolled back'))
+        throw new Error('roll back')
+      })
+      .catch(() => {})
+    // Valid records under another prefix, and outside any transaction: only the filter keeps them out.
+    await query(`SELECT pg_logical_emit_message(true, 'someone-else', 'not ours')`)
+    const other = new Outbox({
+      store: createKyselyOutboxStore({ db, schema, messagePrefix: `${prefix}-other` }),
+    })
+    await db.transaction().execute((trx) => other.add(trx, [message('r', 'another prefix')]))
+    const [outside] = messageOutbox.prepare([message('r', 'outside any transaction')])
+    await sql`SELECT pg_logical_emit_message(false, ${prefix}, CAST(${Buffer.from(encodeLogicalMessage(outside!))} AS bytea))`.execute(
+      db,
+    )
+    const kept = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('r', 'kept')]))
+    const records = (await readRecords(feed, 1)).flatMap((b) => b.records)
+    expect(records.map((r) => r.id)).toEqual(kept)
+    expect(records.some((r) => new TextDecoder().decode(r.payload).includes('rolled back'))).toBe(false)
+    // Nothing more comes.
+    const more = await feed.read({ limit: 10, maxWaitMs: 300 })
+    expect(more.records).toEqual([])
+    await feed.close()
+  })
+
+  test('with table: false the publication has no table and the INSERTs of the table are not read', async () => {
+    const feed = newMessageFeed({ table: false })
+    await feed.open()
+    await write([message('t', 'a row')])
+    const ids = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('t', 'a message')]))
+    const records = (await readRecords(feed, 1)).flatMap((b) => b.records)
+    expect(records.map((r) => r.id)).toEqual(ids)
+    const published = await query(
+      `SELECT 1 FROM pg_publication_tables WHERE pubname = '${[...slots].at(-1)}'`,
+    )
+    expect(published).toEqual([])
+    await feed.close()
+  })
+
+  test('restarted, the feed reads again after the confirmed position, with the same ids', async () => {
+    const slot = uniqueSlot()
+    const feed = newMessageFeed({ slot })
+    await feed.open()
+    const firstIds = await db
+      .transaction()
+      .execute((trx) => messageOutbox.add(trx, [message('s', 1), message('s', 2)]))
+    const [firstBatch] = await readRecords(feed, 2)
+    await feed.confirm(firstBatch!.position!)
+    const secondIds = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('s', 3)]))
+    await readRecords(feed, 1)
+    // Not confirmed: read again after a restart.
+    await feed.close()
+    const again = newMessageFeed({ slot })
+    await again.open()
+    const records = (await readRecords(again, 1)).flatMap((b) => b.records)
+    expect(records.map((r) => r.id)).toEqual(secondIds)
+    expect(firstIds).not.toContain(records[0]!.id)
+    await again.close()
+  })
+
+  test('a dead record without a row is kept whole in <outboxTable>_dead; so is one deleted as it was added', async () => {
+    const feed = newMessageFeed()
+    await feed.open()
+    const bytes = Uint8Array.from([0, 255, 1, 254])
+    const [id] = await db
+      .transaction()
+      .execute((trx) => messageOutbox.add(trx, [message('d', bytes, { headers: { 'x-a': 'b' } })]))
+    const deleting = new Outbox({ store: createKyselyOutboxStore({ db, schema, deleteAfterAdd: true }) })
+    const [deletedId] = await db.transaction().execute((trx) => deleting.add(trx, [message('d', 2)]))
+    const [rowId] = await write([message('d', 3)])
+    const records = (await readRecords(feed, 3)).flatMap((b) => b.records)
+    await feed.markDead(records.map((record) => ({ id: record.id, error: `dead ${record.id}`, record })))
+    // An id outbox.add never writes (a foreign message's) cannot have a row: kept, never a failed UPDATE.
+    await feed.markDead([
+      { id: 'not-a-uuid', error: 'foreign', record: { ...records[0]!, id: 'not-a-uuid' } },
+    ])
+    const dead = await query<Record<string, unknown>>(
+      `SELECT id, topic, key, type, payload, headers, created_at, last_error FROM "${schema}"."outbox_dead" WHERE slot_name = '${[...slots].at(-1)}' ORDER BY id`,
+    )
+    expect(dead.map((d) => d['id']).sort()).toEqual([id, deletedId, 'not-a-uuid'].sort())
+    const kept = dead.find((d) => d['id'] === id)!
+    expect(new Uint8Array(kept['payload'] as Uint8Array)).toEqual(bytes)
+    expect(kept).toMatchObject({ topic: 'pgfeed.events', key: 'd', type: 'Tested', last_error: `dead ${id}` })
+    expect(kept['headers']).toMatchObject({ 'x-a': 'b', traceparent: TRACEPARENT })
+    expect(kept['created_at']).toEqual(records[0]!.createdAt)
+    // The row that exists is marked in the table, not copied.
+    const row = await query<{ status: number }>(
+      `SELECT status FROM "${schema}"."outbox" WHERE id = '${rowId}'`,
+    )
+    expect(row).toEqual([{ status: 2 }])
+    await feed.close()
+  })
+
+  test('a message with the prefix that is not an outbox record is kept in the dead table; the feed goes on', async () => {
+    const feed = newMessageFeed({ table: false })
+    await feed.open()
+    await query(`SELECT pg_logical_emit_message(true, '${prefix}', '\\x02ff'::bytea)`)
+    const ids = await db.transaction().execute((trx) => messageOutbox.add(trx, [message('m', 'after')]))
+    const batches = await readRecords(feed, 1)
+    expect(batches.flatMap((b) => b.records.map((r) => r.id))).toEqual(ids)
+    const dead = await query<{ id: string; content: Uint8Array; last_error: string }>(
+      `SELECT id, content, last_error FROM "${schema}"."outbox_dead" WHERE slot_name = '${[...slots].at(-1)}'`,
+    )
+    expect(dead).toHaveLength(1)
+    expect(dead[0]!.id).toMatch(/^lsn:[0-9A-F]+\/[0-9A-F]+$/)
+    expect(new Uint8Array(dead[0]!.content)).toEqual(Uint8Array.from([2, 255]))
+    expect(dead[0]!.last_error).toContain('version is 2')
+    await feed.close()
   })
 })

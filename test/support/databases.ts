@@ -40,7 +40,7 @@ export interface Backend {
 }
 
 /** Prefix of the schemas (MySQL: databases) tests create; `OUTBOXKIT_SCHEMA_PREFIX` sets it. */
-const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
+export const SCHEMA_PREFIX = process.env['OUTBOXKIT_SCHEMA_PREFIX'] ?? 'ok'
 
 /**
  * `<prefix>_<time>_<random>`: unique across the test processes that run side by side (the random

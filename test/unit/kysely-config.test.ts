@@ -4,6 +4,7 @@ import {
   type Dialect,
   type Driver,
   Kysely,
+  MysqlDialect,
   PostgresAdapter,
   PostgresIntrospector,
   PostgresQueryCompiler,
@@ -13,6 +14,7 @@ import {
   createKyselyOutboxStore,
   outboxMigrations,
   outboxSchemaSql,
+  PGliteDialect,
 } from '../../src/adapters/kysely/index.js'
 import { ErrorCode, isOutboxKitError, Outbox } from '../../src/index.js'
 import { captureError } from '../../src/testing/test-api.js'
@@ -174,6 +176,78 @@ describe('Kysely store configuration', () => {
     const [table] = outboxSchemaSql({ dialect: 'postgres', layout: 'debezium' })
     for (const column of ['"id" uuid', '"aggregatetype"', '"aggregateid"', '"type"', '"payload"']) {
       expect(table).toContain(column)
+    }
+  })
+})
+
+describe('the table-less mode (messagePrefix)', () => {
+  function refusal(make: () => unknown): { code: string | undefined; message: string; option: unknown } {
+    try {
+      make()
+    } catch (error) {
+      return {
+        code: isOutboxKitError(error) ? error.code : 'not an OutboxKitError',
+        message: (error as Error).message,
+        option: (error as { details?: Record<string, unknown> }).details?.['option'],
+      }
+    }
+    return { code: undefined, message: '', option: undefined }
+  }
+
+  test('PGlite and MySQL refuse it with INVALID_OPTIONS that says what to do', () => {
+    const pglite = new Kysely<unknown>({ dialect: new PGliteDialect({ pglite: {} as never }) })
+    const pgliteRefusal = refusal(() =>
+      createKyselyOutboxStore({ db: pglite, messagePrefix: 'outboxkit:app' }),
+    )
+    expect(pgliteRefusal).toMatchObject({ code: ErrorCode.InvalidOptions, option: 'messagePrefix' })
+    expect(pgliteRefusal.message).toContain('PGlite has no')
+    expect(pgliteRefusal.message).toContain('polling Relay')
+    const mysql = new Kysely<unknown>({ dialect: new MysqlDialect({ pool: {} as never }) })
+    const mysqlRefusal = refusal(() => createKyselyOutboxStore({ db: mysql, messagePrefix: 'outboxkit:app' }))
+    expect(mysqlRefusal).toMatchObject({ code: ErrorCode.InvalidOptions, option: 'messagePrefix' })
+    expect(mysqlRefusal.message).toContain('MySQL and MariaDB')
+    expect(mysqlRefusal.message).toContain('mysql-binlog')
+  })
+
+  test('a bad prefix, or deleteAfterAdd or notify beside it, is refused', () => {
+    const { db } = recordingDb()
+    for (const messagePrefix of ['', 'a\u0000b', 'tab\there', 'x'.repeat(256), '\ud800']) {
+      expect(refusal(() => createKyselyOutboxStore({ db, messagePrefix }))).toMatchObject({
+        code: ErrorCode.InvalidOptions,
+        option: 'messagePrefix',
+      })
+    }
+    expect(
+      refusal(() => createKyselyOutboxStore({ db, messagePrefix: 'p', deleteAfterAdd: true })).code,
+    ).toBe(ErrorCode.InvalidOptions)
+    expect(refusal(() => createKyselyOutboxStore({ db, messagePrefix: 'p', notify: true })).code).toBe(
+      ErrorCode.InvalidOptions,
+    )
+    expect(refusal(() => createKyselyOutboxStore({ db, messagePrefix: 'outboxkit:app.outbox' })).code).toBe(
+      undefined,
+    )
+  })
+
+  test('add emits one transactional message per record and writes no row; claim refuses', async () => {
+    const { db, statements } = recordingDb()
+    const store = createKyselyOutboxStore({ db, messagePrefix: 'outboxkit:app' })
+    const outbox = new Outbox({ store })
+    await db.transaction().execute((trx) =>
+      outbox.add(trx, [
+        { topic: 't', key: 'a', type: 'A', payload: 1 },
+        { topic: 't', key: 'b', type: 'B', payload: 2 },
+      ]),
+    )
+    expect(statements).toHaveLength(1)
+    expect(statements[0]).toContain('pg_logical_emit_message(true,')
+    expect(statements[0]).not.toContain('INSERT')
+    for (const claim of [
+      () => store.claim({ limit: 1, leaseMs: 1_000 }),
+      () => store.claimOwned('relay-1', { limit: 1 }),
+    ]) {
+      const error = await captureError(claim)
+      expect(isOutboxKitError(error, ErrorCode.InvalidOptions)).toBe(true)
+      expect((error as Error).message).toContain('LogRelay')
     }
   })
 })

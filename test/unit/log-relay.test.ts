@@ -352,3 +352,158 @@ describe('LogRelay health and logs', () => {
     expect(relay.health()).toMatchObject({ running: false, reading: false })
   })
 })
+
+describe('LogRelay feed lag', () => {
+  test('samples the lag only while something uses it, emits it and keeps it in health', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    let calls = 0
+    const lag = feed.lag.bind(feed)
+    feed.lag = () => {
+      calls++
+      return lag()
+    }
+    const relay = new LogRelay({
+      feed,
+      transport: new MemoryTransport(),
+      pollIntervalMs: 5,
+      lagIntervalMs: 1,
+    })
+    await relay.start()
+    await new Promise((r) => setTimeout(r, 40))
+    expect(calls).toBe(0)
+    expect(relay.health().lag).toBeUndefined()
+    const samples = collect(relay, 'lag')
+    await until(() => samples.length >= 2, 'lag samples')
+    await relay.stop()
+    expect(samples[0]).toEqual({ bytes: 0, ageMs: 0 })
+    expect(relay.health().lag).toEqual({ bytes: 0, ageMs: 0 })
+    expect(relay.health().lagExceeded).toBe(false)
+  })
+
+  test('a feed behind by more than maxLagBytes is reported loudly: lagExceeded events, a warning, health; and when it is back', async () => {
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    // The broker is down: nothing is confirmed while records pile up in the log.
+    let down = true
+    transport.throwWith = () => (down ? new Error('broker down') : undefined)
+    const lines: { level: string; message: string; fields: unknown }[] = []
+    const logger = {
+      info: (message: string, fields?: unknown) => lines.push({ level: 'info', message, fields }),
+      warn: (message: string, fields?: unknown) => lines.push({ level: 'warn', message, fields }),
+      error: (message: string, fields?: unknown) => lines.push({ level: 'error', message, fields }),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 5,
+      backoff: FAST,
+      lagIntervalMs: 1,
+      maxLagBytes: 100,
+      logger,
+    })
+    const exceeded = collect(relay, 'lagExceeded')
+    for (let t = 0; t < 10; t++) log.commit([record(`k${t}`, t)])
+    const bytes = log.transactions.reduce((n, t) => n + t.records[0]!.payload.byteLength, 0)
+    expect(bytes).toBeGreaterThan(100)
+    await relay.start()
+    await until(() => exceeded.length >= 3, 'lagExceeded events')
+    expect(exceeded[0]).toMatchObject({ bytes, maxLagBytes: 100 })
+    expect(relay.health()).toMatchObject({ lagExceeded: true, lag: { bytes } })
+    const warnings = lines.filter((l) => l.level === 'warn' && l.message.includes('maxLagBytes'))
+    // Once while it lasts (then at most once a minute), not with every sample.
+    expect(warnings.length).toBe(1)
+    expect(warnings[0]!.fields).toMatchObject({ bytes, maxLagBytes: 100 })
+    down = false
+    await until(() => relay.health().lagExceeded === false, 'back within the limit')
+    await relay.stop()
+    expect(log.confirmed).toBe(10)
+    expect(lines.some((l) => l.level === 'info' && l.message.includes('back within maxLagBytes'))).toBe(true)
+  })
+
+  test('a lag sample that fails is reported and the relay goes on', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    feed.lag = () => Promise.reject(new Error('lag query failed'))
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({
+      feed,
+      transport,
+      pollIntervalMs: 5,
+      lagIntervalMs: 1,
+      maxLagBytes: 1,
+      logger: false,
+    })
+    const errors = collect(relay, 'error')
+    log.commit([record('a', 1)])
+    await relay.start()
+    await until(() => errors.length > 0 && log.confirmed === 1, 'error reported and record confirmed')
+    await relay.stop()
+    expect(errors[0]).toMatchObject({ retryInMs: 0 })
+    expect(transport.delivered.length).toBe(1)
+  })
+
+  test('a slow lag sample never holds publishing back', async () => {
+    const log = new MemoryChangeLog()
+    const feed = new MemoryChangeFeed(log)
+    let slow = 0
+    feed.lag = () => {
+      slow++
+      return new Promise((resolve) => setTimeout(() => resolve({ bytes: 0, ageMs: 0 }), 1_500))
+    }
+    const transport = new MemoryTransport()
+    const relay = new LogRelay({ feed, transport, pollIntervalMs: 5, lagIntervalMs: 1, maxLagBytes: 1 })
+    await relay.start()
+    await until(() => slow === 1, 'a lag sample started')
+    log.commit([record('a', 1)])
+    await until(() => transport.delivered.length === 1, 'published while the sample runs', 1_000)
+    await relay.stop()
+    expect(slow).toBe(1)
+  })
+
+  test('lag is still sampled, and reported, while a publish hangs (a broker that does not answer)', async () => {
+    const log = new MemoryChangeLog()
+    const memory = new MemoryTransport()
+    let release!: () => void
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const transport = {
+      name: memory.name,
+      capabilities: memory.capabilities,
+      publish: async (records: Parameters<MemoryTransport['publish']>[0]) => {
+        await released
+        return memory.publish(records)
+      },
+      close: () => memory.close(),
+    }
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 5,
+      lagIntervalMs: 5,
+      maxLagBytes: 50,
+      logger: false,
+    })
+    const exceeded = collect(relay, 'lagExceeded')
+    await relay.start()
+    log.commit([record('a', 0)])
+    await until(() => relay.health().lag !== undefined, 'a first sample')
+    // The relay now waits on the broker with the first record; more is written behind it.
+    for (let t = 1; t <= 10; t++) log.commit([record(`k${t}`, t)])
+    await until(() => exceeded.length >= 2, 'lagExceeded while the publish hangs')
+    release()
+    await until(() => log.confirmed === 11, 'everything confirmed')
+    await relay.stop()
+  })
+
+  test('lag options are checked', () => {
+    const feed = new MemoryChangeFeed(new MemoryChangeLog())
+    expect(() => new LogRelay({ feed, transport: new MemoryTransport(), lagIntervalMs: -1 })).toThrow(
+      'lagIntervalMs',
+    )
+    expect(() => new LogRelay({ feed, transport: new MemoryTransport(), maxLagBytes: 0 })).toThrow(
+      'maxLagBytes',
+    )
+  })
+})

@@ -10,12 +10,14 @@ import {
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import {
+  MemoryChangeFeed,
+  MemoryChangeLog,
   MemoryDatabase,
   MemoryInboxStore,
   MemoryOutboxStore,
   MemoryTransport,
 } from '../../src/adapters/memory/index.js'
-import { IdempotentConsumer, inboundMessage, Outbox, Relay } from '../../src/index.js'
+import { IdempotentConsumer, inboundMessage, LogRelay, Outbox, Relay } from '../../src/index.js'
 import {
   otelConsumerInstrumentation,
   otelRelayInstrumentation,
@@ -227,5 +229,31 @@ describe('OpenTelemetry instrumentation', () => {
     expect(values['outboxkit.consumer.processed']).toBe(1)
     expect(values['outboxkit.consumer.deduplicated']).toBe(1)
     expect(values['outboxkit.consumer.dead_lettered']).toBe(1)
+  })
+
+  test('a log relay reports its feed lag as gauges: outboxkit.relay.feed.lag (bytes) and .age (ms)', async () => {
+    const t = telemetry()
+    const log = new MemoryChangeLog()
+    const transport = new MemoryTransport()
+    transport.throwWith = () => new Error('broker down')
+    const payload = new Uint8Array(300)
+    log.commit([{ id: 'id-1', topic: 'orders', key: 'k', type: 'A', payload, headers: {} }])
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport,
+      pollIntervalMs: 5,
+      lagIntervalMs: 1,
+      backoff: { initialMs: 5, maxMs: 5, multiplier: 1 },
+      logger: false,
+      instrumentation: otelRelayInstrumentation({ tracer: t.tracer, meter: t.meter }),
+    })
+    await relay.start()
+    const end = Date.now() + 5_000
+    while ((relay.health().lag?.ageMs ?? 0) === 0 && Date.now() < end)
+      await new Promise((r) => setTimeout(r, 5))
+    await relay.stop()
+    const values = await t.metrics()
+    expect(values['outboxkit.relay.feed.lag']).toBe(300)
+    expect(values['outboxkit.relay.feed.age']).toBeGreaterThan(0)
   })
 })

@@ -16,7 +16,7 @@ const heldInProcess = new WeakMap<object, Set<string>>()
  * Whether every query of `db` runs on one session (the PGlite dialect): reserving it for the
  * lock would leave `fn` waiting for it forever, and one process is the only user anyway.
  */
-function singleSession(db: Kysely<unknown>): boolean {
+export function singleSession(db: Kysely<unknown>): boolean {
   const adapter = db.getExecutor().adapter as { singleConnection?: unknown }
   return adapter.singleConnection === true
 }

@@ -38,7 +38,8 @@ import {
   toHeaders,
   toNumber,
 } from './dialect.js'
-import { runExclusive } from './exclusive-lock.js'
+import { runExclusive, singleSession } from './exclusive-lock.js'
+import { encodeLogicalMessage, validateMessagePrefix } from './logical-message.js'
 import { ChangeSignal, type PostgresListener } from './notify.js'
 import {
   type ResolvedTables,
@@ -73,6 +74,18 @@ export interface KyselyStoreOptions<DB> extends Partial<TableOptions> {
    * goes to the dead-letter topic when one is configured). Default false.
    */
   deleteAfterAdd?: boolean
+  /**
+   * Postgres only (not PGlite): the table-less mode. Each `add` writes every record as a
+   * transactional logical decoding message, `pg_logical_emit_message(true, messagePrefix, <record>)`,
+   * instead of a row: nothing is written to the outbox table, so it never bloats. The message is
+   * in the database's log if and only if the transaction commits, and a `LogRelay` on
+   * `createPostgresChangeFeed({ ..., messagePrefix })` (the same prefix) publishes it; the content
+   * is the record encoded as `encodeLogicalMessage` describes (binary, versioned). Like
+   * `deleteAfterAdd`, `claim` and `claimOwned` refuse to run. 1–255 characters, no control
+   * characters; every reader of the log sees every prefix, so make it name this outbox, e.g.
+   * `outboxkit:app.outbox`. Needs `wal_level = logical` to reach a feed. Unset by default.
+   */
+  messagePrefix?: string
 }
 
 export { MAX_CLAIM_LIMIT }
@@ -136,6 +149,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   readonly #insertChunkSize: number
   readonly #notifyOnAdd: boolean
   readonly #deleteAfterAdd: boolean
+  readonly #messagePrefix: string | undefined
   readonly #changes: ChangeSignal | undefined
 
   constructor(options: KyselyStoreOptions<DB>) {
@@ -165,6 +179,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         : undefined
     this.#notifyOnAdd = options.notify === true
     this.#deleteAfterAdd = options.deleteAfterAdd === true
+    this.#messagePrefix = this.#checkMessageMode(options)
     this.#changes = options.listener ? new ChangeSignal(options.listener, this.notifyChannel!) : undefined
     this.capabilities = { concurrentClaims: true, notify: this.#changes !== undefined, shards: true }
   }
@@ -199,6 +214,7 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
         { source: this.name, details: { option: 'tx' } },
       )
     }
+    if (this.#messagePrefix !== undefined) return this.#emitMessages(tx, records, this.#messagePrefix)
     const { outbox, columns: c } = this.tables
     for (let start = 0; start < records.length; start += this.#insertChunkSize) {
       const chunk = records.slice(start, start + this.#insertChunkSize)
@@ -229,8 +245,62 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
     }
   }
 
+  /**
+   * The table-less mode: one logical decoding message per record, in the caller's transaction, in
+   * the order given (the VALUES list is scanned in order). Transactional, so a rollback takes the
+   * messages with it.
+   */
+  async #emitMessages(tx: Transaction<DB>, records: readonly OutboxRecord[], prefix: string): Promise<void> {
+    for (let start = 0; start < records.length; start += this.#insertChunkSize) {
+      const chunk = records.slice(start, start + this.#insertChunkSize)
+      const contents = chunk.map((r) => sql`(CAST(${bytesParameter(encodeLogicalMessage(r))} AS bytea))`)
+      await this.#run('add', () =>
+        sql`SELECT pg_catalog.pg_logical_emit_message(true, CAST(${prefix} AS text), m.content)
+          FROM (VALUES ${sql.join(contents)}) AS m(content)`.execute(tx),
+      )
+    }
+  }
+
+  /** `messagePrefix`: Postgres servers only, and nothing that would write or read the table. */
+  #checkMessageMode(options: KyselyStoreOptions<DB>): string | undefined {
+    if (options.messagePrefix === undefined) return undefined
+    const refuse = (message: string) =>
+      new OutboxKitError(ErrorCode.InvalidOptions, message, {
+        source: this.name,
+        details: { option: 'messagePrefix' },
+      })
+    if (this.tables.dialect !== 'postgres') {
+      throw refuse(
+        'messagePrefix (the table-less mode) needs Postgres logical decoding messages, which MySQL and MariaDB do not have: leave messagePrefix out and write rows (a LogRelay on outboxkit/mysql-binlog reads them from the binlog; deleteAfterAdd keeps the table empty).',
+      )
+    }
+    if (singleSession(options.db as Kysely<unknown>)) {
+      throw refuse(
+        'messagePrefix (the table-less mode) needs a Postgres server with logical replication; PGlite has none, so nothing could ever read the messages: leave messagePrefix out and publish the rows with the polling Relay.',
+      )
+    }
+    if (this.#deleteAfterAdd) {
+      throw refuse(
+        'messagePrefix and deleteAfterAdd do not go together: with messagePrefix nothing is written to the table at all. Keep one of them.',
+      )
+    }
+    if (options.notify || options.listener) {
+      throw refuse(
+        'messagePrefix writes no rows for a polling relay to wake for, so notify and listener have nothing to do: leave them out (the LogRelay reads the log as it is written).',
+      )
+    }
+    return validateMessagePrefix(options.messagePrefix, this.name)
+  }
+
   /** Claims read the table, which `deleteAfterAdd` keeps empty: refuse rather than find nothing forever. */
   #checkClaimable(): void {
+    if (this.#messagePrefix !== undefined) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'This store writes records as logical decoding messages (messagePrefix), not rows, so there is nothing to claim: publish with a LogRelay on createPostgresChangeFeed({ ..., messagePrefix }), or create the store without messagePrefix.',
+        { source: this.name, details: { option: 'messagePrefix' } },
+      )
+    }
     if (!this.#deleteAfterAdd) return
     throw new OutboxKitError(
       ErrorCode.InvalidOptions,

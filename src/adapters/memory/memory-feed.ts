@@ -145,10 +145,15 @@ export class MemoryChangeFeed implements ChangeFeed {
     for (const record of records) this.#log.dead.set(record.id, record.error)
   }
 
+  /** `bytes`: the payload bytes of the transactions after the confirmed position, as a log keeps them. */
   async lag(): Promise<FeedLag> {
     const oldest = this.#log.transactions[this.#log.confirmed]
+    let bytes = 0
+    for (const transaction of this.#log.transactions.slice(this.#log.confirmed)) {
+      for (const record of transaction.records) bytes += record.payload.byteLength
+    }
     return {
-      bytes: 0,
+      bytes,
       ageMs: oldest && this.#log.confirmed < this.#next ? Date.now() - oldest.committedAt : 0,
     }
   }

@@ -1,3 +1,9 @@
+export {
+  decodeLogicalMessage,
+  encodeLogicalMessage,
+  LOGICAL_MESSAGE_VERSION,
+  validateMessagePrefix,
+} from '../kysely/logical-message.js'
 export { formatLsn, parseLsn } from './lsn.js'
 export {
   createPostgresChangeFeed,

@@ -1,14 +1,15 @@
 /**
- * A {@link ChangeFeed} on Postgres logical replication: the outbox table's INSERTs, decoded by
- * pgoutput from a permanent replication slot, through `pg-logical-replication`.
+ * A {@link ChangeFeed} on Postgres logical replication: the outbox table's INSERTs, and the
+ * outbox's logical decoding messages (the table-less mode), decoded by pgoutput from a permanent
+ * replication slot, through `pg-logical-replication`.
  */
 import pg from 'pg'
 import { LogicalReplicationService, type Pgoutput, PgoutputPlugin } from 'pg-logical-replication'
-import type { ChangeFeed, FeedBatch, FeedLag, FeedPosition } from '../../core/change-feed.js'
+import type { ChangeFeed, DeadFeedRecord, FeedBatch, FeedLag, FeedPosition } from '../../core/change-feed.js'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord } from '../../core/message.js'
-import type { DeadRecord } from '../../core/store.js'
 import { isRetriableDatabaseError, runStoreOperation } from '../kysely/database-errors.js'
+import { decodeLogicalMessage, validateMessagePrefix } from '../kysely/logical-message.js'
 import { Status } from '../kysely/schema.js'
 import { formatLsn, parseLsn } from './lsn.js'
 import {
@@ -44,6 +45,14 @@ export interface PostgresChangeFeedOptions extends PostgresFeedNames {
    * whole, however large. Default 10 000.
    */
   maxBufferedRecords?: number
+  /**
+   * Also reads the outbox's transactional logical decoding messages with this prefix: what a
+   * Kysely store created with the same `messagePrefix` writes (the table-less mode). They come in
+   * commit order together with the table's INSERTs (with `table: false`, instead of them);
+   * messages with other prefixes, and non-transactional ones, are ignored. Needs Postgres 14 or
+   * later (pgoutput's `messages` option). Unset by default.
+   */
+  messagePrefix?: string
 }
 
 /** A record received from the log, in commit order. `end` is set on a transaction's last record. */
@@ -61,6 +70,13 @@ interface Unconfirmed {
 interface Pausable {
   pause?(): void
   resume?(): void
+}
+
+/** A logical message with the outbox's prefix that is not an outbox record: kept in the dead table. */
+interface Rejected {
+  readonly lsn: string
+  readonly content: Uint8Array
+  readonly error: string
 }
 
 /** Connection-level state of one `open()`. */
@@ -98,12 +114,17 @@ export class PostgresChangeFeed implements ChangeFeed {
   readonly #createIfMissing: boolean
   readonly #statusIntervalMs: number
   readonly #maxBuffered: number
+  readonly #messagePrefix: string | undefined
   #pool: pg.Pool | undefined
   #stream: Stream | undefined
   #schema = ''
   #failure: OutboxKitError | undefined
   /** The transaction being received (after its BEGIN), or undefined between transactions. */
   #transaction: ClaimedRecord[] | undefined
+  /** Unreadable messages of the transaction being received. */
+  #transactionRejects: Rejected[] = []
+  /** Unreadable messages of committed transactions, not yet kept in the dead table. */
+  #rejects: Rejected[] = []
   #ready: Pending[] = []
   #unconfirmed: Unconfirmed[] = []
   /** Latest position with nothing received after it that is not yet in `#ready`. */
@@ -145,6 +166,15 @@ export class PostgresChangeFeed implements ChangeFeed {
       })
     }
     this.#maxBuffered = maxBuffered
+    this.#messagePrefix =
+      options.messagePrefix === undefined ? undefined : validateMessagePrefix(options.messagePrefix, SOURCE)
+    if (!this.#names.table && this.#messagePrefix === undefined) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        'table: false reads no INSERTs, so the feed needs messagePrefix (the table-less mode) to read anything: set messagePrefix, or leave table out.',
+        { source: SOURCE, details: { option: 'table' } },
+      )
+    }
   }
 
   /** Records received from the server and not read yet. */
@@ -185,11 +215,21 @@ export class PostgresChangeFeed implements ChangeFeed {
     }
     if (slot.wal_status === 'lost') throw lost(slotName, 'the WAL it needs was removed (wal_status lost)')
     if (slot.active) throw busy(slotName, slot.active_pid)
-    const published = await this.#query(
-      'open',
-      'SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3',
-      [publication, schema, outboxTable],
-    )
+    if (this.#messagePrefix !== undefined) await this.#checkMessagesSupported()
+    const published = this.#names.table
+      ? await this.#query(
+          'open',
+          'SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3',
+          [publication, schema, outboxTable],
+        )
+      : await this.#query('open', 'SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1', [publication])
+    if (published.rowCount === 0 && !this.#names.table) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `Publication ${publication} does not exist: create it (CREATE PUBLICATION ${publication}), or let open() create it (createIfMissing).`,
+        { source: SOURCE, details: { publication } },
+      )
+    }
     if (published.rowCount === 0) {
       throw new OutboxKitError(
         ErrorCode.InvalidOptions,
@@ -237,6 +277,11 @@ export class PostgresChangeFeed implements ChangeFeed {
     }
     if (this.#failure) throw this.#failure
     if (this.#stream !== stream) return { records: [] }
+    // Unreadable messages are kept before any position past them is handed out. Nothing is awaited
+    // between the last check and the take below, so none can arrive unkept in between.
+    while (this.#rejects.length > 0) await this.#keepRejects()
+    if (this.#failure) throw this.#failure
+    if (this.#stream !== stream) return { records: [] }
     if (this.#ready.length === 0) {
       if (this.#transaction === undefined && this.#safe > this.#handed) {
         this.#handed = this.#safe
@@ -263,18 +308,51 @@ export class PostgresChangeFeed implements ChangeFeed {
     await stream.service.acknowledge(this.#ackLsn())
   }
 
-  async markDead(records: readonly DeadRecord[]): Promise<void> {
+  /**
+   * Marks the outbox rows dead (status and `last_error`); a record with no row (a logical message,
+   * a row deleted as it was added) is kept whole in the dead table `<outboxTable>_dead` instead.
+   */
+  async markDead(records: readonly DeadFeedRecord[]): Promise<void> {
     if (records.length === 0) return
     const { outbox, columns: c } = this.#names
-    const byError = new Map<string, string[]>()
-    for (const r of records) byError.set(r.error, [...(byError.get(r.error) ?? []), r.id])
-    for (const [error, ids] of byError) {
-      await this.#query(
-        'markDead',
-        `UPDATE ${outbox} SET "${c.status}" = $1, "${c.lastError}" = $2 WHERE "${c.id}" = ANY($3)`,
-        [Status.dead, truncateError(error), ids],
-      )
+    let rowless: readonly DeadFeedRecord[] = records
+    if (this.#names.table) {
+      const byError = new Map<string, string[]>()
+      // Only ids outbox.add can have written (UUIDs) can have a row: anything else (a foreign
+      // message's id) would make the UPDATE fail on a uuid column, and the record never settle.
+      for (const r of records) {
+        if (UUID.test(r.id)) byError.set(r.error, [...(byError.get(r.error) ?? []), r.id])
+      }
+      const marked = new Set<string>()
+      for (const [error, ids] of byError) {
+        const result = await this.#query<{ id: string }>(
+          'markDead',
+          `UPDATE ${outbox} SET "${c.status}" = $1, "${c.lastError}" = $2 WHERE "${c.id}" = ANY($3) RETURNING "${c.id}"::text AS id`,
+          [Status.dead, truncateError(error), ids],
+        )
+        for (const row of result.rows) marked.add(row.id)
+      }
+      rowless = records.filter((r) => !marked.has(r.id))
     }
+    if (rowless.length === 0) return
+    const rows = rowless.map((r) => ({
+      id: r.id,
+      topic: r.record?.topic ?? null,
+      key: r.record?.key ?? null,
+      type: r.record?.type ?? null,
+      payload: r.record ? base64(r.record.payload) : null,
+      headers: r.record ? JSON.stringify(r.record.headers) : null,
+      created_at: r.record ? r.record.createdAt.toISOString() : null,
+      last_error: truncateError(r.error),
+    }))
+    await this.#query(
+      'markDead',
+      `INSERT INTO ${this.#names.dead} ("slot_name", "id", "topic", "key", "type", "payload", "headers", "created_at", "last_error")
+       SELECT $1, d.id, d.topic, d.key, d.type, decode(d.payload, 'base64'), d.headers::jsonb, d.created_at::timestamptz, d.last_error
+       FROM json_to_recordset($2::json) AS d(id text, topic text, key text, type text, payload text, headers text, created_at text, last_error text)
+       ON CONFLICT ("slot_name", "id") DO UPDATE SET "last_error" = EXCLUDED."last_error", "dead_at" = now()`,
+      [this.#names.slot, JSON.stringify(rows)],
+    )
   }
 
   async lag(): Promise<FeedLag> {
@@ -314,6 +392,8 @@ export class PostgresChangeFeed implements ChangeFeed {
   #reset(): void {
     this.#failure = undefined
     this.#transaction = undefined
+    this.#transactionRejects = []
+    this.#rejects = []
     this.#ready = []
     this.#unconfirmed = []
   }
@@ -355,8 +435,8 @@ export class PostgresChangeFeed implements ChangeFeed {
   }
 
   #namesWithSchema(schema: string): PostgresFeedNames {
-    const { slot, publication, outboxTable, layout } = this.#names
-    return { slot, publication, schema, outboxTable, layout }
+    const { slot, publication, outboxTable, layout, table } = this.#names
+    return { slot, publication, schema, outboxTable, layout, table }
   }
 
   async #slotState() {
@@ -413,7 +493,11 @@ export class PostgresChangeFeed implements ChangeFeed {
       // message as it arrives, and periodically the last one received.
       acknowledge: { auto: false, timeoutSeconds: 0 },
     })
-    const plugin = new PgoutputPlugin({ protoVersion: 1, publicationNames: [this.#names.publication] })
+    const plugin = new PgoutputPlugin({
+      protoVersion: 1,
+      publicationNames: [this.#names.publication],
+      messages: this.#messagePrefix !== undefined,
+    })
     const stream: Stream = {
       service,
       timer: setInterval(() => {
@@ -500,7 +584,24 @@ export class PostgresChangeFeed implements ChangeFeed {
     switch (message.tag) {
       case 'begin':
         this.#transaction = []
+        this.#transactionRejects = []
         return
+      case 'message': {
+        // Only the outbox's own transactional messages: others belong to other log readers, and a
+        // non-transactional one is outside any transaction's atomicity (G1).
+        if (!message.transactional || message.prefix !== this.#messagePrefix) return
+        this.#transaction ??= []
+        try {
+          this.#transaction.push(decodeLogicalMessage(message.content))
+        } catch (error) {
+          this.#transactionRejects.push({
+            lsn: message.messageLsn ?? '0/0',
+            content: new Uint8Array(message.content),
+            error: describeError(error),
+          })
+        }
+        return
+      }
       case 'insert': {
         const { relation } = message
         if (relation.schema !== this.#schemaName() || relation.name !== this.#names.outboxTable) return
@@ -512,6 +613,8 @@ export class PostgresChangeFeed implements ChangeFeed {
         const end = message.commitEndLsn === null ? undefined : parseLsn(message.commitEndLsn)
         const records = this.#transaction ?? []
         this.#transaction = undefined
+        this.#rejects.push(...this.#transactionRejects)
+        this.#transactionRejects = []
         if (end === undefined) return
         if (records.length === 0) {
           // Nothing of the outbox in it: its end is a position still, after what is ready.
@@ -608,6 +711,49 @@ export class PostgresChangeFeed implements ChangeFeed {
     return formatLsn(this.#confirmed > 0n ? this.#confirmed - 1n : 0n)
   }
 
+  /**
+   * Keeps the unreadable messages received so far in the dead table (with their raw content, under
+   * the id `lsn:<message LSN>`), so the feed goes on past them and an operator finds them.
+   */
+  async #keepRejects(): Promise<void> {
+    const rejects = this.#rejects
+    if (rejects.length === 0) return
+    await this.#query(
+      'read',
+      `INSERT INTO ${this.#names.dead} ("slot_name", "id", "content", "last_error")
+       SELECT $1, d.id, decode(d.content, 'base64'), d.error
+       FROM json_to_recordset($2::json) AS d(id text, content text, error text)
+       ON CONFLICT ("slot_name", "id") DO NOTHING`,
+      [
+        this.#names.slot,
+        JSON.stringify(
+          rejects.map((r) => ({
+            id: `lsn:${r.lsn}`,
+            content: base64(r.content),
+            error: truncateError(r.error),
+          })),
+        ),
+      ],
+    )
+    this.#rejects = this.#rejects.slice(rejects.length)
+  }
+
+  /** pgoutput's `messages` option came with Postgres 14. */
+  async #checkMessagesSupported(): Promise<void> {
+    const result = await this.#query<{ version: string }>(
+      'open',
+      "SELECT current_setting('server_version_num') AS version",
+    )
+    const version = Number(result.rows[0]?.version ?? 0)
+    if (version < 140000) {
+      throw new OutboxKitError(
+        ErrorCode.InvalidOptions,
+        `messagePrefix needs Postgres 14 or later (pgoutput's messages option); this server is ${version}. Upgrade, or write rows (leave messagePrefix out of the store and the feed).`,
+        { source: SOURCE, details: { option: 'messagePrefix', serverVersion: version } },
+      )
+    }
+  }
+
   #schemaName(): string {
     return this.#names.schema ?? this.#schema
   }
@@ -695,6 +841,17 @@ function dateOf(value: unknown): Date {
   if (typeof value === 'string' || typeof value === 'number') return new Date(value)
   return new Date(0)
 }
+
+/** Base64 of bytes, for passing them inside a JSON parameter. */
+function base64(bytes: Uint8Array): string {
+  let binary = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+  }
+  return btoa(binary)
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 const MAX_ERROR_TEXT = 4000
 

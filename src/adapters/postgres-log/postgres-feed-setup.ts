@@ -1,6 +1,7 @@
 /**
  * The database objects of a Postgres change feed: a publication of the outbox table's INSERTs, a
- * permanent logical replication slot (pgoutput) and a marker row that says the slot was made.
+ * permanent logical replication slot (pgoutput), a marker row that says the slot was made, and a
+ * dead table for dead records that have no row to be marked in.
  */
 import { ErrorCode, OutboxKitError } from '../../core/errors.js'
 import {
@@ -27,6 +28,12 @@ export interface PostgresFeedNames {
   outboxTable?: string
   /** Column layout of the outbox table. Default `outboxkit`. */
   layout?: OutboxLayout
+  /**
+   * Whether the feed reads the outbox table's INSERTs. Default `true`. `false` is for a feed of
+   * logical decoding messages only (`messagePrefix`), where the outbox table need not exist: the
+   * publication then publishes no table (pgoutput needs one all the same).
+   */
+  table?: boolean
 }
 
 /** Validated names, quoted where SQL needs them. */
@@ -39,6 +46,9 @@ export interface ResolvedFeedNames {
   readonly outbox: string
   /** The quoted marker table, `<outboxTable>_feeds`, beside the outbox table. */
   readonly feeds: string
+  /** The quoted dead table, `<outboxTable>_dead`, beside the outbox table. */
+  readonly dead: string
+  readonly table: boolean
   readonly columns: OutboxColumns
   readonly layout: OutboxLayout
 }
@@ -73,6 +83,8 @@ export function resolveFeedNames(names: PostgresFeedNames): ResolvedFeedNames {
     outboxTable,
     outbox: qualify(outboxTable),
     feeds: qualify(`${outboxTable}_feeds`),
+    dead: qualify(`${outboxTable}_dead`),
+    table: names.table !== false,
     columns,
     layout,
   }
@@ -85,8 +97,10 @@ export function resolveFeedNames(names: PostgresFeedNames): ResolvedFeedNames {
  * before the slot is created, or pgoutput fails to find it when it decodes the log from the slot's
  * start. `createPostgresChangeFeed(...).open()` runs the same statements itself.
  *
- * 1. the marker table `<outboxTable>_feeds` (one row per slot that was created);
- * 2. the publication, of the outbox table's INSERTs only;
+ * 1. the marker table `<outboxTable>_feeds` (one row per slot that was created), and the dead
+ *    table `<outboxTable>_dead` (dead records that have no outbox row: logical messages, rows
+ *    deleted as they were added);
+ * 2. the publication, of the outbox table's INSERTs only (of no table with `table: false`);
  * 3. the slot, unless it exists or its marker row does: a slot whose marker row exists was made
  *    before and dropped since, and making it again would skip every record written meanwhile (the
  *    feed reports `FEED_LOST` instead);
@@ -102,9 +116,23 @@ export function postgresFeedSetup(names: PostgresFeedNames): string[] {
   "publication" text NOT NULL,
   "created_at" timestamptz NOT NULL DEFAULT now()
 )`,
+    `CREATE TABLE IF NOT EXISTS ${n.dead} (
+  "slot_name" text NOT NULL,
+  "id" text NOT NULL,
+  "topic" text,
+  "key" text,
+  "type" text,
+  "payload" bytea,
+  "headers" jsonb,
+  "created_at" timestamptz,
+  "content" bytea,
+  "last_error" text NOT NULL,
+  "dead_at" timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY ("slot_name", "id")
+)`,
     `DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = ${publication}) THEN
-    CREATE PUBLICATION ${quote('postgres', n.publication)} FOR TABLE ${n.outbox} WITH (publish = 'insert');
+    CREATE PUBLICATION ${quote('postgres', n.publication)} ${n.table ? `FOR TABLE ${n.outbox} ` : ''}WITH (publish = 'insert');
   END IF;
 END $$`,
     `SELECT pg_catalog.pg_create_logical_replication_slot(${slot}, 'pgoutput')
