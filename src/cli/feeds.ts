@@ -47,6 +47,11 @@ export interface FeedNames {
   readonly name?: string
   /** Postgres: the publication (default: the slot's name). */
   readonly publication?: string
+  /**
+   * Postgres: false for a feed of logical decoding messages only (the store's `messagePrefix`):
+   * the publication covers no table and the outbox table need not exist. Default true.
+   */
+  readonly table?: boolean
 }
 
 export interface FeedChange {
@@ -78,6 +83,7 @@ function postgresNames(database: Database, names: FeedNames) {
     schema: database.schemaName,
     outboxTable: database.tables.outboxName,
     layout: database.tables.layout,
+    table: names.table !== false,
   }
   try {
     resolveFeedNames(feed)
@@ -93,8 +99,12 @@ function createStatements(database: Database, names: FeedNames): { name: string;
     const n = postgresNames(database, names)
     return { name: n.slot, statements: postgresFeedSetup(n) }
   }
-  if (names.publication !== undefined) {
-    throw new CliError(ExitCode.usage, 'bad_flag', 'feed: --publication is for Postgres only.')
+  if (names.publication !== undefined || names.table === false) {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      'feed: --publication and --no-table are for Postgres only.',
+    )
   }
   // The row is written by the feed's first open, at the position `firstOpen` says.
   return {
@@ -136,7 +146,7 @@ export async function createFeed(database: Database, names: FeedNames, dryRun: b
   const { name, statements } = createStatements(database, names)
   const kind = database.dialect === 'postgres' ? 'postgres-logical' : 'mysql-binlog'
   if (!dryRun) {
-    await requireOutboxTable(database)
+    if (names.table !== false) await requireOutboxTable(database)
     await runStatements(database, statements, `create the feed ${name}`)
     if (database.dialect === 'postgres') {
       // The slot statement does nothing when the marker says the slot was made and dropped since.

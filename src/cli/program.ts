@@ -310,6 +310,10 @@ export function buildProgram(): Command {
       .option('--slot <name>', 'Postgres: the replication slot (1–63 lower-case letters, digits, _)')
       .option('--publication <name>', "Postgres: the publication (default: the slot's name)")
       .option(
+        '--no-table',
+        "Postgres: a feed of logical decoding messages only (the store's messagePrefix): the publication covers no table",
+      )
+      .option(
         '--feed <name>',
         'MySQL/MariaDB: the feed name, feedName of createMysqlChangeFeed (default: default)',
       )
@@ -460,6 +464,8 @@ async function loadRelay(): Promise<typeof import('./relay.js')> {
 interface FeedFlags {
   slot?: string
   publication?: string
+  /** false with --no-table. */
+  table?: boolean
   feed?: string
   dryRun?: boolean
 }
@@ -477,13 +483,14 @@ function feedNames(database: Database, options: FeedFlags): FeedNames {
     return {
       ...(options.slot !== undefined ? { name: options.slot } : {}),
       ...(options.publication !== undefined ? { publication: options.publication } : {}),
+      ...(options.table === false ? { table: false } : {}),
     }
   }
-  if (options.slot !== undefined || options.publication !== undefined) {
+  if (options.slot !== undefined || options.publication !== undefined || options.table === false) {
     throw new CliError(
       ExitCode.usage,
       'bad_flag',
-      'feed: --slot and --publication are for Postgres; on MySQL/MariaDB give --feed.',
+      'feed: --slot, --publication and --no-table are for Postgres; on MySQL/MariaDB give --feed.',
     )
   }
   return options.feed !== undefined ? { name: options.feed } : {}

@@ -180,6 +180,30 @@ describe('outboxkit feed: Postgres', () => {
     ).toEqual([])
   }, 60_000)
 
+  test('--no-table: a publication of no table, for a feed of logical decoding messages, without an outbox table', async () => {
+    const slot = newSlot()
+    const empty = await postgresJsBackend.open()
+    try {
+      const run = await runCli(['feed', 'create', '--slot', slot, '--no-table', '--schema', empty.schema], {
+        DATABASE_URL: POSTGRES_URL,
+      })
+      expect(run.code).toBe(0)
+      expect(await slotRow(slot)).toEqual({ active: false })
+      expect(
+        await database.query(`SELECT puballtables, (SELECT count(*)::int FROM pg_publication_tables t WHERE t.pubname = p.pubname) AS tables
+          FROM pg_publication p WHERE pubname = '${slot}'`),
+      ).toEqual([{ puballtables: false, tables: 0 }])
+    } finally {
+      await dropPostgresFeed({
+        connectionString: POSTGRES_URL,
+        slot,
+        publication: slot,
+        schema: empty.schema,
+      }).catch(() => {})
+      await empty.close()
+    }
+  }, 60_000)
+
   test('bad usage: no --slot, --feed on Postgres, a bad slot name (exit 2); no outbox table (exit 4)', async () => {
     expect((await cli(['feed', 'create'])).code).toBe(2)
     expect((await cli(['feed', 'create', '--feed', 'x'])).code).toBe(2)
@@ -251,5 +275,6 @@ describe('outboxkit feed: MariaDB', () => {
     expect((await cli(['feed', 'drop', '--feed', 'orders'])).code).toBe(0)
     expect(await positions()).toEqual([])
     expect((await cli(['feed', 'create', '--slot', 'x'])).code).toBe(2)
+    expect((await cli(['feed', 'create', '--no-table'])).code).toBe(2)
   }, 60_000)
 })
