@@ -251,6 +251,10 @@ export function buildProgram(): Command {
     )
     .option('--include-dead', 'also delete dead outbox rows older than the horizon')
     .option(
+      '--include-pending',
+      'also delete pending outbox rows older than the horizon: only for an outbox read by a log-tailing relay (docs/cli.md)',
+    )
+    .option(
       '--inbox-older-than <duration>',
       'inbox rows processed longer ago than this (default: --older-than)',
     )
@@ -263,6 +267,7 @@ export function buildProgram(): Command {
           options: GlobalOptions & {
             olderThan: string
             includeDead?: boolean
+            includePending?: boolean
             inboxOlderThan?: string
             consumer?: string
             inbox: boolean
@@ -281,6 +286,7 @@ export function buildProgram(): Command {
             const result = await purge(database, {
               olderThanMs,
               includeDead: options.includeDead === true,
+              includePending: options.includePending === true,
               inboxOlderThanMs,
               consumer: options.consumer,
               batch,
@@ -288,7 +294,7 @@ export function buildProgram(): Command {
             })
             emit(options, result, () =>
               [
-                `outbox: purged ${result.outbox.purged} ${result.outbox.includeDead ? 'published and dead' : 'published'} rows older than ${formatDuration(result.outbox.olderThanMs)}`,
+                `outbox: purged ${result.outbox.purged} ${purgedKinds(result.outbox)} rows older than ${formatDuration(result.outbox.olderThanMs)}`,
                 result.inbox
                   ? `inbox: purged ${result.inbox.purged} rows older than ${formatDuration(result.inbox.olderThanMs)}${result.inbox.consumer ? ` of ${result.inbox.consumer}` : ''}`
                   : 'inbox: left alone',
@@ -459,6 +465,16 @@ async function loadRelay(): Promise<typeof import('./relay.js')> {
     )
   }
   return (await import(RELAY)) as typeof import('./relay.js')
+}
+
+/** `published`, `published and dead`, `published, dead and pending`, ... */
+function purgedKinds(outbox: { includeDead: boolean; includePending: boolean }): string {
+  const kinds = [
+    'published',
+    ...(outbox.includeDead ? ['dead'] : []),
+    ...(outbox.includePending ? ['pending'] : []),
+  ]
+  return kinds.length === 1 ? kinds[0]! : `${kinds.slice(0, -1).join(', ')} and ${kinds.at(-1)}`
 }
 
 interface FeedFlags {

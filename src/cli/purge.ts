@@ -15,6 +15,8 @@ export interface PurgeRequest {
   /** Outbox rows created longer ago than this are purged (published ones; dead ones with `includeDead`). */
   readonly olderThanMs: number
   readonly includeDead: boolean
+  /** Also pending rows: only for an outbox read by a log-tailing relay, which never marks rows published. */
+  readonly includePending: boolean
   /** Inbox rows processed longer ago than this; undefined skips the inbox. */
   readonly inboxOlderThanMs: number | undefined
   readonly consumer: string | undefined
@@ -25,7 +27,12 @@ export interface PurgeRequest {
 }
 
 export interface PurgeResult {
-  readonly outbox: { readonly purged: number; readonly olderThanMs: number; readonly includeDead: boolean }
+  readonly outbox: {
+    readonly purged: number
+    readonly olderThanMs: number
+    readonly includeDead: boolean
+    readonly includePending: boolean
+  }
   readonly inbox: null | {
     readonly purged: number
     readonly olderThanMs: number
@@ -78,7 +85,11 @@ export async function purge(database: Database, request: PurgeRequest): Promise<
   const t = database.tables
   const c = t.columns
   const horizon = (ms: number) => DIALECT_SQL[database.dialect].minusMs(ms)
-  const statuses = request.includeDead ? [Status.published, Status.dead] : [Status.published]
+  const statuses = [
+    Status.published,
+    ...(request.includeDead ? [Status.dead] : []),
+    ...(request.includePending ? [Status.pending] : []),
+  ]
   const outboxStore = createKyselyOutboxStore({ db, ...database.options })
   const outboxTotal = request.progress
     ? toNumber(
@@ -91,7 +102,12 @@ export async function purge(database: Database, request: PurgeRequest): Promise<
       )
     : 0
   const outboxPurged = await drain('outbox', outboxTotal, request.batch, request.progress, (limit) =>
-    outboxStore.purge({ olderThanMs: request.olderThanMs, includeDead: request.includeDead, limit }),
+    outboxStore.purge({
+      olderThanMs: request.olderThanMs,
+      includeDead: request.includeDead,
+      includePending: request.includePending,
+      limit,
+    }),
   )
   let inbox: PurgeResult['inbox'] = null
   if (request.inboxOlderThanMs !== undefined && tables.has(t.inboxName)) {
@@ -116,7 +132,12 @@ export async function purge(database: Database, request: PurgeRequest): Promise<
     inbox = { purged, olderThanMs, consumer: request.consumer ?? null }
   }
   return {
-    outbox: { purged: outboxPurged, olderThanMs: request.olderThanMs, includeDead: request.includeDead },
+    outbox: {
+      purged: outboxPurged,
+      olderThanMs: request.olderThanMs,
+      includeDead: request.includeDead,
+      includePending: request.includePending,
+    },
     inbox,
   }
 }

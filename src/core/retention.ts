@@ -23,6 +23,15 @@ export interface OutboxRetention {
    * are kept until someone requeues or purges them.
    */
   deadOlderThanMs?: number
+  /**
+   * Also delete pending rows created more than this long ago, in ms: only for an outbox read by a
+   * log-tailing relay (`LogRelay`), which never marks rows published, so they would stay pending
+   * for ever; the feed reads each event from the log, which keeps it after the row is deleted.
+   * Keep it longer than the feed can fall behind: after a lost feed (`FEED_LOST`) the rows still
+   * there are what the polling relay republishes. Never with the polling `Relay`: pending rows
+   * deleted are events it never published. Default: pending rows are never deleted.
+   */
+  pendingOlderThanMs?: number
 }
 
 /** Which inbox rows to delete, by the time the message was processed (the store's clock). */
@@ -83,6 +92,8 @@ export interface RetentionReport {
    * the pass ran. 0 without `deadOlderThanMs`.
    */
   readonly dead: number
+  /** Outbox rows deleted by the pending horizon (any status). 0 without `pendingOlderThanMs`. */
+  readonly pending: number
   /** Inbox records deleted. */
   readonly inbox: number
   /** Batches run. */
@@ -156,10 +167,15 @@ export class Retention {
           'outbox.deadOlderThanMs',
         )
       }
+      const pending =
+        outbox.pendingOlderThanMs === undefined
+          ? undefined
+          : nonNegativeNumber('outbox.pendingOlderThanMs', outbox.pendingOlderThanMs)
       this.#outbox = {
         store: outbox.store,
         publishedOlderThanMs: published,
         ...(dead === undefined ? {} : { deadOlderThanMs: dead }),
+        ...(pending === undefined ? {} : { pendingOlderThanMs: pending }),
       }
     }
     if (inbox) {
@@ -266,7 +282,7 @@ export class Retention {
 
   async #pass(signal: AbortSignal): Promise<RetentionReport> {
     const started = Date.now()
-    const counts = { published: 0, dead: 0, inbox: 0, batches: 0 }
+    const counts = { published: 0, dead: 0, pending: 0, inbox: 0, batches: 0 }
     const work = async () => {
       const outbox = this.#outbox
       if (outbox) {
@@ -277,6 +293,12 @@ export class Retention {
         if (dead !== undefined) {
           counts.dead = await this.#drain(signal, counts, (limit) =>
             outbox.store.purge({ olderThanMs: dead, includeDead: true, limit }),
+          )
+        }
+        const pending = outbox.pendingOlderThanMs
+        if (pending !== undefined) {
+          counts.pending = await this.#drain(signal, counts, (limit) =>
+            outbox.store.purge({ olderThanMs: pending, includePending: true, limit }),
           )
         }
       }
@@ -304,7 +326,7 @@ export class Retention {
       return report
     }
     this.#events.emit('purged', report)
-    const deleted = report.published + report.dead + report.inbox
+    const deleted = report.published + report.dead + report.pending + report.inbox
     this.#log.write(deleted > 0 ? 'info' : 'debug', 'retention pass', { ...report })
     return report
   }

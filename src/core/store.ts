@@ -83,6 +83,13 @@ export interface PurgeOptions {
   readonly olderThanMs: number
   /** Also delete dead rows older than `olderThanMs`. Default false: dead rows wait for a person. */
   readonly includeDead?: boolean
+  /**
+   * Also delete pending rows older than `olderThanMs`. Only for an outbox read by a log-tailing
+   * relay (`LogRelay`): it takes each event from the database's log, where the INSERT stays after
+   * the row is deleted, and never marks rows published. Never with the polling `Relay`, which
+   * publishes from the table: pending rows deleted are events never published. Default false.
+   */
+  readonly includePending?: boolean
   /** Delete at most this many rows in one call: 1 to `MAX_PURGE_LIMIT` (1 000 000). Default 10 000. */
   readonly limit?: number
 }

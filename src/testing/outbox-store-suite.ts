@@ -487,6 +487,16 @@ export function outboxStoreSuite<Tx>(
       expect((await h.readRows()).map((r) => r.type)).toEqual(['old-pending', 'new'])
     })
 
+    test('purge with includePending (an outbox read from the log) also removes old pending rows, never newer ones', async (h, outbox) => {
+      await h.store.transaction((tx) => outbox.add(tx, [message('a', 'old-1'), message('a', 'old-2')]))
+      await h.ageRows(3_600_000)
+      await h.store.transaction((tx) => outbox.add(tx, message('a', 'new')))
+      expect(await h.store.purge({ olderThanMs: 60_000 })).toBe(0)
+      expect(await h.store.purge({ olderThanMs: 60_000, includePending: true, limit: 1 })).toBe(1)
+      expect(await h.store.purge({ olderThanMs: 60_000, includePending: true })).toBe(1)
+      expect((await h.readRows()).map((r) => r.type)).toEqual(['new'])
+    })
+
     test('runExclusive (when implemented): a second holder is refused until the first is done, even on a peer', async (h) => {
       const store = h.store
       if (!store.runExclusive) return

@@ -440,14 +440,14 @@ for (const { backend, url, env: driverEnv } of BACKENDS) {
       }
     }
 
-    test('deletes published rows and inbox rows past the horizon, in batches; dead rows only with --include-dead; pending never', async () => {
+    test('deletes published rows and inbox rows past the horizon, in batches; dead rows only with --include-dead; pending only with --include-pending', async () => {
       const { database, cli, json } = await open(backend, url, driverEnv)
       try {
         await json(['migrate'])
         const { types, inbox } = await withHistory(database)
         const first = await json(['purge', '--older-than', '7d', '--batch', '2'])
         expect(first).toEqual({
-          outbox: { purged: 5, olderThanMs: 7 * 86_400_000, includeDead: false },
+          outbox: { purged: 5, olderThanMs: 7 * 86_400_000, includeDead: false, includePending: false },
           inbox: { purged: 3, olderThanMs: 7 * 86_400_000, consumer: null },
         })
         expect(await types()).toEqual(['pub-new', 'dead-old', 'pending-old'])
@@ -458,6 +458,10 @@ for (const { backend, url, env: driverEnv } of BACKENDS) {
         // Not a terminal: no progress bar.
         expect(second.stderr).toBe('')
         expect(await types()).toEqual(['pub-new', 'pending-old'])
+        // An outbox read by a log-tailing relay: its rows stay pending, so they go by the horizon too.
+        const third = await cli(['purge', '--older-than', '7d', '--include-pending'])
+        expect(third.stdout).toContain('outbox: purged 1 published and pending rows older than 7d')
+        expect(await types()).toEqual(['pub-new'])
       } finally {
         await database.close()
       }

@@ -63,6 +63,31 @@ describe('Retention', () => {
     expect([w.count('published'), w.count('dead'), w.count('pending')]).toEqual([4, 3, 2])
   })
 
+  test('pendingOlderThanMs (an outbox read by a LogRelay) deletes old pending rows too, never younger ones', async () => {
+    const w = setup()
+    await w.rows(6, 'pending')
+    w.advance(3 * HOUR)
+    await w.rows(2, 'pending')
+    const keep = new Retention({
+      outbox: { store: w.store, publishedOlderThanMs: HOUR },
+      pauseMs: 0,
+      logger: false,
+    })
+    expect(await keep.runOnce()).toMatchObject({ published: 0, pending: 0 })
+    expect(w.count('pending')).toBe(8)
+    const retention = new Retention({
+      outbox: { store: w.store, publishedOlderThanMs: HOUR, pendingOlderThanMs: 2 * HOUR },
+      batchSize: 4,
+      pauseMs: 0,
+      logger: false,
+    })
+    expect(await retention.runOnce()).toMatchObject({ pending: 6, batches: 3 })
+    expect(w.count('pending')).toBe(2)
+    expect(
+      () => new Retention({ outbox: { store: w.store, publishedOlderThanMs: HOUR, pendingOlderThanMs: -1 } }),
+    ).toThrow(/pendingOlderThanMs/)
+  })
+
   test('dead rows go by their own horizon, inbox records by theirs', async () => {
     const w = setup()
     await w.rows(2, 'dead')

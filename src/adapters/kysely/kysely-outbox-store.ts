@@ -1339,7 +1339,11 @@ export class KyselyOutboxStore<DB> implements OutboxStore<Transaction<DB>> {
   async purge(options: PurgeOptions): Promise<number> {
     checkPurgeOptions(options, this.name)
     const { outbox, columns: c } = this.tables
-    const statuses = options.includeDead ? [Status.published, Status.dead] : [Status.published]
+    const statuses = [
+      Status.published,
+      ...(options.includeDead ? [Status.dead] : []),
+      ...(options.includePending ? [Status.pending] : []),
+    ]
     const limit = options.limit ?? DEFAULT_PURGE_LIMIT
     const settled = sql`${sql.raw(c.status)} IN (${sql.join(statuses)})`
     let purged = 0

@@ -589,7 +589,10 @@ export class MemoryOutboxStore implements OutboxStore<MemoryTransaction> {
     let removed = 0
     for (let i = 0; i < this.db.rows.length && removed < limit; ) {
       const row = this.db.rows[i]!
-      const settled = row.status === 'published' || (options.includeDead === true && row.status === 'dead')
+      const settled =
+        row.status === 'published' ||
+        (options.includeDead === true && row.status === 'dead') ||
+        (options.includePending === true && row.status === 'pending')
       if (settled && row.createdAt < horizon) {
         this.db.rows.splice(i, 1)
         removed++
