@@ -14,6 +14,11 @@ export {
   type ProcessBatchOptions,
   type ProcessOutcome,
 } from './consumer.js'
+export type {
+  ConsumerLag,
+  ConsumerRunnerOutcomeEvents,
+  ObservableConsumerRunner,
+} from './consumer-runner.js'
 export { isDatabaseOutage } from './database-outage.js'
 export {
   describeError,
@@ -43,6 +48,7 @@ export {
   Lifecycle,
   type LifecycleClosable,
   type LifecycleComponent,
+  type LifecycleFailure,
   type LifecycleHealth,
   type LifecycleOptions,
   type LifecycleStopResult,
