@@ -152,4 +152,32 @@ describe('runUntilSignal', () => {
     expect(log).toContain('stopped relay')
     expect(process.listenerCount('SIGUSR2')).toBe(0)
   })
+
+  test('a component that stops by itself for good stops the others; the result is not clean and names it', async () => {
+    const log: string[] = []
+    let fatal: (error: unknown) => void = () => {}
+    const runner: LifecycleComponent = {
+      ...component(log, 'runner'),
+      onFatal: (listener) => {
+        fatal = listener
+        return () => {
+          fatal = () => {}
+        }
+      },
+    }
+    const running = runUntilSignal({
+      runners: [runner],
+      relays: [component(log, 'relay')],
+      signals: ['SIGUSR2'],
+      logger: false,
+    })
+    while (!log.includes('start relay')) await new Promise((r) => setTimeout(r, 1))
+    const error = new Error('gave up restarting')
+    fatal(error)
+    const result = await running
+    expect(result).toMatchObject({ clean: false, signal: undefined, failure: { name: 'runner[0]', error } })
+    expect(log).toContain('stopped relay')
+    expect(log).toContain('stopped runner')
+    expect(process.listenerCount('SIGUSR2')).toBe(0)
+  })
 })
