@@ -23,7 +23,7 @@ import {
 } from '../core/consumer-runner.js'
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
 import type { ComponentHealth } from '../core/health.js'
-import { Log, type LoggerOption } from '../core/logger.js'
+import type { LoggerOption } from '../core/logger.js'
 import { Headers } from '../core/message.js'
 import { positiveInteger } from '../core/options.js'
 
@@ -231,7 +231,6 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
   #consumer: Consumer | undefined
   #stopping: AbortController | undefined
   readonly #report: ConsumerRunnerReport<KafkaConsumerRunnerEvents>
-  readonly #log: Log
   /** Partitions by topic, as the group assigned them last. */
   #assignment = new Map<string, number[]>()
   /** The last batch failed and has not been processed since: polls are no success meanwhile. */
@@ -304,8 +303,7 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
     }
     this.#options = options
     this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
-    this.#log = new Log(options.logger, { groupId: options.groupId }, 'kafka')
-    this.#report = new ConsumerRunnerReport(this.#log)
+    this.#report = new ConsumerRunnerReport(options.logger, { groupId: options.groupId }, 'kafka')
   }
 
   /** The consumer group. */
@@ -466,7 +464,7 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
       partitions: this.#partitions(),
     }
     if (!joined && event.revoked.length === 0) return
-    this.#log.write('info', 'consumer runner partitions assigned', event)
+    this.#report.info('consumer runner partitions assigned', event)
     this.#report.events.emit('rebalance', event)
   }
 
@@ -499,7 +497,7 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
       this.#stopping = undefined
       throw error
     }
-    this.#log.write('info', 'consumer runner started', {
+    this.#report.info('consumer runner started', {
       topics: this.#options.topics,
       mode: this.#options.mode ?? 'message',
       partitions: this.#partitions(),
@@ -667,7 +665,7 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
     }
     if (signal.aborted) return
     this.#report.health.resumed()
-    this.#log.write('info', 'consumer runner restarted', {
+    this.#report.info('consumer runner restarted', {
       restarts: this.#restarts,
       partitions: this.#partitions(),
     })
@@ -823,7 +821,7 @@ export class KafkaConsumerRunner implements ObservableConsumerRunner {
       await admin?.then((a) => a.disconnect()).catch(() => {})
       this.#assigned(new Map())
       this.#report.health.stopped()
-      this.#log.write('info', 'consumer runner stopped')
+      this.#report.info('consumer runner stopped')
     }
   }
 }

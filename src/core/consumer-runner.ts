@@ -1,7 +1,7 @@
 import type { InboundMessage, ProcessOutcome } from './consumer.js'
 import { Emitter } from './events.js'
 import { type ComponentHealth, HealthTracker } from './health.js'
-import { FailureLog, type Log } from './logger.js'
+import { FailureLog, Log, type LogFields, type LoggerOption } from './logger.js'
 
 /**
  * The events every consumer runner emits (the Kafka one, the NATS one), whatever the broker. Each
@@ -44,18 +44,25 @@ export interface ObservableConsumerRunner {
 }
 
 /**
- * What a runner reports and how: its typed events, its {@link ComponentHealth} and its failure
- * log, kept the same way by every runner.
+ * What a runner reports and how: its typed events, its {@link ComponentHealth} and its log (the
+ * `logger` option, failures throttled), kept the same way by every runner. Exported for runners
+ * of other brokers.
  */
 export class ConsumerRunnerReport<Events extends ConsumerRunnerOutcomeEvents> {
   readonly events = new Emitter<Events>()
   readonly health = new HealthTracker()
-  readonly log: Log
+  readonly #log: Log
   readonly #failures: FailureLog
 
-  constructor(log: Log) {
-    this.log = log
-    this.#failures = new FailureLog(log)
+  /** `fields` go on every log line (e.g. the group); `source` prefixes its messages (`[kafka]`). */
+  constructor(logger: LoggerOption | undefined, fields: LogFields, source?: string) {
+    this.#log = new Log(logger, fields, source)
+    this.#failures = new FailureLog(this.#log)
+  }
+
+  /** Writes an info line (start, stop, partition changes), unless the logger is off. */
+  info(message: string, fields?: LogFields): void {
+    this.#log.write('info', message, fields)
   }
 
   on<E extends keyof Events>(event: E, listener: (event: Events[E]) => void): () => void {
@@ -87,7 +94,7 @@ export class ConsumerRunnerReport<Events extends ConsumerRunnerOutcomeEvents> {
     where: Readonly<Record<string, unknown>>,
   ): void {
     if (outcome === 'dead') {
-      this.log.write('warn', 'consumer runner record dead-lettered', {
+      this.#log.write('warn', 'consumer runner record dead-lettered', {
         ...where,
         messageId: event.message.id,
       })

@@ -14,12 +14,14 @@ export {
   type ProcessBatchOptions,
   type ProcessOutcome,
 } from './consumer.js'
-export type {
-  ConsumerLag,
-  ConsumerRunnerOutcomeEvents,
-  ObservableConsumerRunner,
+export {
+  type ConsumerLag,
+  type ConsumerRunnerOutcomeEvents,
+  ConsumerRunnerReport,
+  type ObservableConsumerRunner,
 } from './consumer-runner.js'
 export { isDatabaseOutage } from './database-outage.js'
+export { driverMissing, isModuleNotFound, loadDriver } from './driver.js'
 export {
   describeError,
   ErrorCode,

@@ -8,19 +8,17 @@ import {
 } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
+  type ComponentHealth,
   type ConsumerLag,
   ConsumerRunnerReport,
-  type ObservableConsumerRunner,
-} from '../../core/consumer-runner.js'
-import type { ComponentHealth } from '../../core/health.js'
-import { Log, type LoggerOption } from '../../core/logger.js'
-import {
   describeError,
   ErrorCode,
   Headers,
   type InboundMessage,
   inboundMessage,
+  type LoggerOption,
   type MessageProcessor,
+  type ObservableConsumerRunner,
   OutboxKitError,
 } from '../../index.js'
 import { optionInteger } from './nats-errors.js'
@@ -185,7 +183,9 @@ export class NatsConsumerRunner implements ObservableConsumerRunner {
       options.messageId ??
       ((record) => record.headers[Headers.messageId] ?? record.headers[NATS_MSG_ID_HEADER])
     this.#report = new ConsumerRunnerReport(
-      new Log(options.logger, { stream: options.stream, durable: options.durable }, 'nats'),
+      options.logger,
+      { stream: options.stream, durable: options.durable },
+      'nats',
     )
   }
 
@@ -259,7 +259,7 @@ export class NatsConsumerRunner implements ObservableConsumerRunner {
       this.#report.health.stopped()
       throw error
     }
-    this.#report.log.write('info', 'consumer runner started', { stream: this.#options.stream })
+    this.#report.info('consumer runner started', { stream: this.#options.stream })
   }
 
   /** Creates the durable consumer unless it exists (another runner may create it meanwhile). */
@@ -391,6 +391,6 @@ export class NatsConsumerRunner implements ObservableConsumerRunner {
     this.#messages = undefined
     this.#loop = undefined
     this.#report.health.stopped()
-    this.#report.log.write('info', 'consumer runner stopped')
+    this.#report.info('consumer runner stopped')
   }
 }
