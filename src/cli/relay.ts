@@ -170,7 +170,10 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
       },
     })
     clean = result.clean
-    if (!clean) {
+    if (result.failure) {
+      // The relay stopped by itself (fenced, exactly-once unprovable): exit 1 so that it is restarted.
+      log('stoppedByItself', { name: result.failure.name, error: describeError(result.failure.error) })
+    } else if (!clean) {
       const what = [...result.timedOut, ...result.failed.map((f) => `${f.name} (${describeError(f.error)})`)]
       log('unclean', { timedOut: result.timedOut, failed: result.failed.map((f) => f.name) })
       process.stderr.write(`outboxkit relay: the shutdown was not clean: ${what.join(', ')}\n`)
