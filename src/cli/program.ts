@@ -397,6 +397,12 @@ export function buildProgram(): Command {
     .option('--max-attempts <n>', 'attempts before a record is dead (default 10)')
     .option('--dead-letter-topic <topic>', 'also publish dead records to this topic')
     .option('--max-record-bytes <n>', 'largest record sent (default 1000000)')
+    .option('--health-port <port>', 'serve GET /livez and /readyz on this port (0: any free port)')
+    .option('--health-host <host>', 'address of the health endpoint (default 127.0.0.1)')
+    .option('--retain <duration>', 'also run retention: delete published rows created longer ago than this')
+    .option('--retain-dead <duration>', 'with --retain: also delete dead rows created longer ago than this')
+    .option('--retention-interval <duration>', 'time between retention passes (default 10m)')
+    .option('--shutdown-timeout <duration>', 'longest wait for a clean stop after a signal (default 30s)')
     .action(
       action(
         async (
@@ -411,6 +417,12 @@ export function buildProgram(): Command {
             maxAttempts?: string
             deadLetterTopic?: string
             maxRecordBytes?: string
+            healthPort?: string
+            healthHost?: string
+            retain?: string
+            retainDead?: string
+            retentionInterval?: string
+            shutdownTimeout?: string
           },
         ) => {
           const brokers = (options.brokers ?? process.env['KAFKA_BROKERS'] ?? '')
@@ -440,6 +452,22 @@ export function buildProgram(): Command {
               options.maxRecordBytes === undefined
                 ? undefined
                 : parsePositiveInteger('--max-record-bytes', options.maxRecordBytes),
+            healthPort:
+              options.healthPort === undefined ? undefined : parsePort('--health-port', options.healthPort),
+            healthHost: options.healthHost,
+            retainMs: options.retain === undefined ? undefined : parseDuration('--retain', options.retain),
+            retainDeadMs:
+              options.retainDead === undefined
+                ? undefined
+                : parseDuration('--retain-dead', options.retainDead),
+            retentionIntervalMs:
+              options.retentionInterval === undefined
+                ? undefined
+                : parseDuration('--retention-interval', options.retentionInterval),
+            shutdownTimeoutMs:
+              options.shutdownTimeout === undefined
+                ? undefined
+                : parseDuration('--shutdown-timeout', options.shutdownTimeout),
             json: options.json === true,
           } as const
           const { runRelay } = await loadRelay()
@@ -510,6 +538,14 @@ function feedNames(database: Database, options: FeedFlags): FeedNames {
     )
   }
   return options.feed !== undefined ? { name: options.feed } : {}
+}
+
+function parsePort(flag: string, value: string): number {
+  const port = Number(value)
+  if (!/^\d+$/.test(value) || port > 65_535) {
+    throw new CliError(ExitCode.usage, 'bad_flag', `${flag} must be a port from 0 to 65535, not ${value}.`)
+  }
+  return port
 }
 
 function collect(value: string, previous: string[]): string[] {

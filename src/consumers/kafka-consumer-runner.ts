@@ -1,4 +1,5 @@
 import type {
+  Admin,
   Batch,
   Consumer,
   ConsumerConfig,
@@ -7,6 +8,7 @@ import type {
   Kafka,
   KafkaMessage,
 } from 'kafkajs'
+import { type BackoffOptions, backoffDelay, sleep } from '../core/backoff.js'
 import {
   type InboundMessage,
   inboundMessage,
@@ -14,10 +16,14 @@ import {
   type ProcessOutcome,
   unusableIdReason,
 } from '../core/consumer.js'
+import {
+  type ConsumerLag,
+  ConsumerRunnerReport,
+  type ObservableConsumerRunner,
+} from '../core/consumer-runner.js'
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
-import { Emitter } from '../core/events.js'
-import { type ComponentHealth, HealthTracker } from '../core/health.js'
-import { FailureLog, Log, type LoggerOption } from '../core/logger.js'
+import type { ComponentHealth } from '../core/health.js'
+import type { LoggerOption } from '../core/logger.js'
 import { Headers } from '../core/message.js'
 import { positiveInteger } from '../core/options.js'
 
@@ -62,8 +68,21 @@ export interface KafkaConsumerRunnerOptions {
   mode?: 'message' | 'batch'
   /** Batch mode: most records per transaction. Default {@link DEFAULT_CONSUMER_BATCH_SIZE}. */
   batchSize?: number
-  /** Extra kafkajs consumer settings. Isolation is always read_committed. */
+  /**
+   * Extra kafkajs consumer settings. Isolation is always read_committed, and
+   * `retry.restartOnFailure` is the runner's: it restarts the consumer itself (see `restart`).
+   */
   consumerConfig?: Omit<ConsumerConfig, 'groupId' | 'readUncommitted'>
+  /**
+   * What the runner does when kafkajs gives up on its consumer (the broker unreachable past
+   * kafkajs' retries, an error that is not retriable such as `STORE_FAILED` for a missing inbox
+   * table): it starts a new consumer after a backoff (jittered, growing from `initialMs` to
+   * `maxMs`), again until one consumes, or until `maxAttempts` restarts in a row failed; then it
+   * stops for good (an `error` event with `fatal: true`; a `Lifecycle` running it then stops the
+   * service, see docs/consumer.md). `false`: it stops at the first crash. Default
+   * `{ initialMs: 1000, maxMs: 30000, multiplier: 2 }` with no limit on attempts.
+   */
+  restart?: false | RestartOptions
   /**
    * Where the runner writes what it does: start, stop and partition changes (info), dead letters
    * (warn), every failed batch (warn, or error when the consumer gives up) with the error's code.
@@ -72,6 +91,30 @@ export interface KafkaConsumerRunnerOptions {
    * then at most one a minute. kafkajs keeps its own logger (the `Kafka` client's `logCreator`).
    */
   logger?: LoggerOption
+}
+
+/** How a runner restarts its consumer after a crash (see {@link KafkaConsumerRunnerOptions.restart}). */
+export interface RestartOptions extends BackoffOptions {
+  /** Restarts in a row (nothing consumed in between) before the runner stops for good. Default: no limit. */
+  maxAttempts?: number
+}
+
+const DEFAULT_RESTART: Required<RestartOptions> = {
+  initialMs: 1_000,
+  maxMs: 30_000,
+  multiplier: 2,
+  maxAttempts: Number.POSITIVE_INFINITY,
+}
+
+/** How far the group is behind in one partition assigned to the runner. */
+export interface PartitionLag extends ConsumerLag {
+  readonly partition: number
+  /** The offset of the next record the group processes in the partition. */
+  readonly offset: string
+  /** The partition's end: the offset its next record gets (for read_committed, the last stable offset). */
+  readonly highWatermark: string
+  /** `highWatermark − offset`, never below 0. */
+  readonly lag: number
 }
 
 /** Partitions of one topic. */
@@ -103,17 +146,20 @@ export interface KafkaConsumerRunnerEvents {
   dead: RunnerRecordEvent
   /**
    * Processing a batch failed (`topic` and `partition` say which: the error is the consumer's,
-   * e.g. a store failure or a dead-letter topic that refused the letter), or the kafkajs consumer
-   * crashed. The batch's unresolved records are delivered again. `fatal` is true when kafkajs
-   * does not restart the consumer (the error is not retriable, e.g. `STORE_FAILED` for a missing
-   * table): the runner consumes nothing more until it is stopped and started again. A batch error
-   * that kafkajs does not restart from is reported twice: as the batch's, then as fatal.
+   * e.g. a store failure or a dead-letter topic that refused the letter), the kafkajs consumer
+   * crashed, or a restart after a crash failed. The batch's unresolved records are delivered
+   * again. After a crash the runner restarts its consumer (`restartInMs` says when); `fatal` is
+   * true when it does not (`restart: false`, or `maxAttempts` restarts in a row failed): it
+   * consumes nothing more until it is stopped and started again. A batch error that crashes the
+   * consumer is reported twice: as the batch's, then as the crash's.
    */
   error: {
     readonly error: unknown
     readonly topic?: string
     readonly partition?: number
     readonly fatal: boolean
+    /** After a crash: the restart is due in this many ms. */
+    readonly restartInMs?: number
   }
   /**
    * The group gave this runner its partitions: at start, and at every rebalance. `assigned` and
@@ -135,6 +181,16 @@ export interface KafkaConsumerRunnerHealth extends ComponentHealth {
   readonly groupId: string
   /** The partitions the group assigned to this runner now. */
   readonly partitions: readonly TopicPartitions[]
+  /**
+   * The lag of each assigned partition, as last seen: updated by every batch (from its high
+   * watermark, at no cost) and by every {@link KafkaConsumerRunner.lag} sample. Partitions
+   * neither fetched nor sampled yet are left out.
+   */
+  readonly lag: readonly PartitionLag[]
+  /** Times the runner restarted its consumer after a crash since `start()`. */
+  readonly restarts: number
+  /** While the runner waits to restart its consumer after a crash: when it will. */
+  readonly restartAt: Date | undefined
 }
 
 /** How often a runner heartbeats while one message is in hand (kafkajs throttles it further). */
@@ -158,19 +214,38 @@ export function createKafkaConsumerRunner(options: KafkaConsumerRunnerOptions): 
   return new KafkaConsumerRunner(options)
 }
 
-export class KafkaConsumerRunner {
+/** Where the runner stands in one partition, for its lag. */
+interface PartitionPosition {
+  readonly topic: string
+  readonly partition: number
+  /** The offset of the next record to process, once known. */
+  next?: bigint
+  /** The partition's end, once known. */
+  high?: bigint
+}
+
+export class KafkaConsumerRunner implements ObservableConsumerRunner {
   readonly #options: KafkaConsumerRunnerOptions
   readonly #messageId: (record: KafkaRecord) => string | undefined
+  readonly #restart: Required<RestartOptions> | undefined
   #consumer: Consumer | undefined
   #stopping: AbortController | undefined
-  readonly #events = new Emitter<KafkaConsumerRunnerEvents>()
-  readonly #log: Log
-  readonly #failures: FailureLog
-  readonly #health = new HealthTracker()
+  readonly #report: ConsumerRunnerReport<KafkaConsumerRunnerEvents>
   /** Partitions by topic, as the group assigned them last. */
   #assignment = new Map<string, number[]>()
   /** The last batch failed and has not been processed since: polls are no success meanwhile. */
   #failingBatch: unknown
+  /** Crashes since the consumer last consumed (a batch, or a poll). */
+  #crashes = 0
+  #restarts = 0
+  #restartAt: Date | undefined
+  /** A restart under way (its wait, then the new consumer joining), for `stop()` to wait on. */
+  #restarting: Promise<void> | undefined
+  readonly #fatalListeners = new Set<(error: unknown) => void>()
+  /** By `topic\0partition`, for the partitions assigned now. */
+  readonly #positions = new Map<string, PartitionPosition>()
+  #admin: Promise<Admin> | undefined
+  #sampling: Promise<readonly PartitionLag[]> | undefined
 
   constructor(options: KafkaConsumerRunnerOptions) {
     if (!options?.kafka || typeof options.kafka.consumer !== 'function') {
@@ -216,10 +291,24 @@ export class KafkaConsumerRunner {
         { source: 'kafka', details: { option: 'mode' } },
       )
     }
+    if (options.restart === false) {
+      this.#restart = undefined
+    } else {
+      const restart = { ...DEFAULT_RESTART, ...options.restart }
+      positiveInteger('restart.initialMs', restart.initialMs, undefined, 'kafka')
+      positiveInteger('restart.maxMs', restart.maxMs, undefined, 'kafka')
+      if (restart.maxAttempts !== Number.POSITIVE_INFINITY)
+        positiveInteger('restart.maxAttempts', restart.maxAttempts, undefined, 'kafka')
+      this.#restart = restart
+    }
     this.#options = options
     this.#messageId = options.messageId ?? ((record) => record.headers[Headers.messageId])
-    this.#log = new Log(options.logger, { groupId: options.groupId }, 'kafka')
-    this.#failures = new FailureLog(this.#log)
+    this.#report = new ConsumerRunnerReport(options.logger, { groupId: options.groupId }, 'kafka')
+  }
+
+  /** The consumer group. */
+  get groupName(): string {
+    return this.#options.groupId
   }
 
   /** Subscribes to an event. Returns a function that unsubscribes. */
@@ -227,16 +316,109 @@ export class KafkaConsumerRunner {
     event: E,
     listener: (event: KafkaConsumerRunnerEvents[E]) => void,
   ): () => void {
-    return this.#events.on(event, listener)
+    return this.#report.on(event, listener)
+  }
+
+  /**
+   * Calls `listener` when the runner stops consuming for good on its own (see `restart`), as a
+   * `Lifecycle` does to stop the service. Returns a function that unsubscribes.
+   */
+  onFatal(listener: (error: unknown) => void): () => void {
+    this.#fatalListeners.add(listener)
+    return () => this.#fatalListeners.delete(listener)
   }
 
   /**
    * The runner's state for health checks: whether it consumes, when its last batch (or idle poll)
-   * succeeded, the errors since, the last error (code and message), and its partitions. A plain
-   * object, safe to serialise.
+   * succeeded, the errors since, the last error (code and message), its partitions, their lag as
+   * last seen, and its restarts. A plain object, safe to serialise.
    */
   health(): KafkaConsumerRunnerHealth {
-    return { ...this.#health.snapshot(), groupId: this.#options.groupId, partitions: this.#partitions() }
+    return {
+      ...this.#report.snapshot(),
+      groupId: this.#options.groupId,
+      partitions: this.#partitions(),
+      lag: this.#lagNow(),
+      restarts: this.#restarts,
+      restartAt: this.#restartAt,
+    }
+  }
+
+  /**
+   * Samples the lag of every partition assigned to this runner: the partitions' ends from the
+   * broker (one ListOffsets request per topic) and the group's committed offsets (one OffsetFetch
+   * request), taken with what the runner processed since. Meant for a metrics reader's collection
+   * (see `otelConsumerRunnerMetrics`), not for every message; concurrent calls share one sample.
+   * Empty while nothing is assigned.
+   */
+  lag(): Promise<readonly PartitionLag[]> {
+    if (!this.#consumer || this.#partitions().length === 0) return Promise.resolve(this.#lagNow())
+    this.#sampling ??= this.#sampleLag().finally(() => {
+      this.#sampling = undefined
+    })
+    return this.#sampling
+  }
+
+  async #sampleLag(): Promise<readonly PartitionLag[]> {
+    const topics = this.#partitions().map(({ topic }) => topic)
+    const admin = await this.#adminClient()
+    const [ends, committed] = await Promise.all([
+      Promise.all(topics.map(async (topic) => ({ topic, offsets: await admin.fetchTopicOffsets(topic) }))),
+      admin.fetchOffsets({ groupId: this.#options.groupId, topics }),
+    ])
+    const committedOffsets = new Map<string, bigint>()
+    for (const { topic, partitions } of committed)
+      for (const { partition, offset } of partitions)
+        committedOffsets.set(positionKey(topic, partition), BigInt(offset))
+    for (const { topic, offsets } of ends) {
+      for (const { partition, high, low } of offsets) {
+        const position = this.#positions.get(positionKey(topic, partition))
+        if (!position) continue // not assigned to this runner
+        position.high = BigInt(high)
+        const done = committedOffsets.get(positionKey(topic, partition)) ?? -1n
+        if (done >= 0n && (position.next === undefined || done > position.next)) position.next = done
+        // Nothing committed nor fetched yet: the group starts where `fromBeginning` says.
+        position.next ??= this.#options.fromBeginning ? BigInt(low) : BigInt(high)
+      }
+    }
+    return this.#lagNow()
+  }
+
+  #adminClient(): Promise<Admin> {
+    this.#admin ??= (async () => {
+      const admin = this.#options.kafka.admin()
+      await admin.connect()
+      return admin
+    })().catch((error: unknown) => {
+      this.#admin = undefined
+      throw error
+    })
+    return this.#admin
+  }
+
+  #lagNow(): PartitionLag[] {
+    const lag: PartitionLag[] = []
+    for (const { topic, partition, next, high } of this.#positions.values()) {
+      if (next === undefined || high === undefined) continue
+      const behind = high - next
+      lag.push({
+        topic,
+        partition,
+        offset: next.toString(),
+        highWatermark: high.toString(),
+        lag: behind > 0n ? Number(behind) : 0,
+      })
+    }
+    return lag.sort((a, b) => (a.topic < b.topic ? -1 : a.topic > b.topic ? 1 : a.partition - b.partition))
+  }
+
+  /** What a fetch or a resolved offset says about a partition's position. */
+  #position(topic: string, partition: number, seen: { next?: bigint; high?: bigint }): void {
+    const position = this.#positions.get(positionKey(topic, partition))
+    if (!position) return
+    if (seen.high !== undefined && (position.high === undefined || seen.high > position.high))
+      position.high = seen.high
+    if (seen.next !== undefined) position.next = seen.next
   }
 
   #partitions(): TopicPartitions[] {
@@ -267,131 +449,224 @@ export class KafkaConsumerRunner {
         [...partitions].sort((a, b) => a - b),
       )
     this.#assignment = next
+    // Lag is reported for the partitions this runner owns; a partition it gets back starts afresh.
+    const owned = new Set<string>()
+    for (const [topic, partitions] of next)
+      for (const partition of partitions) {
+        const key = positionKey(topic, partition)
+        owned.add(key)
+        if (!this.#positions.has(key)) this.#positions.set(key, { topic, partition })
+      }
+    for (const key of [...this.#positions.keys()]) if (!owned.has(key)) this.#positions.delete(key)
     const event = {
       assigned: diff(next, previous),
       revoked: diff(previous, next),
       partitions: this.#partitions(),
     }
     if (!joined && event.revoked.length === 0) return
-    this.#log.write('info', 'consumer runner partitions assigned', event)
-    this.#events.emit('rebalance', event)
+    this.#report.info('consumer runner partitions assigned', event)
+    this.#report.events.emit('rebalance', event)
   }
 
   #succeeded(): void {
-    const ended = this.#health.succeeded()
-    if (ended > 0) this.#failures.recovered('consumer runner recovered', ended)
-  }
-
-  /** Reports an error; `counted` is false when it was reported already (a batch error that ended in a crash). */
-  #failed(
-    error: unknown,
-    fatal: boolean,
-    message: string,
-    where: { topic?: string; partition?: number } = {},
-    counted = true,
-  ): void {
-    const consecutiveErrors = counted ? this.#health.failed(error) : this.#health.consecutiveErrors
-    this.#failures.failed(message, error, consecutiveErrors, fatal, where)
-    this.#events.emit('error', { error, ...where, fatal })
+    this.#crashes = 0
+    this.#report.succeeded()
   }
 
   #settled(outcome: ProcessOutcome, message: InboundMessage, partition: number, offset: string): void {
     const event = { message, topic: message.topic, partition, offset }
-    if (outcome === 'dead') {
-      this.#log.write('warn', 'consumer runner record dead-lettered', {
-        topic: message.topic,
-        partition,
-        offset,
-        messageId: message.id,
-      })
-    }
-    this.#events.emit(outcome, event)
+    this.#report.settled(outcome, event, { topic: message.topic, partition, offset })
   }
 
   /** Joins the group and starts consuming. Resolves once the consumer is running. */
   async start(): Promise<void> {
-    if (this.#consumer)
+    if (this.#stopping)
       throw new OutboxKitError(ErrorCode.AlreadyStarted, 'This runner is already running; call stop() first.')
-    const { kafka, groupId, topics } = this.#options
-    const consumer = kafka.consumer({ ...this.#options.consumerConfig, groupId, readUncommitted: false })
-    this.#consumer = consumer
-    this.#stopping = new AbortController()
-    const signal = this.#stopping.signal
-    this.#health.started()
+    const stopping = new AbortController()
+    this.#stopping = stopping
+    this.#report.health.started()
     this.#failingBatch = undefined
+    this.#crashes = 0
+    this.#restarts = 0
+    this.#restartAt = undefined
+    try {
+      await this.#connect(stopping.signal)
+    } catch (error) {
+      this.#report.failed('consumer runner could not join the group', { error, fatal: true })
+      this.#report.health.stopped()
+      this.#stopping = undefined
+      throw error
+    }
+    this.#report.info('consumer runner started', {
+      topics: this.#options.topics,
+      mode: this.#options.mode ?? 'message',
+      partitions: this.#partitions(),
+    })
+  }
+
+  /** Creates a kafkajs consumer, joins the group and runs it. On failure the consumer is disconnected. */
+  async #connect(signal: AbortSignal): Promise<void> {
+    const { kafka, groupId, topics, consumerConfig } = this.#options
+    const consumer = kafka.consumer({
+      ...consumerConfig,
+      groupId,
+      readUncommitted: false,
+      // The runner restarts the consumer itself, with its own backoff, seen in health().
+      retry: { ...consumerConfig?.retry, restartOnFailure: async () => false },
+    })
+    this.#consumer = consumer
+    const current = () => this.#consumer === consumer
     consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
-      this.#assigned(new Map(Object.entries(payload.memberAssignment)), true)
+      if (current()) this.#assigned(new Map(Object.entries(payload.memberAssignment)), true)
     })
     consumer.on(consumer.events.FETCH, () => {
-      if (this.#failingBatch === undefined) this.#succeeded()
+      if (current() && this.#failingBatch === undefined) this.#succeeded()
+    })
+    // Batches of control records only (transaction markers) never reach eachBatch; kafkajs
+    // resolves them itself, and the position moves past them.
+    consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+      if (!current() || payload.batchSize > 0) return
+      this.#position(payload.topic, payload.partition, {
+        next: BigInt(payload.lastOffset) + 1n,
+        high: BigInt(payload.highWatermark),
+      })
     })
     consumer.on(consumer.events.CRASH, ({ payload }) => {
+      if (!current()) return
       // kafkajs disconnects on a crash: the partitions are gone until it joins again.
+      this.#consumer = undefined
       this.#assigned(new Map())
+      this.#report.health.stopped()
       const reported = isWrapped(payload.error, this.#failingBatch)
       const error = reported ? this.#failingBatch : kafkajsCause(payload.error)
-      if (payload.restart) {
-        if (!reported) this.#failed(error, false, 'consumer runner crashed, kafkajs restarts it')
-        return
-      }
-      this.#failed(
-        error,
-        true,
-        'consumer runner stopped consuming: kafkajs does not restart it after this error; fix the cause, then stop() and start() the runner',
+      this.#crashed(error, reported)
+    })
+    // stop() during a restart's join disconnects this consumer; a step still under way must not
+    // bring it back.
+    const stoppedMeanwhile = () => {
+      if (!signal.aborted) return false
+      if (current()) this.#consumer = undefined
+      return true
+    }
+    try {
+      await consumer.connect()
+      if (stoppedMeanwhile()) return await consumer.disconnect()
+      await consumer.subscribe({ topics, fromBeginning: this.#options.fromBeginning ?? false })
+      if (stoppedMeanwhile()) return await consumer.disconnect()
+      await consumer.run({
+        partitionsConsumedConcurrently: this.#options.partitionsConcurrently ?? 4,
+        // Offsets move only when we resolve them, after each message's outcome is durable; resolved
+        // offsets are committed at the end of each batch and, within long batches, every second.
+        eachBatchAutoResolve: false,
+        autoCommit: true,
+        autoCommitInterval: 1_000,
+        eachBatch: async ({
+          batch,
+          resolveOffset,
+          heartbeat,
+          commitOffsetsIfNecessary,
+          isRunning,
+          isStale,
+        }) => {
+          const first = batch.messages[0]
+          this.#position(batch.topic, batch.partition, {
+            high: BigInt(batch.highWatermark),
+            ...(first ? { next: BigInt(first.offset) } : {}),
+          })
+          const resolve = (offset: string) => {
+            resolveOffset(offset)
+            this.#position(batch.topic, batch.partition, { next: BigInt(offset) + 1n })
+          }
+          try {
+            await this.#eachBatch(batch, signal, {
+              resolveOffset: resolve,
+              heartbeat,
+              commitOffsetsIfNecessary,
+              isRunning,
+              isStale,
+            })
+          } catch (error) {
+            // A rebalance cuts a batch short: kafkajs joins again, nothing failed.
+            if (!isRebalancing(error)) {
+              this.#failingBatch = error
+              this.#report.failed(
+                'consumer runner batch failed, its records are delivered again',
+                { error, topic: batch.topic, partition: batch.partition, fatal: false },
+                { topic: batch.topic, partition: batch.partition },
+              )
+            }
+            throw error
+          }
+          this.#failingBatch = undefined
+          this.#succeeded()
+        },
+      })
+      if (stoppedMeanwhile()) await consumer.disconnect()
+    } catch (error) {
+      if (current()) this.#consumer = undefined
+      await consumer.disconnect().catch(() => {})
+      throw error
+    }
+  }
+
+  /**
+   * The consumer crashed (or a restart failed): restart it after a backoff, or stop for good.
+   * `reported` is true when the error was reported already (the failed batch that crashed it).
+   */
+  #crashed(error: unknown, reported: boolean): void {
+    const signal = this.#stopping?.signal
+    if (!signal || signal.aborted) return
+    this.#crashes += 1
+    const restart = this.#restart
+    if (!restart || this.#crashes > restart.maxAttempts) {
+      this.#report.failed(
+        restart
+          ? `consumer runner stopped consuming: ${restart.maxAttempts} restarts in a row failed; fix the cause, then stop() and start() the runner (or restart the process)`
+          : 'consumer runner stopped consuming after a crash (restart: false); fix the cause, then stop() and start() the runner (or restart the process)',
+        { error, fatal: true },
         {},
         !reported,
       )
-      this.#health.stopped()
-    })
-    try {
-      await consumer.connect()
-      await consumer.subscribe({ topics, fromBeginning: this.#options.fromBeginning ?? false })
-    } catch (error) {
-      this.#failed(error, true, 'consumer runner could not join the group')
-      this.#health.stopped()
-      throw error
-    }
-    await consumer.run({
-      partitionsConsumedConcurrently: this.#options.partitionsConcurrently ?? 4,
-      // Offsets move only when we resolve them, after each message's outcome is durable; resolved
-      // offsets are committed at the end of each batch and, within long batches, every second.
-      eachBatchAutoResolve: false,
-      autoCommit: true,
-      autoCommitInterval: 1_000,
-      eachBatch: async ({
-        batch,
-        resolveOffset,
-        heartbeat,
-        commitOffsetsIfNecessary,
-        isRunning,
-        isStale,
-      }) => {
+      for (const listener of this.#fatalListeners) {
         try {
-          await this.#eachBatch(batch, signal, {
-            resolveOffset,
-            heartbeat,
-            commitOffsetsIfNecessary,
-            isRunning,
-            isStale,
-          })
-        } catch (error) {
-          // A rebalance cuts a batch short: kafkajs joins again, nothing failed.
-          if (!isRebalancing(error)) {
-            this.#failingBatch = error
-            this.#failed(error, false, 'consumer runner batch failed, its records are delivered again', {
-              topic: batch.topic,
-              partition: batch.partition,
-            })
-          }
-          throw error
+          listener(error)
+        } catch {
+          // Observers must not change what happens to the runner.
         }
-        this.#failingBatch = undefined
-        this.#succeeded()
-      },
+      }
+      return
+    }
+    const restartInMs = backoffDelay(this.#crashes, restart)
+    this.#restartAt = new Date(Date.now() + restartInMs)
+    this.#report.failed(
+      'consumer runner crashed, it restarts its consumer',
+      { error, fatal: false, restartInMs },
+      { restartInMs, attempt: this.#crashes },
+      !reported,
+    )
+    const restarting = this.#restartAfter(restartInMs, signal)
+    this.#restarting = restarting
+    void restarting.finally(() => {
+      if (this.#restarting === restarting) this.#restarting = undefined
     })
-    this.#log.write('info', 'consumer runner started', {
-      topics,
-      mode: this.#options.mode ?? 'message',
+  }
+
+  async #restartAfter(delayMs: number, signal: AbortSignal): Promise<void> {
+    await sleep(delayMs, signal)
+    this.#restartAt = undefined
+    if (signal.aborted) return
+    this.#restarts += 1
+    // A failing batch stays failing: the new consumer's polls are no success until it passes.
+    try {
+      await this.#connect(signal)
+    } catch (error) {
+      if (!signal.aborted) this.#crashed(kafkajsCause(error), false)
+      return
+    }
+    if (signal.aborted) return
+    this.#report.health.resumed()
+    this.#report.info('consumer runner restarted', {
+      restarts: this.#restarts,
       partitions: this.#partitions(),
     })
   }
@@ -405,10 +680,9 @@ export class KafkaConsumerRunner {
       commitOffsetsIfNecessary,
       isRunning,
       isStale,
-    }: Pick<
-      EachBatchPayload,
-      'resolveOffset' | 'heartbeat' | 'commitOffsetsIfNecessary' | 'isRunning' | 'isStale'
-    >,
+    }: Pick<EachBatchPayload, 'heartbeat' | 'commitOffsetsIfNecessary' | 'isRunning' | 'isStale'> & {
+      resolveOffset: (offset: string) => void
+    },
   ): Promise<void> {
     if (this.#options.mode === 'batch') {
       const size = this.#options.batchSize ?? DEFAULT_CONSUMER_BATCH_SIZE
@@ -527,18 +801,33 @@ export class KafkaConsumerRunner {
    * redelivered later), resolved offsets are committed, and the connection closes.
    */
   async stop(): Promise<void> {
-    this.#stopping?.abort()
+    const stopping = this.#stopping
+    if (!stopping) return
+    stopping.abort()
+    // A restart under way gives up its wait; a consumer it is joining is disconnected below.
     const consumer = this.#consumer
     this.#consumer = undefined
-    if (!consumer) return
+    const admin = this.#admin
+    this.#admin = undefined
     try {
-      await consumer.disconnect()
+      await consumer?.disconnect()
+      await this.#restarting
+      // A restart that created its consumer meanwhile (TypeScript cannot see it change).
+      await (this.#consumer as Consumer | undefined)?.disconnect()
     } finally {
+      this.#consumer = undefined
+      this.#stopping = undefined
+      this.#restartAt = undefined
+      await admin?.then((a) => a.disconnect()).catch(() => {})
       this.#assigned(new Map())
-      this.#health.stopped()
-      this.#log.write('info', 'consumer runner stopped')
+      this.#report.health.stopped()
+      this.#report.info('consumer runner stopped')
     }
   }
+}
+
+function positionKey(topic: string, partition: number): string {
+  return `${topic}\u0000${partition}`
 }
 
 /**

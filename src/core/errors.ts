@@ -49,6 +49,11 @@ export const ErrorCode = {
   InvalidMessageId: 'INVALID_MESSAGE_ID',
   /** A consumer handler kept throwing; the message went to the dead letter. */
   HandlerFailed: 'HANDLER_FAILED',
+  /**
+   * An optional peer dependency an adapter needs (a driver: kafkajs, mysql2, @vlasky/zongji, ...)
+   * is not installed. `details.package` names it, `details.install` is the command that adds it.
+   */
+  DriverMissing: 'DRIVER_MISSING',
   /** `start()` was called on a component that is already running. */
   AlreadyStarted: 'ALREADY_STARTED',
   /** A component was used after it was stopped or closed. */

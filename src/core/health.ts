@@ -34,6 +34,11 @@ export class HealthTracker {
     this.#running = false
   }
 
+  /** Running again after it stopped by itself (a restart), keeping its errors and start time. */
+  resumed(): void {
+    this.#running = true
+  }
+
   /** A cycle succeeded. Returns how many errors it ended (0 when none). */
   succeeded(): number {
     const ended = this.#consecutiveErrors

@@ -14,7 +14,14 @@ export {
   type ProcessBatchOptions,
   type ProcessOutcome,
 } from './consumer.js'
+export {
+  type ConsumerLag,
+  type ConsumerRunnerOutcomeEvents,
+  ConsumerRunnerReport,
+  type ObservableConsumerRunner,
+} from './consumer-runner.js'
 export { isDatabaseOutage } from './database-outage.js'
+export { driverMissing, isModuleNotFound, loadDriver } from './driver.js'
 export {
   describeError,
   ErrorCode,
@@ -43,6 +50,7 @@ export {
   Lifecycle,
   type LifecycleClosable,
   type LifecycleComponent,
+  type LifecycleFailure,
   type LifecycleHealth,
   type LifecycleOptions,
   type LifecycleStopResult,

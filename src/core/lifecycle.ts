@@ -10,6 +10,19 @@ export interface LifecycleComponent {
   /** Ends the loop gracefully: in-flight work finished or given back. */
   stop(): Promise<void>
   health?(): ComponentHealth
+  /**
+   * Subscribes to the component stopping by itself for good (a consumer runner that gave up
+   * restarting its consumer). The lifecycle then reports it in {@link Lifecycle.failed}. Returns a
+   * function that unsubscribes.
+   */
+  onFatal?(listener: (error: unknown) => void): () => void
+}
+
+/** A component that stopped by itself for good while the lifecycle ran. */
+export interface LifecycleFailure {
+  /** `runner[0]`, ... */
+  readonly name: string
+  readonly error: unknown
 }
 
 /** Something to close once every component has stopped: a transport (its producer). */
@@ -81,6 +94,11 @@ export class Lifecycle {
   readonly #log: Log
   #started: Named<LifecycleComponent>[] = []
   #stopping: Promise<LifecycleStopResult> | undefined
+  readonly #unsubscribe: (() => void)[] = []
+  #fail: (failure: LifecycleFailure) => void = () => {}
+  readonly #failed = new Promise<LifecycleFailure>((resolve) => {
+    this.#fail = resolve
+  })
 
   constructor(options: LifecycleOptions) {
     const named = <T>(kind: string, list: readonly T[] | undefined, check: (item: T) => boolean) =>
@@ -130,6 +148,15 @@ export class Lifecycle {
         throw error
       }
       this.#started.push(component)
+      const unsubscribe = component.item.onFatal?.((error) => {
+        if (this.#stopping) return
+        this.#log.write('error', 'lifecycle component stopped by itself', {
+          name: component.name,
+          error: String(error),
+        })
+        this.#fail({ name: component.name, error })
+      })
+      if (unsubscribe) this.#unsubscribe.push(unsubscribe)
     }
     this.#log.write('info', 'lifecycle started', { components: this.#components.map((c) => c.name) })
   }
@@ -144,12 +171,23 @@ export class Lifecycle {
     return this.#stopping
   }
 
+  /**
+   * Resolves when a started component stops by itself for good (see
+   * {@link LifecycleComponent.onFatal}): the service no longer does all its work, and should stop
+   * (`runUntilSignal` then stops the others and exits non-zero). Never rejects; pending while
+   * every component runs.
+   */
+  get failed(): Promise<LifecycleFailure> {
+    return this.#failed
+  }
+
   /** Each component's `health()`, for a readiness or liveness endpoint. */
   health(): LifecycleHealth {
     return Object.fromEntries(this.#components.map((c) => [c.name, c.item.health?.()]))
   }
 
   async #stop(): Promise<LifecycleStopResult> {
+    for (const unsubscribe of this.#unsubscribe.splice(0)) unsubscribe()
     const deadline = Date.now() + this.#timeoutMs
     const pending = new Set<string>()
     const failed: { name: string; error: unknown }[] = []

@@ -203,6 +203,7 @@ export class Relay<Tx> {
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<RelayEvents>()
+  readonly #fatalListeners = new Set<(error: unknown) => void>()
   readonly #ownership: RelayOwnership
   readonly #relayId: string
   readonly #exactlyOnce: boolean
@@ -362,6 +363,29 @@ export class Relay<Tx> {
     return this.#events.on(event, listener)
   }
 
+  /**
+   * Calls `listener` when the relay stops by itself for good: fenced by another producer
+   * (`FENCED`), or exactly-once that cannot be proven (`PROGRESS_UNAVAILABLE`). A `Lifecycle`
+   * running it then stops the service (see `LifecycleComponent.onFatal`). Returns a
+   * function that unsubscribes.
+   */
+  onFatal(listener: (error: unknown) => void): () => void {
+    this.#fatalListeners.add(listener)
+    return () => this.#fatalListeners.delete(listener)
+  }
+
+  #stoppedByItself(error: unknown): void {
+    this.#events.emit('error', { error, retryInMs: -1 })
+    this.#background.abort()
+    for (const listener of this.#fatalListeners) {
+      try {
+        listener(error)
+      } catch {
+        // Observers must not change what happens to the relay.
+      }
+    }
+  }
+
   /** Whether the loop is running. */
   get running(): boolean {
     return this.#background.running
@@ -479,16 +503,14 @@ export class Relay<Tx> {
   /** Another relay took over this relay's transactional id: report it and keep out of its way. */
   #stopIfFenced(error: unknown): boolean {
     if (!isOutboxKitError(error, ErrorCode.Fenced)) return false
-    this.#events.emit('error', { error, retryInMs: -1 })
-    this.#background.abort()
+    this.#stoppedByItself(error)
     return true
   }
 
   /** Exactly-once cannot be proven (the progress topic is gone or foreign): report it and stop. */
   #stopIfUnprovable(error: unknown): boolean {
     if (!isOutboxKitError(error, ErrorCode.ProgressUnavailable) || error.retriable) return false
-    this.#events.emit('error', { error, retryInMs: -1 })
-    this.#background.abort()
+    this.#stoppedByItself(error)
     return true
   }
 

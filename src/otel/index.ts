@@ -8,6 +8,7 @@
  *   event's stored context, plus publish metrics and relay lag.
  * - {@link otelConsumerInstrumentation}: a `process <topic>` span per message whose parent is the
  *   context the message carries, so the handler's spans continue the writer's trace.
+ * - {@link otelConsumerRunnerMetrics}: a consumer runner's lag per partition and its errors.
  */
 import {
   type Attributes,
@@ -25,6 +26,7 @@ import {
 } from '@opentelemetry/api'
 import type { FeedLag } from '../core/change-feed.js'
 import type { ConsumerInstrumentation, InboundMessage, ProcessOutcome } from '../core/consumer.js'
+import type { ObservableConsumerRunner } from '../core/consumer-runner.js'
 import { isOutboxKitError } from '../core/errors.js'
 import { type ClaimedRecord, Headers } from '../core/message.js'
 import type { TraceContextCapture } from '../core/outbox.js'
@@ -246,7 +248,10 @@ export interface OtelConsumerOptions extends OtelInstrumentationOptions {
  * Spans and metrics for an `IdempotentConsumer`: `process <topic>` (kind CONSUMER) around each
  * message, the handler running inside it.
  * Metrics: `outboxkit.consumer.processed`, `outboxkit.consumer.deduplicated`,
- * `outboxkit.consumer.dead_lettered` (messages), `outboxkit.consumer.process.duration` (s).
+ * `outboxkit.consumer.dead_lettered` (messages, with `messaging.destination.name`,
+ * `messaging.destination.partition.id` where the broker has partitions, and
+ * `messaging.consumer.group.name`), `outboxkit.consumer.process.duration` (s). For the lag and
+ * the errors of the runner that feeds the consumer, see {@link otelConsumerRunnerMetrics}.
  */
 export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): ConsumerInstrumentation {
   const tracer = options.tracer ?? trace.getTracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
@@ -305,7 +310,13 @@ export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): 
       try {
         const outcome = await context.with(trace.setSpan(parent, span), process)
         span.setAttribute('outboxkit.outcome', outcome)
-        counters[outcome].add(1, { 'messaging.system': system, 'messaging.consumer.group.name': group })
+        const counted: Attributes = {
+          'messaging.system': system,
+          'messaging.consumer.group.name': group,
+          'messaging.destination.name': message.topic,
+        }
+        if (partition !== undefined) counted['messaging.destination.partition.id'] = String(partition)
+        counters[outcome].add(1, counted)
         if (outcome === 'dead') {
           span.setAttribute('error.type', 'HANDLER_FAILED')
           span.setStatus({ code: SpanStatusCode.ERROR, message: 'dead-lettered' })
@@ -362,5 +373,77 @@ export function otelConsumerInstrumentation(options: OtelConsumerOptions = {}): 
         span.end()
       }
     },
+  }
+}
+
+export interface OtelConsumerRunnerMetricsOptions {
+  /** Meter to use. Default: the global meter provider's `outboxkit` meter. */
+  meter?: Meter
+  /** Messaging system attribute. Default `kafka`. */
+  system?: string
+}
+
+/**
+ * Metrics of a consumer runner (`createKafkaConsumerRunner`, `createNatsConsumerRunner`), beside
+ * the per-message ones of {@link otelConsumerInstrumentation}:
+ *
+ * - `outboxkit.consumer.lag` (gauge, `{message}`): records not processed yet, per partition
+ *   (`messaging.destination.name`, `messaging.destination.partition.id`). Sampled with the
+ *   runner's `lag()` when the meter's reader collects, not per message.
+ * - `outboxkit.consumer.errors` (counter, `{error}`): the runner's `error` events, with
+ *   `error.type` (the outboxkit code or the error's class), `outboxkit.fatal`, and the partition
+ *   when the error is a batch's.
+ *
+ * Every series carries `messaging.system` and `messaging.consumer.group.name` (the group, or the
+ * NATS durable). Returns a function that stops observing the runner.
+ *
+ * @example
+ * ```ts
+ * const runner = createKafkaConsumerRunner({ kafka, groupId: 'inventory', topics: ['order.events'], consumer })
+ * const stopMetrics = otelConsumerRunnerMetrics(runner)
+ * ```
+ */
+export function otelConsumerRunnerMetrics(
+  runner: ObservableConsumerRunner,
+  options: OtelConsumerRunnerMetricsOptions = {},
+): () => void {
+  const meter = options.meter ?? metrics.getMeter(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+  const system = options.system ?? 'kafka'
+  const base = (): Attributes => ({
+    'messaging.system': system,
+    'messaging.consumer.group.name': runner.groupName,
+  })
+  const errors = meter.createCounter('outboxkit.consumer.errors', {
+    description: 'Errors of consumer runners: failed batches, crashes, restarts that failed',
+    unit: '{error}',
+  })
+  const unsubscribe = runner.on('error', (event) => {
+    const attributes: Attributes = {
+      ...base(),
+      'error.type': errorType(event.error),
+      'outboxkit.fatal': event.fatal,
+    }
+    if (event.topic !== undefined) attributes['messaging.destination.name'] = event.topic
+    if (event.partition !== undefined)
+      attributes['messaging.destination.partition.id'] = String(event.partition)
+    errors.add(1, attributes)
+  })
+  const lag = meter.createObservableGauge('outboxkit.consumer.lag', {
+    description: 'Records in a partition that the consumer group has not processed yet',
+    unit: '{message}',
+  })
+  const observe = async (result: { observe(value: number, attributes?: Attributes): void }) => {
+    // A sample the broker cannot answer leaves a gap: no value beats a stale one.
+    const sample = await runner.lag().catch(() => [])
+    for (const { topic, partition, lag: behind } of sample) {
+      const attributes: Attributes = { ...base(), 'messaging.destination.name': topic }
+      if (partition !== undefined) attributes['messaging.destination.partition.id'] = String(partition)
+      result.observe(behind, attributes)
+    }
+  }
+  lag.addCallback(observe)
+  return () => {
+    unsubscribe()
+    lag.removeCallback(observe)
   }
 }

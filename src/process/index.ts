@@ -3,7 +3,12 @@
  * process signals (Node, Bun, Deno); on others (Workers) use `Lifecycle` and call `stop()` yourself.
  */
 import { ErrorCode, OutboxKitError } from '../core/errors.js'
-import { Lifecycle, type LifecycleOptions, type LifecycleStopResult } from '../core/lifecycle.js'
+import {
+  Lifecycle,
+  type LifecycleFailure,
+  type LifecycleOptions,
+  type LifecycleStopResult,
+} from '../core/lifecycle.js'
 
 /** The part of `process` this module uses, so it needs no Node types at runtime. */
 interface SignalProcess {
@@ -16,8 +21,9 @@ export interface RunUntilSignalOptions extends LifecycleOptions {
   /** The signals that start the shutdown. Default `['SIGTERM', 'SIGINT']`. */
   signals?: readonly string[]
   /**
-   * Exit the process once stopped: code 0 when the stop was clean, 1 otherwise; and at once, with
-   * code 1, on a second signal during the shutdown. Default false: the promise resolves with the
+   * Exit the process once stopped: code 0 when a signal stopped it cleanly, 1 otherwise (a stop
+   * that was not clean, or a component that stopped by itself); and at once, with code 1, on a
+   * second signal during the shutdown. Default false: the promise resolves with the
    * result, and your code closes what is yours (the database) and exits.
    */
   exit?: boolean
@@ -29,8 +35,13 @@ export interface RunUntilSignalOptions extends LifecycleOptions {
 
 /** What {@link runUntilSignal} resolves with. */
 export interface RunUntilSignalResult extends LifecycleStopResult {
-  /** The signal that started the shutdown. */
-  readonly signal: string
+  /** The signal that started the shutdown; undefined when a component's failure did. */
+  readonly signal: string | undefined
+  /**
+   * The component that stopped by itself for good (a consumer runner that gave up restarting),
+   * which made the others stop: then `clean` is false.
+   */
+  readonly failure?: LifecycleFailure
 }
 
 function signalProcess(): SignalProcess {
@@ -46,7 +57,9 @@ function signalProcess(): SignalProcess {
 
 /**
  * Starts the components, waits for the first of `signals`, then stops them within `timeoutMs`
- * (see {@link Lifecycle.stop}). Never closes your database.
+ * (see {@link Lifecycle.stop}). A component that stops by itself for good (see
+ * {@link Lifecycle.failed}) stops the others too, as a signal would, and the result is not clean,
+ * so an orchestrator restarts the process. Never closes your database.
  *
  * @example
  * ```ts
@@ -87,15 +100,22 @@ export async function runUntilSignal(options: RunUntilSignalOptions): Promise<Ru
   try {
     await lifecycle.start()
     options.onStarted?.()
-    const signal = await signalled
-    options.onSignal?.(signal)
-    const result = await lifecycle.stop()
+    const ended = await Promise.race([
+      signalled.then((signal) => ({ signal, failure: undefined })),
+      lifecycle.failed.then((failure) => ({ signal: undefined, failure })),
+    ])
+    stopping = true
+    if (ended.signal !== undefined) options.onSignal?.(ended.signal)
+    const stopped = await lifecycle.stop()
+    const result: RunUntilSignalResult = ended.failure
+      ? { ...stopped, clean: false, signal: undefined, failure: ended.failure }
+      : { ...stopped, signal: ended.signal }
     if (options.exit) proc.exit(result.clean ? 0 : 1)
-    return { ...result, signal }
+    return result
   } finally {
     for (const { signal, listener } of listeners) proc.off(signal, listener)
   }
 }
 
 export { type HealthServer, type HealthServerOptions, serveHealth } from './health-server.js'
-export { Lifecycle, type LifecycleOptions, type LifecycleStopResult }
+export { Lifecycle, type LifecycleFailure, type LifecycleOptions, type LifecycleStopResult }

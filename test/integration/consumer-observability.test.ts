@@ -142,7 +142,7 @@ describe('Kafka consumer runner events and health on postgres.js', () => {
     90_000,
   )
 
-  test('a batch that fails with a non-retriable error (its inbox table is gone) is reported, stops consumption visibly, and a restart recovers', async () => {
+  test('with restart: false, a batch that fails with a non-retriable error (its inbox table is gone) is reported, stops consumption visibly, and a restart by hand recovers', async () => {
     const world = await openConsumerWorld(postgresJsBackend, { partitions: 1 })
     const schema = `"${world.database.schema}"`
     try {
@@ -156,7 +156,7 @@ describe('Kafka consumer runner events and health on postgres.js', () => {
         r.on('processed', (e) => processed.push(e.message.id))
       }
       const groupId = uniqueName('group')
-      const runner = await world.run(consumer, groupId, { logger, onRunner: observe })
+      const runner = await world.run(consumer, groupId, { logger, restart: false, onRunner: observe })
       await world.database.query(`ALTER TABLE ${schema}.outbox_inbox RENAME TO outbox_inbox_away`)
       await produce(world.brokers, world.topic, [record(id)])
       // The batch's error, then kafkajs gives up on the consumer: STORE_FAILED is not retriable.

@@ -41,7 +41,10 @@ export interface ConsumerWorld {
   run(
     consumer: IdempotentConsumer<Kysely<AnyDB>>,
     groupId?: string,
-    options?: Pick<KafkaConsumerRunnerOptions, 'mode' | 'batchSize' | 'logger'> & {
+    options?: Pick<
+      KafkaConsumerRunnerOptions,
+      'mode' | 'batchSize' | 'logger' | 'restart' | 'consumerConfig'
+    > & {
       /** Called with the runner before it starts (to subscribe to its first events). */
       onRunner?: (runner: KafkaConsumerRunner) => void
     },
@@ -97,7 +100,7 @@ export async function openConsumerWorld(
         ...consumerOptions,
       })
     },
-    async run(consumer, groupId = uniqueName('group'), { onRunner, ...runnerOptions } = {}) {
+    async run(consumer, groupId = uniqueName('group'), { onRunner, consumerConfig, ...runnerOptions } = {}) {
       const runner = createKafkaConsumerRunner({
         ...runnerOptions,
         kafka: testKafka(brokers),
@@ -105,7 +108,7 @@ export async function openConsumerWorld(
         topics: [topic],
         consumer,
         fromBeginning: true,
-        consumerConfig: { maxWaitTimeInMs: 200 },
+        consumerConfig: { maxWaitTimeInMs: 200, ...consumerConfig },
       })
       onRunner?.(runner)
       await runner.start()

@@ -7,6 +7,7 @@ import {
   Lifecycle,
   type LifecycleComponent,
   Outbox,
+  OutboxKitError,
   Relay,
 } from '../../src/index.js'
 import { runUntilSignal } from '../../src/process/index.js'
@@ -150,6 +151,56 @@ describe('runUntilSignal', () => {
     process.emit('SIGUSR2')
     expect(await running).toEqual({ clean: true, timedOut: [], failed: [], signal: 'SIGUSR2' })
     expect(log).toContain('stopped relay')
+    expect(process.listenerCount('SIGUSR2')).toBe(0)
+  })
+
+  test('a relay fenced by another producer stops by itself: runUntilSignal stops the rest and reports it', async () => {
+    const db = new MemoryDatabase()
+    const store = new MemoryOutboxStore(db)
+    const transport = new MemoryTransport()
+    const relay = new Relay({ store, transport, pollIntervalMs: 5, logger: false })
+    await db.transaction((tx) =>
+      new Outbox({ store }).add(tx, { topic: 't', key: 'k', type: 'E', payload: {} }),
+    )
+    transport.throwWith = () => new OutboxKitError(ErrorCode.Fenced, 'another producer took over')
+    const log: string[] = []
+    const result = await runUntilSignal({
+      relays: [relay],
+      runners: [component(log, 'runner')],
+      signals: ['SIGUSR2'],
+      logger: false,
+    })
+    expect(result.clean).toBe(false)
+    expect(result.failure?.name).toBe('relay[0]')
+    expect(isOutboxKitError(result.failure?.error, ErrorCode.Fenced)).toBe(true)
+    expect(log).toContain('stopped runner')
+  })
+
+  test('a component that stops by itself for good stops the others; the result is not clean and names it', async () => {
+    const log: string[] = []
+    let fatal: (error: unknown) => void = () => {}
+    const runner: LifecycleComponent = {
+      ...component(log, 'runner'),
+      onFatal: (listener) => {
+        fatal = listener
+        return () => {
+          fatal = () => {}
+        }
+      },
+    }
+    const running = runUntilSignal({
+      runners: [runner],
+      relays: [component(log, 'relay')],
+      signals: ['SIGUSR2'],
+      logger: false,
+    })
+    while (!log.includes('start relay')) await new Promise((r) => setTimeout(r, 1))
+    const error = new Error('gave up restarting')
+    fatal(error)
+    const result = await running
+    expect(result).toMatchObject({ clean: false, signal: undefined, failure: { name: 'runner[0]', error } })
+    expect(log).toContain('stopped relay')
+    expect(log).toContain('stopped runner')
     expect(process.listenerCount('SIGUSR2')).toBe(0)
   })
 })

@@ -7,6 +7,7 @@
 import type { ConnectionOptions } from 'mysql2'
 import type { Connection } from 'mysql2/promise'
 import type { ChangeFeed, FeedBatch, FeedLag, FeedPosition } from '../../core/change-feed.js'
+import { loadDriver } from '../../core/driver.js'
 import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from '../../core/errors.js'
 import type { ClaimedRecord } from '../../core/message.js'
 import { nonNegativeNumber, positiveInteger } from '../../core/options.js'
@@ -945,31 +946,23 @@ function stopStream(zongji: ZongJi): Promise<void> {
   })
 }
 
-async function loadZongJi(): Promise<ZongJiModule> {
-  try {
-    return await import('@vlasky/zongji')
-  } catch (error) {
-    throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      'The binlog feed needs the @vlasky/zongji package: npm install @vlasky/zongji mysql2',
-      { source: SOURCE, cause: error },
-    )
-  }
+/** Loads @vlasky/zongji; `load` is the seam tests replace. */
+export function loadZongJi(
+  load: () => Promise<ZongJiModule> = () => import('@vlasky/zongji'),
+): Promise<ZongJiModule> {
+  return loadDriver('@vlasky/zongji', 'The binlog feed', load, {
+    install: '@vlasky/zongji mysql2',
+    source: SOURCE,
+  })
 }
 
-async function loadMysql2(): Promise<Pick<typeof import('mysql2/promise'), 'createConnection'>> {
-  try {
-    const module = await import('mysql2/promise')
-    // CommonJS seen from ESM: the functions may sit on the default export only.
-    return typeof module.createConnection === 'function' ? module : module.default
-  } catch (error) {
-    throw new OutboxKitError(
-      ErrorCode.InvalidOptions,
-      'The binlog feed needs the mysql2 package: npm install mysql2',
-      {
-        source: SOURCE,
-        cause: error,
-      },
-    )
-  }
+type Mysql2 = Pick<typeof import('mysql2/promise'), 'createConnection'>
+
+/** Loads mysql2; `load` is the seam tests replace. */
+export async function loadMysql2(
+  load: () => Promise<Mysql2 & { default?: Mysql2 }> = () => import('mysql2/promise'),
+): Promise<Mysql2> {
+  const module = await loadDriver('mysql2', 'The binlog feed', load, { source: SOURCE })
+  // CommonJS seen from ESM: the functions may sit on the default export only.
+  return typeof module.createConnection === 'function' ? module : module.default!
 }

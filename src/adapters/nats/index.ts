@@ -1,8 +1,11 @@
 export {
   createNatsConsumerRunner,
   NatsConsumerRunner,
+  type NatsConsumerRunnerEvents,
+  type NatsConsumerRunnerHealth,
   type NatsConsumerRunnerOptions,
   type NatsRecord,
+  type NatsRecordEvent,
 } from './nats-consumer-runner.js'
 export {
   createNatsTransport,

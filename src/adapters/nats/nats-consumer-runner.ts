@@ -8,11 +8,17 @@ import {
 } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
+  type ComponentHealth,
+  type ConsumerLag,
+  ConsumerRunnerReport,
   describeError,
   ErrorCode,
   Headers,
+  type InboundMessage,
   inboundMessage,
+  type LoggerOption,
   type MessageProcessor,
+  type ObservableConsumerRunner,
   OutboxKitError,
 } from '../../index.js'
 import { optionInteger } from './nats-errors.js'
@@ -63,8 +69,60 @@ export interface NatsConsumerRunnerOptions {
    * undefined when it has none: it then goes to the dead letter with `MISSING_MESSAGE_ID`.
    */
   messageId?: (record: NatsRecord) => string | undefined
-  /** Called with errors of the consume loop (it then starts again after a second). */
+  /**
+   * Called with every error the runner reports (as the `error` event, which has more). Kept for
+   * code written before the events; prefer `runner.on('error', ...)`.
+   */
   onError?: (error: unknown) => void
+  /**
+   * Where the runner writes what it does, as the Kafka runner does: start and stop (info), dead
+   * letters (warn), failures (warn, or error when fatal) with the error's code. `false` writes
+   * nothing. Default: failures only, to the console, throttled.
+   */
+  logger?: LoggerOption
+}
+
+/** Where a JetStream message came from. */
+export interface NatsRecordEvent {
+  readonly message: InboundMessage
+  readonly stream: string
+  readonly subject: string
+  /** The message's sequence number in the stream. */
+  readonly seq: number
+}
+
+/**
+ * What a NATS runner reports while it runs, the same events as the Kafka runner's
+ * (`KafkaConsumerRunnerEvents`) with where the message came from. Subscribe with
+ * {@link NatsConsumerRunner.on}.
+ */
+export interface NatsConsumerRunnerEvents {
+  /** The handler ran and its transaction committed (the message is acknowledged next). */
+  processed: NatsRecordEvent
+  /** The consumer had already processed this message id: the handler did not run. */
+  duplicate: NatsRecordEvent
+  /** The message went to the dead letter (its handler kept failing, or it has no usable id). */
+  dead: NatsRecordEvent
+  /**
+   * Processing a message failed (it is negatively acknowledged and delivered again; `subject`
+   * and `seq` say which), an acknowledgement failed (the message may come again, as a duplicate),
+   * or the consume loop failed (it starts again after a second). Never `fatal`: the runner keeps
+   * consuming until it is stopped.
+   */
+  error: {
+    readonly error: unknown
+    readonly fatal: boolean
+    /** The stream. */
+    readonly topic: string
+    readonly subject?: string
+    readonly seq?: number
+  }
+}
+
+/** What {@link NatsConsumerRunner.health} returns: a cycle is a message whose outcome is durable. */
+export interface NatsConsumerRunnerHealth extends ComponentHealth {
+  readonly stream: string
+  readonly durable: string
 }
 
 const RESTART_DELAY_MS = 1_000
@@ -86,8 +144,9 @@ export function createNatsConsumerRunner(options: NatsConsumerRunnerOptions): Na
   return new NatsConsumerRunner(options)
 }
 
-export class NatsConsumerRunner {
+export class NatsConsumerRunner implements ObservableConsumerRunner {
   readonly #options: NatsConsumerRunnerOptions
+  readonly #report: ConsumerRunnerReport<NatsConsumerRunnerEvents>
   readonly #messageId: (record: NatsRecord) => string | undefined
   readonly #maxAckPending: number
   readonly #ackWaitMs: number
@@ -123,6 +182,48 @@ export class NatsConsumerRunner {
     this.#messageId =
       options.messageId ??
       ((record) => record.headers[Headers.messageId] ?? record.headers[NATS_MSG_ID_HEADER])
+    this.#report = new ConsumerRunnerReport(
+      options.logger,
+      { stream: options.stream, durable: options.durable },
+      'nats',
+    )
+  }
+
+  /** The durable consumer's name. */
+  get groupName(): string {
+    return this.#options.durable
+  }
+
+  /** Subscribes to an event. Returns a function that unsubscribes. */
+  on<E extends keyof NatsConsumerRunnerEvents>(
+    event: E,
+    listener: (event: NatsConsumerRunnerEvents[E]) => void,
+  ): () => void {
+    return this.#report.on(event, listener)
+  }
+
+  /**
+   * The runner's state for health checks: whether it consumes, when a message's outcome was last
+   * durable, the errors since, the last error. A plain object, safe to serialise.
+   */
+  health(): NatsConsumerRunnerHealth {
+    return { ...this.#report.snapshot(), stream: this.#options.stream, durable: this.#options.durable }
+  }
+
+  /**
+   * How far the durable consumer is behind, from the server's consumer info (one request):
+   * messages not yet delivered plus those delivered and not yet acknowledged. One entry, for the
+   * stream (NATS streams have no partitions).
+   */
+  async lag(): Promise<readonly ConsumerLag[]> {
+    const jsm = await jetstreamManager(this.#options.connection)
+    const info = await jsm.consumers.info(this.#options.stream, this.#options.durable)
+    return [{ topic: this.#options.stream, lag: info.num_pending + info.num_ack_pending }]
+  }
+
+  #failed(message: string, error: unknown, where: { subject?: string; seq?: number } = {}): void {
+    this.#report.failed(message, { error, fatal: false, topic: this.#options.stream, ...where }, where)
+    this.#options.onError?.(error)
   }
 
   /** Creates the durable consumer if needed and starts consuming. Resolves once it is running. */
@@ -145,12 +246,20 @@ export class NatsConsumerRunner {
         this.#messages = await consumer.consume({ max_messages: this.#maxAckPending })
         return this.#messages
       }
+      this.#report.health.started()
       this.#loop = this.#run(stopping.signal, await consume(), consume)
     } catch (error) {
       // Not running: a later start() may try again.
       this.#stopping = undefined
+      this.#report.failed('consumer runner could not start', {
+        error,
+        fatal: true,
+        topic: this.#options.stream,
+      })
+      this.#report.health.stopped()
       throw error
     }
+    this.#report.info('consumer runner started', { stream: this.#options.stream })
   }
 
   /** Creates the durable consumer unless it exists (another runner may create it meanwhile). */
@@ -196,14 +305,14 @@ export class NatsConsumerRunner {
         if (signal.aborted) return
       } catch (error) {
         if (signal.aborted) return
-        this.#options.onError?.(error)
+        this.#failed('consumer runner consume loop failed, it starts again', error)
       }
       await new Promise((resolve) => setTimeout(resolve, RESTART_DELAY_MS))
       if (signal.aborted) return
       try {
         messages = await restart()
       } catch (error) {
-        this.#options.onError?.(error)
+        this.#failed('consumer runner consume loop failed, it starts again', error)
       }
     }
   }
@@ -229,22 +338,31 @@ export class NatsConsumerRunner {
       headers,
       position: { stream: record.stream, seq: message.seq },
     })
+    const where = { subject: message.subject, seq: message.seq }
     const alive = setInterval(() => message.working(), Math.max(100, Math.floor(this.#ackWaitMs / 3)))
+    let outcome: Awaited<ReturnType<MessageProcessor['process']>>
     try {
-      await this.#options.consumer.process(inbound, signal)
+      outcome = await this.#options.consumer.process(inbound, signal)
     } catch (error) {
       // Not durable: the message must come again (at once; the consumer backs off itself).
       message.nak()
-      if (!signal.aborted) this.#options.onError?.(error)
+      if (!signal.aborted) this.#failed('consumer runner message failed, it is delivered again', error, where)
       return
     } finally {
       clearInterval(alive)
     }
+    this.#report.settled(
+      outcome,
+      { message: inbound, stream: record.stream, ...where },
+      { stream: record.stream, ...where },
+    )
+    this.#report.succeeded()
     try {
       await message.ackAck()
     } catch (error) {
       // The ack may be lost: the message is redelivered and the inbox skips it.
-      this.#options.onError?.(
+      this.#failed(
+        'consumer runner could not acknowledge a message; it may come again, as a duplicate',
         new OutboxKitError(
           ErrorCode.TransportFailed,
           `Acknowledging a NATS message failed: ${describeError(error)}`,
@@ -254,6 +372,7 @@ export class NatsConsumerRunner {
             cause: error,
           },
         ),
+        where,
       )
     }
   }
@@ -271,5 +390,7 @@ export class NatsConsumerRunner {
     this.#stopping = undefined
     this.#messages = undefined
     this.#loop = undefined
+    this.#report.health.stopped()
+    this.#report.info('consumer runner stopped')
   }
 }
