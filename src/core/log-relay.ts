@@ -2,7 +2,7 @@ import { BackgroundLoop } from './background-loop.js'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js'
 import type { ChangeFeed, DeadFeedRecord, FeedLag, FeedPosition } from './change-feed.js'
 import { publishDeadLetters } from './dead-letters.js'
-import { ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
+import { describeError, ErrorCode, isOutboxKitError, OutboxKitError } from './errors.js'
 import { Emitter } from './events.js'
 import { type ComponentHealth, HealthTracker, loopErrorListener } from './health.js'
 import { DEFAULT_LOG_FAILURE_INTERVAL_MS, FailureLog, Log, type LoggerOption } from './logger.js'
@@ -167,6 +167,7 @@ export class LogRelay {
   readonly #deadLetter: Required<DeadLetterOptions> | undefined
   readonly #instrumentation: RelayInstrumentation | undefined
   readonly #events = new Emitter<LogRelayEvents>()
+  readonly #fatalListeners = new Set<(error: unknown) => void>()
   readonly #background: BackgroundLoop
   readonly #log: Log
   readonly #failures: FailureLog
@@ -274,6 +275,18 @@ export class LogRelay {
     return this.#events.on(event, listener)
   }
 
+  /**
+   * Calls `listener` when the relay stops by itself for good: its feed is lost (`FEED_LOST`: the
+   * slot was dropped or the log it needs removed) or its transport was fenced (`FENCED`). A
+   * `Lifecycle` running it then stops the service (see `LifecycleComponent.onFatal`), so that
+   * `runUntilSignal` exits non-zero and an orchestrator notices. Returns a function that
+   * unsubscribes.
+   */
+  onFatal(listener: (error: unknown) => void): () => void {
+    this.#fatalListeners.add(listener)
+    return () => this.#fatalListeners.delete(listener)
+  }
+
   /** Whether the loop is running. */
   get running(): boolean {
     return this.#background.running
@@ -322,6 +335,14 @@ export class LogRelay {
       } catch (error) {
         if (this.#stopsTheRelay(error)) {
           this.#events.emit('error', { error, retryInMs: -1 })
+          this.#log.write('error', 'log relay stopped by itself', { error: describeError(error) })
+          for (const listener of this.#fatalListeners) {
+            try {
+              listener(error)
+            } catch {
+              // Observers must not change what happens to the relay.
+            }
+          }
           break
         }
         const retryInMs = backoffDelay(++consecutiveErrors, this.#backoff)

@@ -1,11 +1,18 @@
 /** Lifecycle starts components together and stops them together, within its timeout. */
 import { describe, expect, test } from 'bun:test'
-import { MemoryDatabase, MemoryOutboxStore, MemoryTransport } from '../../src/adapters/memory/index.js'
+import {
+  MemoryChangeFeed,
+  MemoryChangeLog,
+  MemoryDatabase,
+  MemoryOutboxStore,
+  MemoryTransport,
+} from '../../src/adapters/memory/index.js'
 import {
   ErrorCode,
   isOutboxKitError,
   Lifecycle,
   type LifecycleComponent,
+  LogRelay,
   Outbox,
   OutboxKitError,
   Relay,
@@ -202,5 +209,24 @@ describe('runUntilSignal', () => {
     expect(log).toContain('stopped relay')
     expect(log).toContain('stopped runner')
     expect(process.listenerCount('SIGUSR2')).toBe(0)
+  })
+
+  test('a LogRelay whose feed is lost stops the service: runUntilSignal reports the failure', async () => {
+    const log = new MemoryChangeLog()
+    const relay = new LogRelay({
+      feed: new MemoryChangeFeed(log),
+      transport: new MemoryTransport(),
+      pollIntervalMs: 5,
+      logger: false,
+    })
+    const running = runUntilSignal({ relays: [relay], signals: ['SIGUSR2'], logger: false })
+    while (!relay.running) await new Promise((r) => setTimeout(r, 1))
+    log.lose()
+    const result = await running
+    expect(result.clean).toBe(false)
+    expect(result.signal).toBeUndefined()
+    expect(isOutboxKitError(result.failure?.error, ErrorCode.FeedLost)).toBe(true)
+    // Read again: the loop's `while` narrowed it to true.
+    expect(relay.running as boolean).toBe(false)
   })
 })
