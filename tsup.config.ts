@@ -18,10 +18,16 @@ export const entries = {
 /**
  * The `outboxkit` command (package.json "bin"): Node only, ESM. `cli.js` imports nothing but
  * Node and loads `cli-program.js` once it has found Kysely; `relay` alone loads `cli-relay.js`
- * (and kafkajs). No export imports any of them.
+ * (and kafkajs), and its log mode `cli-relay-feeds.js` (and the replication client). No export
+ * imports any of them.
  */
 export const cliConfig: Options = {
-  entry: { cli: 'src/cli/main.ts', 'cli-program': 'src/cli/program.ts', 'cli-relay': 'src/cli/relay.ts' },
+  entry: {
+    cli: 'src/cli/main.ts',
+    'cli-program': 'src/cli/program.ts',
+    'cli-relay': 'src/cli/relay.ts',
+    'cli-relay-feeds': 'src/cli/relay-feeds.ts',
+  },
   format: ['esm'],
   dts: false,
   sourcemap: true,
@@ -37,7 +43,11 @@ export const cliConfig: Options = {
     'mysql2',
     'commander',
     'cli-progress',
+    'pg-logical-replication',
+    '@vlasky/zongji',
     './cli-program.js',
+    './cli-relay.js',
+    './cli-relay-feeds.js',
   ],
 }
 
@@ -55,6 +65,8 @@ export default defineConfig([
       '!cli-program.js.map',
       '!cli-relay.js',
       '!cli-relay.js.map',
+      '!cli-relay-feeds.js',
+      '!cli-relay-feeds.js.map',
     ],
     splitting: true,
     treeshake: true,

@@ -19,6 +19,7 @@ import {
   table,
 } from './output.js'
 import { purge } from './purge.js'
+import type { LogModeRequest } from './relay.js'
 import { formatStatus, status } from './status.js'
 
 interface GlobalOptions extends DatabaseOptions, OutputOptions {}
@@ -403,6 +404,26 @@ export function buildProgram(): Command {
     .option('--retain-dead <duration>', 'with --retain: also delete dead rows created longer ago than this')
     .option('--retention-interval <duration>', 'time between retention passes (default 10m)')
     .option('--shutdown-timeout <duration>', 'longest wait for a clean stop after a signal (default 30s)')
+    .option(
+      '--slot <name>',
+      'log mode, Postgres: tail this logical replication slot instead of polling the table',
+    )
+    .option('--publication <name>', "log mode, Postgres: the slot's publication (default: the slot's name)")
+    .option(
+      '--message-prefix <prefix>',
+      "log mode, Postgres: read the table-less mode's logical decoding messages",
+    )
+    .option('--server-id <n>', 'log mode, MySQL/MariaDB: tail the binlog as a replica with this server id')
+    .option(
+      '--feed <name>',
+      'log mode, MySQL/MariaDB: the feed name, for its stored position (default: default)',
+    )
+    .addOption(
+      new Option('--first-open <where>', "log mode, MySQL/MariaDB: where a feed's first open starts").choices(
+        ['pending-rows', 'log-end'],
+      ),
+    )
+    .option('--max-lag <bytes>', 'log mode: warn when the feed is more than this many bytes of log behind')
     .action(
       action(
         async (
@@ -423,6 +444,13 @@ export function buildProgram(): Command {
             retainDead?: string
             retentionInterval?: string
             shutdownTimeout?: string
+            slot?: string
+            publication?: string
+            messagePrefix?: string
+            serverId?: string
+            feed?: string
+            firstOpen?: 'pending-rows' | 'log-end'
+            maxLag?: string
           },
         ) => {
           const brokers = (options.brokers ?? process.env['KAFKA_BROKERS'] ?? '')
@@ -468,6 +496,8 @@ export function buildProgram(): Command {
               options.shutdownTimeout === undefined
                 ? undefined
                 : parseDuration('--shutdown-timeout', options.shutdownTimeout),
+            log: logMode(options),
+            databaseUrl: options.databaseUrl ?? process.env['DATABASE_URL'],
             json: options.json === true,
           } as const
           const { runRelay } = await loadRelay()
@@ -538,6 +568,60 @@ function feedNames(database: Database, options: FeedFlags): FeedNames {
     )
   }
   return options.feed !== undefined ? { name: options.feed } : {}
+}
+
+/** The log mode's flags, or undefined for the polling relay; the other mode's flags are refused. */
+function logMode(options: {
+  slot?: string
+  publication?: string
+  messagePrefix?: string
+  serverId?: string
+  feed?: string
+  firstOpen?: 'pending-rows' | 'log-end'
+  maxLag?: string
+  ownership?: string
+  relayId?: string
+  lease?: string
+}): LogModeRequest | undefined {
+  const postgres = options.slot !== undefined
+  const mysql = options.serverId !== undefined
+  const pgOnly = options.publication !== undefined || options.messagePrefix !== undefined
+  const mysqlOnly = options.feed !== undefined || options.firstOpen !== undefined
+  if (!postgres && !mysql) {
+    if (pgOnly || mysqlOnly || options.maxLag !== undefined) {
+      throw new CliError(
+        ExitCode.usage,
+        'bad_flag',
+        'relay: --publication, --message-prefix, --feed, --first-open and --max-lag are for the log mode: give --slot (Postgres) or --server-id (MySQL/MariaDB).',
+      )
+    }
+    return undefined
+  }
+  if ((postgres && (mysql || mysqlOnly)) || (mysql && pgOnly)) {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      'relay: --slot, --publication and --message-prefix are for Postgres; --server-id, --feed and --first-open for MySQL/MariaDB.',
+    )
+  }
+  if (options.ownership !== undefined || options.relayId !== undefined || options.lease !== undefined) {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      'relay: --ownership, --relay-id and --lease are for the polling relay; one log relay reads a feed at a time, others wait as standbys.',
+    )
+  }
+  return {
+    ...(postgres ? { slot: options.slot! } : {}),
+    ...(options.publication !== undefined ? { publication: options.publication } : {}),
+    ...(options.messagePrefix !== undefined ? { messagePrefix: options.messagePrefix } : {}),
+    ...(mysql ? { serverId: parsePositiveInteger('--server-id', options.serverId!, 4_294_967_295) } : {}),
+    ...(options.feed !== undefined ? { feedName: options.feed } : {}),
+    ...(options.firstOpen !== undefined ? { firstOpen: options.firstOpen } : {}),
+    ...(options.maxLag !== undefined
+      ? { maxLagBytes: parsePositiveInteger('--max-lag', options.maxLag) }
+      : {}),
+  }
 }
 
 function parsePort(flag: string, value: string): number {

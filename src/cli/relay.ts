@@ -8,13 +8,27 @@ import { createKafkaTransport } from '../adapters/kafka/kafka-transport.js'
 import { createKyselyOutboxStore } from '../adapters/kysely/kysely-outbox-store.js'
 import { describeError } from '../core/errors.js'
 import type { LifecycleHealth } from '../core/lifecycle.js'
-import { Relay, type RelayOptions, type RelayOwnership } from '../core/relay.js'
+import { LogRelay, type LogRelayEvents, type LogRelayOptions } from '../core/log-relay.js'
+import { Relay, type RelayEvents, type RelayOptions, type RelayOwnership } from '../core/relay.js'
+
+type SharedEvent = 'published' | 'failed' | 'deadLettered' | 'deadLetterFailed' | 'error'
+
 import { Retention } from '../core/retention.js'
 import { type HealthServer, serveHealth } from '../process/health-server.js'
 import { runUntilSignal } from '../process/index.js'
 import type { Database } from './connection.js'
 import { CliError, ExitCode } from './exit-codes.js'
+import type { FeedRequest } from './relay-feeds.js'
 import { requireOutbox } from './status.js'
+
+/** The change feeds' bundle (dist/cli-relay-feeds.js), loaded only for the log mode. */
+const FEEDS = './cli-relay-feeds.js'
+
+/** Log mode: tail the database's log instead of polling the table (docs/cli.md). */
+export interface LogModeRequest extends Omit<FeedRequest, 'url' | 'schema' | 'outboxTable' | 'layout'> {
+  /** Warn when the feed's log lag passes this many bytes. */
+  readonly maxLagBytes?: number
+}
 
 export interface RelayRequest {
   readonly brokers: readonly string[]
@@ -37,7 +51,26 @@ export interface RelayRequest {
   readonly retentionIntervalMs: number | undefined
   /** How long the shutdown may take before the command gives up waiting, ms. */
   readonly shutdownTimeoutMs: number | undefined
+  /** Set: run a `LogRelay` on this feed instead of the polling relay. */
+  readonly log: LogModeRequest | undefined
+  /** The database URL, for the feed's own connection in log mode. */
+  readonly databaseUrl: string | undefined
   readonly json: boolean
+}
+
+/** Loads the feeds' bundle once its driver is known to be installed. */
+async function loadFeeds(postgres: boolean): Promise<typeof import('./relay-feeds.js')> {
+  const driver = postgres ? 'pg-logical-replication' : '@vlasky/zongji'
+  try {
+    await import(driver)
+  } catch {
+    throw new CliError(
+      ExitCode.usage,
+      'driver_missing',
+      `outboxkit relay ${postgres ? '--slot' : '--server-id'} needs ${driver}: npm install ${driver}${postgres ? ' pg' : ' mysql2'}.`,
+    )
+  }
+  return (await import(FEEDS)) as typeof import('./relay-feeds.js')
 }
 
 /** One line per event: JSON with `--json`, text otherwise, on stdout (errors on stderr as well). */
@@ -71,36 +104,37 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
     clientId: request.clientId,
     ...(request.maxRecordBytes === undefined ? {} : { maxRecordBytes: request.maxRecordBytes }),
   })
-  const options: RelayOptions<unknown> = {
-    store: store as RelayOptions<unknown>['store'],
-    transport,
-    ownership: request.ownership,
-    // The command writes every event itself (the JSON log and stderr below).
-    logger: false,
-  }
-  if (request.relayId !== undefined) options.relayId = request.relayId
-  if (request.batchSize !== undefined) options.batchSize = request.batchSize
-  if (request.pollIntervalMs !== undefined) options.pollIntervalMs = request.pollIntervalMs
-  if (request.leaseMs !== undefined) options.leaseMs = request.leaseMs
-  if (request.maxAttempts !== undefined) options.maxAttempts = request.maxAttempts
-  if (request.deadLetterTopic !== undefined) options.deadLetter = { topic: request.deadLetterTopic }
-  let relay: Relay<unknown>
+  type AnyRelay = Relay<unknown> | LogRelay
+  let relay: AnyRelay
   try {
-    relay = new Relay(options)
+    relay = request.log
+      ? await logRelay(database, request, request.log, transport)
+      : pollingRelay(store, request, transport)
   } catch (error) {
     await transport.close().catch(() => {})
+    if (error instanceof CliError) throw error
     throw new CliError(ExitCode.usage, 'bad_flag', describeError(error))
   }
-  relay.on('published', (e) => log('published', { count: e.count, durationMs: Math.round(e.durationMs) }))
-  relay.on('failed', (e) => log('failed', { ids: e.ids, error: e.error, retryInMs: e.retryInMs }))
-  relay.on('deadLettered', (e) => log('deadLettered', { ids: e.ids, error: e.error }))
-  relay.on('deadLetterFailed', (e) => log('deadLetterFailed', { ids: e.ids, error: e.error }))
-  relay.on('leaseLost', (e) => log('leaseLost', { ids: e.ids }))
-  relay.on('shardsChanged', (e) => log('shardsChanged', { ...e }))
-  relay.on('error', (e) => {
+  // The events both relays emit, with the same fields.
+  const on = <E extends SharedEvent>(event: E, listener: (e: RelayEvents[E] | LogRelayEvents[E]) => void) =>
+    relay instanceof LogRelay ? relay.on(event, listener) : relay.on(event, listener)
+  on('published', (e) => log('published', { count: e.count, durationMs: Math.round(e.durationMs) }))
+  on('failed', (e) => log('failed', { ids: e.ids, error: e.error, retryInMs: e.retryInMs }))
+  on('deadLettered', (e) => log('deadLettered', { ids: e.ids, error: e.error }))
+  on('deadLetterFailed', (e) => log('deadLetterFailed', { ids: e.ids, error: e.error }))
+  on('error', (e) => {
     log('error', { error: describeError(e.error), retryInMs: e.retryInMs })
     process.stderr.write(`outboxkit relay: ${describeError(e.error)}\n`)
   })
+  if (relay instanceof LogRelay) {
+    relay.on('opened', (e) => log('opened', { feed: e.feed }))
+    relay.on('standby', (e) => log('standby', { retryInMs: e.retryInMs }))
+    relay.on('confirmed', (e) => log('confirmed', { position: e.position, records: e.records }))
+    relay.on('lagExceeded', (e) => log('lagExceeded', { ...e }))
+  } else {
+    relay.on('leaseLost', (e) => log('leaseLost', { ids: e.ids }))
+    relay.on('shardsChanged', (e) => log('shardsChanged', { ...e }))
+  }
   let retention: Retention | undefined
   try {
     if (request.retainMs !== undefined) {
@@ -109,6 +143,8 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
           store,
           publishedOlderThanMs: request.retainMs,
           ...(request.retainDeadMs === undefined ? {} : { deadOlderThanMs: request.retainDeadMs }),
+          // The log relay never marks rows published: they go by the same horizon (docs/cli.md).
+          ...(request.log ? { pendingOlderThanMs: request.retainMs } : {}),
         },
         ...(request.retentionIntervalMs === undefined ? {} : { intervalMs: request.retentionIntervalMs }),
         logger: false,
@@ -158,8 +194,9 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
       logger: false,
       onStarted: () =>
         log('started', {
-          relayId: relay.relayId,
-          ownership: request.ownership,
+          ...(relay instanceof Relay
+            ? { relayId: relay.relayId, ownership: request.ownership }
+            : { mode: 'log', feed: request.log?.slot ?? request.log?.feedName ?? 'default' }),
           table: `${database.schemaName}.${database.tables.outboxName}`,
           brokers: request.brokers.join(','),
           retention: retention !== undefined,
@@ -182,6 +219,67 @@ export async function runRelay(database: Database, request: RelayRequest): Promi
     await transport.close().catch(() => {})
     await server?.close()
   }
-  log('stopped', { relayId: relay.relayId, clean })
+  log('stopped', { ...(relay instanceof Relay ? { relayId: relay.relayId } : {}), clean })
   return clean ? ExitCode.ok : ExitCode.problems
+}
+
+function pollingRelay(
+  store: ReturnType<typeof createKyselyOutboxStore>,
+  request: RelayRequest,
+  transport: ReturnType<typeof createKafkaTransport>,
+): Relay<unknown> {
+  const options: RelayOptions<unknown> = {
+    store: store as RelayOptions<unknown>['store'],
+    transport,
+    ownership: request.ownership,
+    // The command writes every event itself (the JSON log and stderr).
+    logger: false,
+  }
+  if (request.relayId !== undefined) options.relayId = request.relayId
+  if (request.batchSize !== undefined) options.batchSize = request.batchSize
+  if (request.pollIntervalMs !== undefined) options.pollIntervalMs = request.pollIntervalMs
+  if (request.leaseMs !== undefined) options.leaseMs = request.leaseMs
+  if (request.maxAttempts !== undefined) options.maxAttempts = request.maxAttempts
+  if (request.deadLetterTopic !== undefined) options.deadLetter = { topic: request.deadLetterTopic }
+  return new Relay(options)
+}
+
+async function logRelay(
+  database: Database,
+  request: RelayRequest,
+  mode: LogModeRequest,
+  transport: ReturnType<typeof createKafkaTransport>,
+): Promise<LogRelay> {
+  const postgres = mode.slot !== undefined
+  if ((database.dialect === 'postgres') !== postgres) {
+    throw new CliError(
+      ExitCode.usage,
+      'bad_flag',
+      database.dialect === 'postgres'
+        ? 'outboxkit relay: on Postgres the log mode takes --slot (a replication slot), not --server-id.'
+        : 'outboxkit relay: on MySQL/MariaDB the log mode takes --server-id, not --slot.',
+    )
+  }
+  if (request.databaseUrl === undefined) {
+    throw new CliError(ExitCode.usage, 'no_database', 'The log mode needs --database-url or DATABASE_URL.')
+  }
+  const { createFeed } = await loadFeeds(postgres)
+  const { maxLagBytes, ...feed } = mode
+  const options: LogRelayOptions = {
+    feed: createFeed({
+      ...feed,
+      url: request.databaseUrl,
+      schema: database.schemaName,
+      outboxTable: database.tables.outboxName,
+      layout: database.tables.layout,
+    }),
+    transport,
+    logger: false,
+  }
+  if (request.batchSize !== undefined) options.batchSize = request.batchSize
+  if (request.pollIntervalMs !== undefined) options.pollIntervalMs = request.pollIntervalMs
+  if (request.maxAttempts !== undefined) options.maxAttempts = request.maxAttempts
+  if (request.deadLetterTopic !== undefined) options.deadLetter = { topic: request.deadLetterTopic }
+  if (maxLagBytes !== undefined) options.maxLagBytes = maxLagBytes
+  return new LogRelay(options)
 }

@@ -8,7 +8,7 @@ import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { createMysqlChangeFeed } from '../../src/adapters/mysql-binlog/index.js'
 import { createPostgresChangeFeed, dropPostgresFeed } from '../../src/adapters/postgres-log/index.js'
 import { Outbox } from '../../src/core/outbox.js'
-import { buildCli, runCli } from '../support/cli.js'
+import { buildCli, runCli, startCli } from '../support/cli.js'
 import {
   assertReachable,
   MYSQL_URL,
@@ -18,6 +18,51 @@ import {
   type TestDatabase,
   uniqueName,
 } from '../support/databases.js'
+import { consumeMessages, createTopic, kafkaBrokers, uniqueTopic } from '../support/kafka.js'
+
+/** Starts `outboxkit relay --json` with `args` and collects its event lines. */
+function startRelay(url: string, schema: string, args: readonly string[]) {
+  const child = startCli(['relay', '--json', '--schema', schema, ...args], {
+    DATABASE_URL: url,
+    KAFKA_BROKERS: kafkaBrokers().join(','),
+  })
+  const events: { event: string; [field: string]: unknown }[] = []
+  let buffer = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => {
+    buffer += d
+    const lines = buffer.split('\n')
+    buffer = lines.pop() ?? ''
+    for (const line of lines) if (line) events.push(JSON.parse(line))
+  })
+  child.stderr.on('data', (d) => (stderr += d))
+  const closed = new Promise<number | null>((resolve) => child.on('close', resolve))
+  const until = async (event: string) => {
+    for (let i = 0; i < 600 && !events.some((e) => e.event === event); i++) await Bun.sleep(50)
+    if (!events.some((e) => e.event === event)) throw new Error(`no ${event} event; stderr: ${stderr}`)
+  }
+  return { child, events, closed, until }
+}
+
+/** Writes 30 events on 3 keys; the relay must deliver each key's in order. */
+async function writeAndCheck(database: TestDatabase, topic: string, relay: ReturnType<typeof startRelay>) {
+  const store = createKyselyOutboxStore({ db: database.db, schema: database.schema })
+  const outbox = new Outbox({ store })
+  await store.transaction(async (trx) => {
+    for (let i = 0; i < 30; i++) await outbox.add(trx, { topic, key: `k${i % 3}`, type: 'E', payload: { i } })
+  })
+  const received = await consumeMessages(kafkaBrokers(), { topic, count: 30 })
+  for (const key of ['k0', 'k1', 'k2']) {
+    const values = received.filter((m) => String(m.key) === key).map((m) => JSON.parse(String(m.value)).i)
+    expect(values).toEqual([...values].sort((a, b) => a - b))
+    expect(values).toHaveLength(10)
+  }
+  await relay.until('confirmed')
+  relay.child.kill('SIGTERM')
+  expect(await relay.closed).toBe(0)
+  expect(relay.events.find((e) => e.event === 'started')).toMatchObject({ mode: 'log' })
+  expect(relay.events.slice(-2).map((e) => e.event)).toEqual(['stopping', 'stopped'])
+}
 
 beforeAll(async () => {
   await assertReachable(postgresJsBackend)
@@ -204,6 +249,30 @@ describe('outboxkit feed: Postgres', () => {
     }
   }, 60_000)
 
+  test('relay --slot tails the slot instead of polling: every event in key order, SIGTERM stops it cleanly', async () => {
+    const slot = newSlot()
+    const topic = uniqueTopic('cli-log')
+    await createTopic(kafkaBrokers(), topic, { partitions: 2 })
+    expect((await cli(['feed', 'create', '--slot', slot])).code).toBe(0)
+    const relay = startRelay(POSTGRES_URL, database.schema, ['--slot', slot])
+    await relay.until('opened')
+    await writeAndCheck(database, topic, relay)
+    // The rows stay pending: the log relay never marks them.
+    expect((await json(['status'])).outbox.pending).toBeGreaterThanOrEqual(30)
+  }, 60_000)
+
+  test('relay log mode: flags of the other mode or database are bad usage (exit 2)', async () => {
+    for (const args of [
+      ['--slot', 'x', '--ownership', 'shards'],
+      ['--slot', 'x', '--server-id', '5'],
+      ['--publication', 'x'],
+      ['--server-id', '5'],
+    ]) {
+      const run = await cli(['relay', ...args], { KAFKA_BROKERS: kafkaBrokers().join(',') })
+      expect({ args, code: run.code }).toEqual({ args, code: 2 })
+    }
+  }, 60_000)
+
   test('bad usage: no --slot, --feed on Postgres, a bad slot name (exit 2); no outbox table (exit 4)', async () => {
     expect((await cli(['feed', 'create'])).code).toBe(2)
     expect((await cli(['feed', 'create', '--feed', 'x'])).code).toBe(2)
@@ -276,5 +345,22 @@ describe('outboxkit feed: MariaDB', () => {
     expect(await positions()).toEqual([])
     expect((await cli(['feed', 'create', '--slot', 'x'])).code).toBe(2)
     expect((await cli(['feed', 'create', '--no-table'])).code).toBe(2)
+  }, 60_000)
+
+  test('relay --server-id tails the binlog instead of polling: every event in key order, SIGTERM stops it cleanly', async () => {
+    const topic = uniqueTopic('cli-binlog')
+    await createTopic(kafkaBrokers(), topic, { partitions: 2 })
+    const serverId = String(8_000 + Math.floor(Math.random() * 1_000))
+    const relay = startRelay(MYSQL_URL, database.schema, [
+      '--server-id',
+      serverId,
+      '--feed',
+      'cli',
+      '--first-open',
+      'log-end',
+    ])
+    await relay.until('opened')
+    await writeAndCheck(database, topic, relay)
+    expect((await json(['status'])).feeds.map((f: { name: string }) => f.name)).toContain('cli')
   }, 60_000)
 })
