@@ -55,7 +55,7 @@ export interface ConsumerWorld {
 
 export async function openConsumerWorld(
   backend: Backend,
-  options: { partitions?: number } = {},
+  options: { partitions?: number; brokers?: string[] } = {},
 ): Promise<ConsumerWorld> {
   const database = await backend.open()
   const { schema, dialect } = database
@@ -65,7 +65,7 @@ export async function openConsumerWorld(
   await database.query(
     `CREATE TABLE ${effectsTable} (message_id varchar(255) NOT NULL, detail varchar(255) NOT NULL)`,
   )
-  const brokers = kafkaBrokers()
+  const brokers = options.brokers ?? kafkaBrokers()
   const topic = uniqueTopic('consume')
   await createTopic(brokers, topic, { partitions: options.partitions ?? 2 })
   const inbox = createKyselyInboxStore({ db: database.db, schema })
