@@ -148,7 +148,7 @@ export async function runM10(ctx: Context): Promise<MeasurementResult> {
   // Commit return time by message id, and arrival time by message id.
   const committed = new Map<string, number>()
   const received = new Map<string, number>()
-  const consumer: Consumer = testKafka().consumer({ groupId: uniqueName('bench-cdc'), maxWaitTimeInMs: 50 })
+  const consumer: Consumer = testKafka().consumer({ groupId: uniqueName('bench-cdc'), maxWaitTimeInMs: 10 })
   let joined = false
   consumer.on(consumer.events.GROUP_JOIN, () => {
     joined = true
