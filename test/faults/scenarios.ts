@@ -28,7 +28,12 @@ import {
   postgresJsBackend,
 } from '../support/databases.js'
 import { testKafka, uniqueName } from '../support/kafka.js'
-import { startPrivateMariadb, startPrivatePostgres } from '../support/private-servers.js'
+import {
+  type PrivateBroker,
+  startPrivateKafka,
+  startPrivateMariadb,
+  startPrivatePostgres,
+} from '../support/private-servers.js'
 import { events, openRelayWorld, waitFor } from '../support/relay-world.js'
 import { checkTopic, type TopicCheck } from './checker.js'
 
@@ -361,6 +366,93 @@ function relayDatabaseServerCrash(kind: 'postgres' | 'mysql', ownership: RelayOw
   }
 }
 
+// ------------------------------------------------------------ the broker itself
+
+/**
+ * One private broker for every broker-crash run of the process (a start costs a JVM and a KRaft
+ * format, about 10 s): each run makes its own topic on it. `closeScenarioServers` removes it (and
+ * it is SIGKILLed if the process exits first); a run that finds it down starts it again.
+ */
+let privateBroker: Promise<PrivateBroker> | undefined
+async function crashableBroker(): Promise<PrivateBroker> {
+  if (!privateBroker) {
+    privateBroker = startPrivateKafka()
+  }
+  return privateBroker
+}
+
+/** Closes the broker-crash scenarios' broker, if one was started. */
+export async function closeScenarioServers(): Promise<void> {
+  const broker = privateBroker
+  privateBroker = undefined
+  await (await broker)?.close()
+}
+
+function relayBrokerCrash(backend: Backend, ownership: RelayOwnership): Scenario {
+  const name = `relay, ${backend.name}, ownership '${ownership}': broker SIGKILLed and restarted`
+  return {
+    name,
+    proves:
+      'L, O: sends the broker never acknowledged are released and retried after the restart; what it did write before the crash survives its log recovery, and is written again only with the same id.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const broker = await crashableBroker()
+      // A run before may have left it down.
+      await broker.start()
+      const world = await openRelayWorld(backend, { partitions: 3, brokers: broker.brokers })
+      const { relay, errors } = scenarioRelay({
+        store: world.store,
+        // The broker is gone for seconds at a time: a send must give up within the scenario.
+        transport: world.transport({ requestTimeoutMs: 3_000 }),
+        ownership,
+        leaseMs: 3_000,
+      })
+      let writing = true
+      const writer = writeWhile(world, () => writing)
+      try {
+        await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
+        await relay.start()
+        await waitFor('the relay to start publishing', async () => (await world.counts()).published > 0)
+        // SIGKILL it once or more within the fault, mid-publish, each time down for 0.3–2.3 s before
+        // the restart (which itself takes seconds: a JVM, then log recovery).
+        const faultEnds = Date.now() + faultMs
+        let crashes = 0
+        let downMs = 0
+        while (Date.now() < faultEnds) {
+          await sleep(200 + random() * Math.max(0, Math.min(1_500, faultEnds - Date.now() - 200)))
+          await broker.crash()
+          crashes++
+          const down = Date.now()
+          await sleep(300 + random() * 2_000)
+          await broker.start()
+          downMs += Date.now() - down
+        }
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await drained(world, 1_000 + writer.written())
+        const recoveryMs = Date.now() - healed
+        await relay.stop()
+        const injected = `${crashes} broker crashes (down ${(downMs / 1000).toFixed(1)} s in all, restart included), ${errors()} relay errors`
+        log(`  ${name}: ${injected}`)
+        return relayResult(
+          name,
+          seed,
+          await checkTopic(world),
+          recoveryMs,
+          injected,
+          crashes > 0 && errors() > 0,
+        )
+      } finally {
+        writing = false
+        await writer.done.catch(() => {})
+        await relay.stop().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
 // ------------------------------------------------------------ the link to the broker
 
 export type LinkFault = 'cut' | 'blackhole' | 'slow'
@@ -624,6 +716,8 @@ export const SCENARIOS: readonly Scenario[] = [
   relayDatabaseKills(mysqlBackend, 'shards'),
   relayDatabaseServerCrash('postgres', 'shards'),
   relayDatabaseServerCrash('mysql', 'rows'),
+  relayBrokerCrash(pgBackend, 'shards'),
+  relayBrokerCrash(mysqlBackend, 'rows'),
   relayBrokerLink(postgresJsBackend, 'shards', 'cut'),
   relayBrokerLink(mysqlBackend, 'rows', 'cut'),
   relayBrokerLink(postgresJsBackend, 'shards', 'blackhole'),

@@ -9,7 +9,7 @@
  * Exits 1 if any invariant broke, with the seed that broke it.
  */
 import { parseArgs } from 'node:util'
-import { SCENARIOS, type ScenarioResult } from './scenarios.js'
+import { closeScenarioServers, SCENARIOS, type ScenarioResult } from './scenarios.js'
 
 const { values } = parseArgs({
   options: {
@@ -92,6 +92,7 @@ while (Date.now() < deadline) {
   }
 }
 
+await closeScenarioServers()
 console.log()
 console.log(
   '| Scenario | Runs | Events | Lost | Topic duplicates | Effect duplicates | Order violations | Worst recovery |',

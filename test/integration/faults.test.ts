@@ -5,11 +5,13 @@
  *
  * The seed is printed; OUTBOXKIT_FAULT_SEED=<seed> replays the same fault timings.
  */
-import { expect, test } from 'bun:test'
-import { SCENARIOS } from '../faults/scenarios.js'
+import { afterAll, expect, test } from 'bun:test'
+import { closeScenarioServers, SCENARIOS } from '../faults/scenarios.js'
 
 const seed = Number(process.env['OUTBOXKIT_FAULT_SEED'] ?? Math.floor(Math.random() * 2 ** 31))
 console.log(`fault scenarios: OUTBOXKIT_FAULT_SEED=${seed}`)
+
+afterAll(() => closeScenarioServers())
 
 for (const scenario of SCENARIOS) {
   test(scenario.name, async () => {
