@@ -118,6 +118,50 @@ for (const backend of [postgresJsBackend, mysqlBackend]) {
       expect(reconciled.some((e) => e.fenced.includes('eos-first'))).toBe(true)
     }, 120_000)
 
+    test('a mark that fails (its connection lost) while the relay goes on leaves no duplicate: its rows are marked from the progress topic', async () => {
+      const topic = uniqueTopic('relay-mark-failed')
+      await createTopic(world.brokers, topic, { partitions: 3, replicationFactor: 1 })
+      const ids = await world.write(events(topic, 300, 20, 'mark-failed'))
+      // The second mark of published rows fails before it reaches the database, as a statement on
+      // a killed connection does; the relay, its session and its shards go on.
+      let marks = 0
+      const store = new Proxy(world.store, {
+        get(target, name, receiver) {
+          const value = Reflect.get(target, name, receiver)
+          if (typeof value !== 'function') return value
+          if (name === 'markPublished') {
+            return (...args: unknown[]) =>
+              ++marks === 2
+                ? Promise.reject(new Error('Connection terminated unexpectedly'))
+                : value.apply(target, args)
+          }
+          return value.bind(target)
+        },
+      })
+      const reconciled: RelayEvents['reconciled'][] = []
+      const relay = new Relay({
+        ...relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-mark-failed'),
+        store,
+      })
+      relay.on('reconciled', (e) => reconciled.push(e))
+      relay.on('error', () => {})
+      await relay.start()
+      await waitFor('everything published', async () => (await world.counts()).pending === 0, 60_000)
+      await relay.stop()
+      expect(marks).toBeGreaterThan(2)
+      const consumed = await consumeCommitted(world.brokers, topic)
+      const consumedIds = consumed.map(messageId)
+      expect(new Set(consumedIds)).toEqual(new Set(ids))
+      expect(duplicates(consumedIds)).toBe(0)
+      const written: Record<string, string[]> = {}
+      ids.forEach((id, i) => {
+        written[`key-${i % 20}`] = [...(written[`key-${i % 20}`] ?? []), id]
+      })
+      expect(orderByKey(consumed)).toEqual(written)
+      // The batch whose mark failed was in Kafka: the relay marked it from the progress topic.
+      expect(reconciled.reduce((sum, e) => sum + e.marked, 0)).toBeGreaterThan(0)
+    }, 120_000)
+
     test('without exactlyOnce the same crash leaves duplicates in the topic', async () => {
       const topic = uniqueTopic('relay-plain')
       await createTopic(world.brokers, topic, { partitions: 3, replicationFactor: 1 })
