@@ -27,15 +27,15 @@ import {
   pgBackendAt,
   postgresJsBackend,
 } from '../support/databases.js'
-import { testKafka, uniqueName } from '../support/kafka.js'
+import { testKafka, uniqueName, uniqueTopic } from '../support/kafka.js'
 import {
   type PrivateBroker,
   startPrivateKafka,
   startPrivateMariadb,
   startPrivatePostgres,
 } from '../support/private-servers.js'
-import { events, openRelayWorld, waitFor } from '../support/relay-world.js'
-import { checkTopic, type TopicCheck } from './checker.js'
+import { consumeCommitted, events, openRelayWorld, waitFor } from '../support/relay-world.js'
+import { checkTopic, compareTopic, type TopicCheck, tableRows } from './checker.js'
 
 export interface ScenarioContext {
   readonly seed: number
@@ -63,6 +63,19 @@ export interface ScenarioResult {
   readonly injected: string
   /** Whether the fault demonstrably reached the code under test (it saw errors, its bytes were held). */
   readonly reached: boolean
+  /** The relays ran with `exactlyOnce`: a topic duplicate breaks the promise too (read_committed). */
+  readonly exactlyOnce?: boolean
+}
+
+/** The invariants a result breaks: lost, altered or reordered events, effects twice, and under exactlyOnce any duplicate. */
+export function brokenInvariants(result: ScenarioResult): string[] {
+  const broken: string[] = []
+  if (result.lost > 0) broken.push(`${result.lost} lost`)
+  if (result.alteredCopies > 0) broken.push(`${result.alteredCopies} altered copies`)
+  if (result.effectDuplicates > 0) broken.push(`${result.effectDuplicates} effects applied twice`)
+  if (result.orderViolations > 0) broken.push(`${result.orderViolations} keys out of order`)
+  if (result.exactlyOnce && result.topicDuplicates > 0) broken.push(`${result.topicDuplicates} duplicates`)
+  return broken
 }
 
 export interface Scenario {
@@ -94,8 +107,10 @@ function relayResult(
   recoveryMs: number,
   injected: string,
   reached: boolean,
+  exactlyOnce = false,
 ): ScenarioResult {
   return {
+    exactlyOnce,
     reached,
     scenario,
     seed,
@@ -116,6 +131,8 @@ function scenarioRelay(options: {
   transport: Transport
   ownership: RelayOwnership
   leaseMs: number
+  exactlyOnce?: boolean
+  relayId?: string
 }): { relay: Relay<Kysely<AnyDB>>; errors(): number } {
   const relay = new Relay({
     ...options,
@@ -246,16 +263,17 @@ function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenar
   }
 }
 
-/** Writes 10 events every 40 ms until `go()` turns false. */
+/** Writes `size` events (over the first `size` keys) every 40 ms until `go()` turns false. */
 function writeWhile(
   world: Awaited<ReturnType<typeof openRelayWorld>>,
   go: () => boolean,
+  size = 10,
 ): { done: Promise<void>; written(): number } {
   let written = 0
   const done = (async () => {
     while (go()) {
-      await world.write(events(world.topic, 10, KEYS, `live${written}`))
-      written += 10
+      await world.write(events(world.topic, size, KEYS, `live${written}`))
+      written += size
       await sleep(40)
     }
   })()
@@ -538,6 +556,168 @@ function relayBrokerLink(backend: Backend, ownership: RelayOwnership, fault: Lin
   }
 }
 
+// ------------------------------------------------------------ exactly-once relays
+
+type RelayWorldOf = Awaited<ReturnType<typeof openRelayWorld>>
+
+/**
+ * Two relays with `exactlyOnce` (ownership 'shards', a 2 s shard lease) on one table, each with
+ * its own Kafka session, sharing `store`: the fault may move shards between them.
+ */
+function exactlyOnceRelays(
+  world: RelayWorldOf,
+  store: OutboxStore<Kysely<AnyDB>>,
+  kafka: () => import('kafkajs').Kafka,
+  requestTimeoutMs?: number,
+): {
+  relays: Relay<Kysely<AnyDB>>[]
+  errors(): number
+  reconciled(): number
+  /** Starts both and waits until each owns shards, so the fault finds both at work. */
+  start(): Promise<void>
+} {
+  const progressTopic = uniqueTopic('progress')
+  // Unique per run: transactional ids outlive a run on the broker.
+  const tag = crypto.randomUUID().slice(0, 8)
+  let reconciled = 0
+  const made = [0, 1].map((n) => {
+    const made = scenarioRelay({
+      store,
+      transport: world.transport({
+        kafka: kafka(),
+        exactlyOnce: { progressTopic },
+        ...(requestTimeoutMs ? { requestTimeoutMs } : {}),
+      }),
+      ownership: 'shards',
+      leaseMs: 2_000,
+      exactlyOnce: true,
+      relayId: `eos-${tag}-${n}`,
+    })
+    made.relay.on('reconciled', (e) => {
+      reconciled += e.marked
+    })
+    return made
+  })
+  const relays = made.map((m) => m.relay)
+  return {
+    relays,
+    errors: () => made.reduce((sum, m) => sum + m.errors(), 0),
+    reconciled: () => reconciled,
+    async start() {
+      for (const relay of relays) await relay.start()
+      const q = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+      await waitFor('both relays to own shards', async () => {
+        const rows = await world.database.query<{ owner: unknown }>(
+          `SELECT DISTINCT owner FROM ${q(world.database.schema)}.${q('outbox_shards')} WHERE owner IS NOT NULL`,
+        )
+        const owners = new Set(rows.map((r) => String(r.owner)))
+        return relays.every((relay) => owners.has(relay.relayId))
+      })
+    },
+  }
+}
+
+/** The topic as a read_committed reader sees it, against the table. */
+async function checkCommitted(world: RelayWorldOf): Promise<TopicCheck> {
+  return compareTopic(await tableRows(world), await consumeCommitted(world.brokers, world.topic))
+}
+
+function exactlyOnceDatabaseKills(backend: Backend): Scenario {
+  const name = `relay, ${backend.name}, exactlyOnce (2 relays): database connections killed`
+  return {
+    name,
+    proves:
+      'L, O, and no duplicate for a read_committed reader: a mark lost with its connection leaves rows the broker holds, which the next claim of their shard finds in the progress topic and marks instead of publishing again.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      const connections = relayConnections(backend, world.database.schema)
+      const eos = exactlyOnceRelays(
+        world,
+        createKyselyOutboxStore({ db: connections.db, schema: world.database.schema }),
+        () => testKafka(world.brokers),
+      )
+      try {
+        await world.write(events(world.topic, 1_500, KEYS * 2, 'backlog'))
+        await eos.start()
+        let killing = true
+        let ended = 0
+        const killer = (async () => {
+          while (killing) {
+            await sleep(20 + random() * 180)
+            if (killing) ended += await connections.kill(world.database.db)
+          }
+        })()
+        const writer = writeWhile(world, () => killing, KEYS)
+        await sleep(faultMs)
+        killing = false
+        await Promise.all([killer, writer.done])
+        const healed = Date.now()
+        await drained(world, 1_500 + writer.written())
+        const recoveryMs = Date.now() - healed
+        for (const relay of eos.relays) await relay.stop()
+        const injected = `${ended} connections killed, ${eos.errors()} relay errors, ${eos.reconciled()} rows marked from the progress topic`
+        log(`  ${name}: ${injected}, recovery ${recoveryMs} ms`)
+        return relayResult(
+          name,
+          seed,
+          await checkCommitted(world),
+          recoveryMs,
+          injected,
+          ended > 0 && eos.errors() > 0,
+          true,
+        )
+      } finally {
+        for (const relay of eos.relays) await relay.stop().catch(() => {})
+        await connections.close().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
+function exactlyOnceBrokerLink(backend: Backend, fault: 'cut' | 'blackhole'): Scenario {
+  const name = `relay, ${backend.name}, exactlyOnce (2 relays): broker link ${fault}`
+  return {
+    name,
+    proves:
+      fault === 'blackhole'
+        ? 'L, O, and no duplicate for a read_committed reader: a transaction whose commit timed out ends its session; the next session decides it (aborted or kept) and reconciles before anything is sent again.'
+        : 'L, O, and no duplicate for a read_committed reader: a transaction cut mid-request is aborted or kept as a whole, and its rows are published once.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      // A blackholed send or commit must give up well within the scenario.
+      const eos = exactlyOnceRelays(world, world.store, () => faults.kafka(uniqueName('relay')), 1_500)
+      try {
+        await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
+        await eos.start()
+        await waitFor('the relays to start publishing', async () => (await world.counts()).published > 0)
+        let writing = true
+        const writer = writeWhile(world, () => writing, KEYS)
+        const opened = faults.opened
+        const link = await onLink(faults, fault, faultMs, random)
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await drained(world, 1_000 + writer.written())
+        const recoveryMs = Date.now() - healed
+        for (const relay of eos.relays) await relay.stop()
+        const injected = `${link.injected}, ${faults.opened - opened} connections opened, ${eos.errors()} relay errors, ${eos.reconciled()} rows marked from the progress topic`
+        log(`  ${name}: ${injected}, recovery ${recoveryMs} ms`)
+        const reached = link.touched && (fault !== 'blackhole' || eos.errors() > 0)
+        return relayResult(name, seed, await checkCommitted(world), recoveryMs, injected, reached, true)
+      } finally {
+        faults.setMode('pass')
+        for (const relay of eos.relays) await relay.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
 // ------------------------------------------------------------ consumers
 
 type ConsumerWorld = Awaited<ReturnType<typeof openConsumerWorld>>
@@ -723,6 +903,11 @@ export const SCENARIOS: readonly Scenario[] = [
   relayBrokerLink(postgresJsBackend, 'shards', 'blackhole'),
   relayBrokerLink(mysqlBackend, 'rows', 'blackhole'),
   relayBrokerLink(mysqlBackend, 'shards', 'slow'),
+  exactlyOnceDatabaseKills(pgBackend),
+  exactlyOnceDatabaseKills(mysqlBackend),
+  exactlyOnceBrokerLink(postgresJsBackend, 'cut'),
+  exactlyOnceBrokerLink(postgresJsBackend, 'blackhole'),
+  exactlyOnceBrokerLink(mysqlBackend, 'blackhole'),
   consumerBrokerLink(postgresJsBackend, 'cut'),
   consumerBrokerLink(mysqlBackend, 'blackhole'),
   consumerRebalanceStorm(postgresJsBackend),
