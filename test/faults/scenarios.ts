@@ -888,6 +888,101 @@ function consumerRebalanceStorm(backend: Backend): Scenario {
   }
 }
 
+function consumerBlackholedPastSession(backend: Backend, mode: 'message' | 'batch'): Scenario {
+  const name = `consumer, ${backend.name}, ${mode} mode: link blackholed past the session timeout`
+  return {
+    name,
+    proves:
+      'D, L: a member cut off from the broker (not from its database) past its session timeout keeps its batch in hand while the group gives its partitions to another member, which reads them again from the last committed offset; what both applied is applied once, and the cut-off member, back, rejoins.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const count = 600
+      const source = await published(world, count)
+      const groupId = uniqueName('group')
+      const sessionTimeout = 3_000
+      const runner = (kafka: import('kafkajs').Kafka, handlerMs: number) =>
+        createKafkaConsumerRunner({
+          kafka,
+          groupId,
+          topics: [world.topic],
+          consumer: world.consumer({
+            handler: async (message, tx) => {
+              await world.applyEffect(tx, message)
+              await sleep(handlerMs)
+            },
+          }),
+          fromBeginning: true,
+          mode,
+          ...(mode === 'batch' ? { batchSize: 50 } : {}),
+          consumerConfig: { maxWaitTimeInMs: 200, sessionTimeout, heartbeatInterval: 500 },
+        })
+      // The member whose link goes dark is slow, so it has records in hand when it does.
+      const cutOff = runner(faults.kafka(uniqueName('cut-off')), 20)
+      const other = runner(testKafka(world.brokers), 2)
+      const partitionsOf = new Map<KafkaConsumerRunner, number[]>()
+      const tookOver: number[] = []
+      let blackholed = false
+      for (const member of [cutOff, other]) {
+        member.on('rebalance', (e) => {
+          const partitions = e.partitions.flatMap((t) => t.partitions)
+          partitionsOf.set(member, partitions)
+          if (member === other && blackholed) tookOver.push(...e.assigned.flatMap((t) => t.partitions))
+        })
+      }
+      let cutOffProcessed = 0
+      cutOff.on('processed', () => {
+        cutOffProcessed++
+      })
+      let otherDuplicates = 0
+      other.on('duplicate', () => {
+        otherDuplicates++
+      })
+      try {
+        await cutOff.start()
+        await waitFor(
+          'the first member to be assigned',
+          () => (partitionsOf.get(cutOff)?.length ?? 0) > 0,
+          60_000,
+        )
+        await other.start()
+        await waitFor(
+          'each member to hold one partition',
+          () => partitionsOf.get(cutOff)?.length === 1 && partitionsOf.get(other)?.length === 1,
+          60_000,
+        )
+        // Right after the slow member finished a record: it is inside its batch.
+        const before = cutOffProcessed
+        await waitFor('the slow member to process', () => cutOffProcessed > before + 5, 60_000)
+        const held = faults.held
+        const blackholeMs = Math.max(faultMs, sessionTimeout + 1_000 + random() * 2_000)
+        blackholed = true
+        faults.setMode('blackhole')
+        const inHand = cutOffProcessed
+        await sleep(blackholeMs)
+        faults.setMode('pass')
+        blackholed = false
+        const healed = Date.now()
+        await allApplied(world, count)
+        const recoveryMs = Date.now() - healed - 1_000
+        const injected = `blackholed ${(blackholeMs / 1000).toFixed(1)} s (session timeout ${sessionTimeout / 1000} s, ${faults.held - held} chunks held), partitions taken over ${JSON.stringify(tookOver)}, ${cutOffProcessed - inHand} records processed by the cut-off member meanwhile, ${otherDuplicates} redeliveries skipped by the other`
+        log(`  ${name}: ${injected}`)
+        // The group moved the cut-off member's partition to the other one while it was dark.
+        const reached = tookOver.length > 0 && faults.held - held > 0
+        return await effectResult(world, name, seed, count, recoveryMs, injected, reached)
+      } finally {
+        faults.setMode('pass')
+        await cutOff.stop().catch(() => {})
+        await other.stop().catch(() => {})
+        await source.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
 /** Every scenario, in the order the report lists them. */
 export const SCENARIOS: readonly Scenario[] = [
   relayDatabaseKills(pgBackend, 'rows'),
@@ -910,6 +1005,8 @@ export const SCENARIOS: readonly Scenario[] = [
   exactlyOnceBrokerLink(mysqlBackend, 'blackhole'),
   consumerBrokerLink(postgresJsBackend, 'cut'),
   consumerBrokerLink(mysqlBackend, 'blackhole'),
+  consumerBlackholedPastSession(postgresJsBackend, 'message'),
+  consumerBlackholedPastSession(mysqlBackend, 'batch'),
   consumerRebalanceStorm(postgresJsBackend),
   consumerRebalanceStorm(mysqlBackend),
 ]
