@@ -395,6 +395,10 @@ let privateBroker: Promise<PrivateBroker> | undefined
 async function crashableBroker(): Promise<PrivateBroker> {
   if (!privateBroker) {
     privateBroker = startPrivateKafka()
+    // A broker that did not start is tried again by the next run.
+    privateBroker.catch(() => {
+      privateBroker = undefined
+    })
   }
   return privateBroker
 }
@@ -431,13 +435,14 @@ function relayBrokerCrash(backend: Backend, ownership: RelayOwnership): Scenario
         await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
         await relay.start()
         await waitFor('the relay to start publishing', async () => (await world.counts()).published > 0)
-        // SIGKILL it once or more within the fault, mid-publish, each time down for 0.3–2.3 s before
-        // the restart (which itself takes seconds: a JVM, then log recovery).
-        const faultEnds = Date.now() + faultMs
+        // SIGKILL it once per 4 s of fault (at least once), mid-publish (0.2–1.7 s after it came
+        // back, while the relay catches up), each time down for 0.3–2.3 s before the restart
+        // (which itself takes seconds: a JVM, then log recovery).
+        const wanted = Math.max(1, Math.round(faultMs / 4_000))
         let crashes = 0
         let downMs = 0
-        while (Date.now() < faultEnds) {
-          await sleep(200 + random() * Math.max(0, Math.min(1_500, faultEnds - Date.now() - 200)))
+        while (crashes < wanted) {
+          await sleep(200 + random() * 1_500)
           await broker.crash()
           crashes++
           const down = Date.now()
