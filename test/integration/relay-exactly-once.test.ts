@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import type { Kafka, Producer, Transaction } from 'kafkajs'
-import type { KafkaTransport } from '../../src/adapters/kafka/index.js'
+import { createKafkaTransport, type KafkaTransport } from '../../src/adapters/kafka/index.js'
 import type { KyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
 import { type BrokerFaults, startBrokerFaults } from '../support/broker-faults.js'
@@ -561,5 +561,43 @@ describe('an exactlyOnce producer left in ABORTING (Postgres)', () => {
     expect(new Set(consumedIds)).toEqual(new Set(ids))
     expect(duplicates(consumedIds)).toBe(0)
     expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+  }, 120_000)
+})
+
+describe('an exactlyOnce progress read on a link that keeps failing', () => {
+  test('a read whose consumer crashed fails at once (retriable), not after readTimeoutMs', async () => {
+    const faults = await startBrokerFaults()
+    const transport = createKafkaTransport({
+      kafka: faults.kafka('progress-reader'),
+      exactlyOnce: { progressTopic: uniqueTopic('progress-cut'), readTimeoutMs: 60_000 },
+      requestTimeoutMs: 1_500,
+    })
+    try {
+      const session = await transport.exactlyOnce!.open('eos-reader')
+      await session.readProgress([0])
+      // Reads while every connection is reset every 100 ms for 12 s: kafkajs's consumer gives up
+      // on its retries (about 10 s) and crashes, and would restart only after its own backoff.
+      let cutting = true
+      const cutter = (async () => {
+        while (cutting) {
+          await new Promise((r) => setTimeout(r, 100))
+          faults.cut()
+        }
+      })()
+      const cutsEnd = Date.now() + 12_000
+      let settledAfterCuts = 0
+      while (Date.now() < cutsEnd) {
+        await session.readProgress([0]).catch(() => {})
+        settledAfterCuts = Date.now() - cutsEnd
+      }
+      cutting = false
+      await cutter
+      // No read outlived the cuts by more than a moment (before, a crashed read sat until
+      // readTimeoutMs, or until kafkajs restarted it).
+      expect(settledAfterCuts).toBeLessThan(3_000)
+    } finally {
+      await transport.close()
+      await faults.close()
+    }
   }, 120_000)
 })
