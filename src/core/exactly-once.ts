@@ -27,7 +27,8 @@ export interface ReconciledEvent {
  *   current session: the relay first fences the relay it took the shard from, reads the progress
  *   topic to its end, and marks published every row that the shard's latest progress entry names
  *   (the broker holds them). A record claimed under another epoch, or by an earlier session, is
- *   left for a later claim.
+ *   left for a later claim. A batch committed whose marks then failed sends its shards through
+ *   the same reconciliation before the next claim publishes from them.
  * - While a session's outcome is undecided the relay gives up no shard, so a shard taken while free
  *   never needs a fence.
  */
@@ -94,6 +95,8 @@ export class ExactlyOnceCoordinator<Tx> {
     const progress = await session.readProgress(shards)
     const ids = [...new Set([...progress.values()].flat())]
     const marked = ids.length === 0 ? 0 : await this.#store.reconcilePublished!(ids)
+    // Every row named is published in the database now: this session need not name it again.
+    session.settled(ids)
     for (const lease of pending) {
       this.#reconciled.set(lease.shard, lease.epoch)
       this.#takenFrom.delete(lease.shard)
@@ -118,6 +121,17 @@ export class ExactlyOnceCoordinator<Tx> {
       const epoch = epochs.get(record.shard!)
       return epoch !== undefined && this.#reconciled.get(record.shard!) === epoch
     })
+  }
+
+  /**
+   * A batch this session committed whose marks failed (a lost connection, a refused statement:
+   * the rows may still be pending). A later claim would hand them out again, and they must not be
+   * published again: their shards are reconciled again before anything more is published from
+   * them, which marks those rows from the progress topic (it names them, as they were never
+   * reported settled).
+   */
+  marksFailed(records: readonly ClaimedRecord[]): void {
+    for (const record of records) if (record.shard !== undefined) this.#reconciled.delete(record.shard)
   }
 
   /** Ends the session (a graceful stop). */

@@ -639,7 +639,17 @@ export class Relay<Tx> {
           publishing = published.catch(() => {})
           const batch = published
             .then(({ sendable, result }) =>
-              this.#settleOutcomes(settler, sendable, result, session && ((ids) => session.settled(ids))),
+              this.#settleOutcomes(
+                settler,
+                sendable,
+                result,
+                session && ((ids) => session.settled(ids)),
+              ).catch((error: unknown) => {
+                // Exactly-once: the broker holds what the session committed; a claim must not
+                // publish those rows again before their shards are reconciled.
+                eos?.marksFailed(sendable)
+                throw error
+              }),
             )
             .then(() => this.#succeeded())
             .catch((error: unknown) => {

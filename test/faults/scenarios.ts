@@ -27,10 +27,15 @@ import {
   pgBackendAt,
   postgresJsBackend,
 } from '../support/databases.js'
-import { testKafka, uniqueName } from '../support/kafka.js'
-import { startPrivateMariadb, startPrivatePostgres } from '../support/private-servers.js'
-import { events, openRelayWorld, waitFor } from '../support/relay-world.js'
-import { checkTopic, type TopicCheck } from './checker.js'
+import { testKafka, uniqueName, uniqueTopic } from '../support/kafka.js'
+import {
+  type PrivateBroker,
+  startPrivateKafka,
+  startPrivateMariadb,
+  startPrivatePostgres,
+} from '../support/private-servers.js'
+import { consumeCommitted, events, openRelayWorld, waitFor } from '../support/relay-world.js'
+import { checkTopic, compareTopic, type TopicCheck, tableRows } from './checker.js'
 
 export interface ScenarioContext {
   readonly seed: number
@@ -58,6 +63,19 @@ export interface ScenarioResult {
   readonly injected: string
   /** Whether the fault demonstrably reached the code under test (it saw errors, its bytes were held). */
   readonly reached: boolean
+  /** The relays ran with `exactlyOnce`: a topic duplicate breaks the promise too (read_committed). */
+  readonly exactlyOnce?: boolean
+}
+
+/** The invariants a result breaks: lost, altered or reordered events, effects twice, and under exactlyOnce any duplicate. */
+export function brokenInvariants(result: ScenarioResult): string[] {
+  const broken: string[] = []
+  if (result.lost > 0) broken.push(`${result.lost} lost`)
+  if (result.alteredCopies > 0) broken.push(`${result.alteredCopies} altered copies`)
+  if (result.effectDuplicates > 0) broken.push(`${result.effectDuplicates} effects applied twice`)
+  if (result.orderViolations > 0) broken.push(`${result.orderViolations} keys out of order`)
+  if (result.exactlyOnce && result.topicDuplicates > 0) broken.push(`${result.topicDuplicates} duplicates`)
+  return broken
 }
 
 export interface Scenario {
@@ -89,8 +107,10 @@ function relayResult(
   recoveryMs: number,
   injected: string,
   reached: boolean,
+  exactlyOnce = false,
 ): ScenarioResult {
   return {
+    exactlyOnce,
     reached,
     scenario,
     seed,
@@ -111,6 +131,8 @@ function scenarioRelay(options: {
   transport: Transport
   ownership: RelayOwnership
   leaseMs: number
+  exactlyOnce?: boolean
+  relayId?: string
 }): { relay: Relay<Kysely<AnyDB>>; errors(): number } {
   const relay = new Relay({
     ...options,
@@ -241,16 +263,17 @@ function relayDatabaseKills(backend: Backend, ownership: RelayOwnership): Scenar
   }
 }
 
-/** Writes 10 events every 40 ms until `go()` turns false. */
+/** Writes `size` events (over the first `size` keys) every 40 ms until `go()` turns false. */
 function writeWhile(
   world: Awaited<ReturnType<typeof openRelayWorld>>,
   go: () => boolean,
+  size = 10,
 ): { done: Promise<void>; written(): number } {
   let written = 0
   const done = (async () => {
     while (go()) {
-      await world.write(events(world.topic, 10, KEYS, `live${written}`))
-      written += 10
+      await world.write(events(world.topic, size, KEYS, `live${written}`))
+      written += size
       await sleep(40)
     }
   })()
@@ -361,6 +384,98 @@ function relayDatabaseServerCrash(kind: 'postgres' | 'mysql', ownership: RelayOw
   }
 }
 
+// ------------------------------------------------------------ the broker itself
+
+/**
+ * One private broker for every broker-crash run of the process (a start costs a JVM and a KRaft
+ * format, about 10 s): each run makes its own topic on it. `closeScenarioServers` removes it (and
+ * it is SIGKILLed if the process exits first); a run that finds it down starts it again.
+ */
+let privateBroker: Promise<PrivateBroker> | undefined
+async function crashableBroker(): Promise<PrivateBroker> {
+  if (!privateBroker) {
+    privateBroker = startPrivateKafka()
+    // A broker that did not start is tried again by the next run.
+    privateBroker.catch(() => {
+      privateBroker = undefined
+    })
+  }
+  return privateBroker
+}
+
+/** Closes the broker-crash scenarios' broker, if one was started. */
+export async function closeScenarioServers(): Promise<void> {
+  const broker = privateBroker
+  privateBroker = undefined
+  await (await broker)?.close()
+}
+
+function relayBrokerCrash(backend: Backend, ownership: RelayOwnership): Scenario {
+  const name = `relay, ${backend.name}, ownership '${ownership}': broker SIGKILLed and restarted`
+  return {
+    name,
+    proves:
+      'L, O: sends the broker never acknowledged are released and retried after the restart; what it did write before the crash survives its log recovery, and is written again only with the same id.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const broker = await crashableBroker()
+      // A run before may have left it down.
+      await broker.start()
+      const world = await openRelayWorld(backend, { partitions: 3, brokers: broker.brokers })
+      const { relay, errors } = scenarioRelay({
+        store: world.store,
+        // The broker is gone for seconds at a time: a send must give up within the scenario.
+        transport: world.transport({ requestTimeoutMs: 3_000 }),
+        ownership,
+        leaseMs: 3_000,
+      })
+      let writing = true
+      const writer = writeWhile(world, () => writing)
+      try {
+        await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
+        await relay.start()
+        await waitFor('the relay to start publishing', async () => (await world.counts()).published > 0)
+        // SIGKILL it once per 4 s of fault (at least once), mid-publish (0.2–1.7 s after it came
+        // back, while the relay catches up), each time down for 0.3–2.3 s before the restart
+        // (which itself takes seconds: a JVM, then log recovery).
+        const wanted = Math.max(1, Math.round(faultMs / 4_000))
+        let crashes = 0
+        let downMs = 0
+        while (crashes < wanted) {
+          await sleep(200 + random() * 1_500)
+          await broker.crash()
+          crashes++
+          const down = Date.now()
+          await sleep(300 + random() * 2_000)
+          await broker.start()
+          downMs += Date.now() - down
+        }
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await drained(world, 1_000 + writer.written())
+        const recoveryMs = Date.now() - healed
+        await relay.stop()
+        const injected = `${crashes} broker crashes (down ${(downMs / 1000).toFixed(1)} s in all, restart included), ${errors()} relay errors`
+        log(`  ${name}: ${injected}`)
+        return relayResult(
+          name,
+          seed,
+          await checkTopic(world),
+          recoveryMs,
+          injected,
+          crashes > 0 && errors() > 0,
+        )
+      } finally {
+        writing = false
+        await writer.done.catch(() => {})
+        await relay.stop().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
 // ------------------------------------------------------------ the link to the broker
 
 export type LinkFault = 'cut' | 'blackhole' | 'slow'
@@ -439,6 +554,168 @@ function relayBrokerLink(backend: Backend, ownership: RelayOwnership, fault: Lin
       } finally {
         faults.setMode('pass')
         await relay.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
+// ------------------------------------------------------------ exactly-once relays
+
+type RelayWorldOf = Awaited<ReturnType<typeof openRelayWorld>>
+
+/**
+ * Two relays with `exactlyOnce` (ownership 'shards', a 2 s shard lease) on one table, each with
+ * its own Kafka session, sharing `store`: the fault may move shards between them.
+ */
+function exactlyOnceRelays(
+  world: RelayWorldOf,
+  store: OutboxStore<Kysely<AnyDB>>,
+  kafka: () => import('kafkajs').Kafka,
+  requestTimeoutMs?: number,
+): {
+  relays: Relay<Kysely<AnyDB>>[]
+  errors(): number
+  reconciled(): number
+  /** Starts both and waits until each owns shards, so the fault finds both at work. */
+  start(): Promise<void>
+} {
+  const progressTopic = uniqueTopic('progress')
+  // Unique per run: transactional ids outlive a run on the broker.
+  const tag = crypto.randomUUID().slice(0, 8)
+  let reconciled = 0
+  const made = [0, 1].map((n) => {
+    const made = scenarioRelay({
+      store,
+      transport: world.transport({
+        kafka: kafka(),
+        exactlyOnce: { progressTopic },
+        ...(requestTimeoutMs ? { requestTimeoutMs } : {}),
+      }),
+      ownership: 'shards',
+      leaseMs: 2_000,
+      exactlyOnce: true,
+      relayId: `eos-${tag}-${n}`,
+    })
+    made.relay.on('reconciled', (e) => {
+      reconciled += e.marked
+    })
+    return made
+  })
+  const relays = made.map((m) => m.relay)
+  return {
+    relays,
+    errors: () => made.reduce((sum, m) => sum + m.errors(), 0),
+    reconciled: () => reconciled,
+    async start() {
+      for (const relay of relays) await relay.start()
+      const q = (name: string) => (world.database.dialect === 'mysql' ? `\`${name}\`` : `"${name}"`)
+      await waitFor('both relays to own shards', async () => {
+        const rows = await world.database.query<{ owner: unknown }>(
+          `SELECT DISTINCT owner FROM ${q(world.database.schema)}.${q('outbox_shards')} WHERE owner IS NOT NULL`,
+        )
+        const owners = new Set(rows.map((r) => String(r.owner)))
+        return relays.every((relay) => owners.has(relay.relayId))
+      })
+    },
+  }
+}
+
+/** The topic as a read_committed reader sees it, against the table. */
+async function checkCommitted(world: RelayWorldOf): Promise<TopicCheck> {
+  return compareTopic(await tableRows(world), await consumeCommitted(world.brokers, world.topic))
+}
+
+function exactlyOnceDatabaseKills(backend: Backend): Scenario {
+  const name = `relay, ${backend.name}, exactlyOnce (2 relays): database connections killed`
+  return {
+    name,
+    proves:
+      'L, O, and no duplicate for a read_committed reader: a mark lost with its connection leaves rows the broker holds, which the next claim of their shard finds in the progress topic and marks instead of publishing again.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      const connections = relayConnections(backend, world.database.schema)
+      const eos = exactlyOnceRelays(
+        world,
+        createKyselyOutboxStore({ db: connections.db, schema: world.database.schema }),
+        () => testKafka(world.brokers),
+      )
+      try {
+        await world.write(events(world.topic, 1_500, KEYS * 2, 'backlog'))
+        await eos.start()
+        let killing = true
+        let ended = 0
+        const killer = (async () => {
+          while (killing) {
+            await sleep(20 + random() * 180)
+            if (killing) ended += await connections.kill(world.database.db)
+          }
+        })()
+        const writer = writeWhile(world, () => killing, KEYS)
+        await sleep(faultMs)
+        killing = false
+        await Promise.all([killer, writer.done])
+        const healed = Date.now()
+        await drained(world, 1_500 + writer.written())
+        const recoveryMs = Date.now() - healed
+        for (const relay of eos.relays) await relay.stop()
+        const injected = `${ended} connections killed, ${eos.errors()} relay errors, ${eos.reconciled()} rows marked from the progress topic`
+        log(`  ${name}: ${injected}, recovery ${recoveryMs} ms`)
+        return relayResult(
+          name,
+          seed,
+          await checkCommitted(world),
+          recoveryMs,
+          injected,
+          ended > 0 && eos.errors() > 0,
+          true,
+        )
+      } finally {
+        for (const relay of eos.relays) await relay.stop().catch(() => {})
+        await connections.close().catch(() => {})
+        await world.close()
+      }
+    },
+  }
+}
+
+function exactlyOnceBrokerLink(backend: Backend, fault: 'cut' | 'blackhole'): Scenario {
+  const name = `relay, ${backend.name}, exactlyOnce (2 relays): broker link ${fault}`
+  return {
+    name,
+    proves:
+      fault === 'blackhole'
+        ? 'L, O, and no duplicate for a read_committed reader: a transaction whose commit timed out ends its session; the next session decides it (aborted or kept) and reconciles before anything is sent again.'
+        : 'L, O, and no duplicate for a read_committed reader: a transaction cut mid-request is aborted or kept as a whole, and its rows are published once.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openRelayWorld(backend, { partitions: 3 })
+      // A blackholed send or commit must give up well within the scenario.
+      const eos = exactlyOnceRelays(world, world.store, () => faults.kafka(uniqueName('relay')), 1_500)
+      try {
+        await world.write(events(world.topic, 1_000, KEYS, 'backlog'))
+        await eos.start()
+        await waitFor('the relays to start publishing', async () => (await world.counts()).published > 0)
+        let writing = true
+        const writer = writeWhile(world, () => writing, KEYS)
+        const opened = faults.opened
+        const link = await onLink(faults, fault, faultMs, random)
+        writing = false
+        await writer.done
+        const healed = Date.now()
+        await drained(world, 1_000 + writer.written())
+        const recoveryMs = Date.now() - healed
+        for (const relay of eos.relays) await relay.stop()
+        const injected = `${link.injected}, ${faults.opened - opened} connections opened, ${eos.errors()} relay errors, ${eos.reconciled()} rows marked from the progress topic`
+        log(`  ${name}: ${injected}, recovery ${recoveryMs} ms`)
+        const reached = link.touched && (fault !== 'blackhole' || eos.errors() > 0)
+        return relayResult(name, seed, await checkCommitted(world), recoveryMs, injected, reached, true)
+      } finally {
+        faults.setMode('pass')
+        for (const relay of eos.relays) await relay.stop().catch(() => {})
         await world.close()
         await faults.close()
       }
@@ -616,6 +893,101 @@ function consumerRebalanceStorm(backend: Backend): Scenario {
   }
 }
 
+function consumerBlackholedPastSession(backend: Backend, mode: 'message' | 'batch'): Scenario {
+  const name = `consumer, ${backend.name}, ${mode} mode: link blackholed past the session timeout`
+  return {
+    name,
+    proves:
+      'D, L: a member cut off from the broker (not from its database) past its session timeout keeps its batch in hand while the group gives its partitions to another member, which reads them again from the last committed offset; what both applied is applied once, and the cut-off member, back, rejoins.',
+    async run({ seed, faultMs, log }) {
+      const random = seeded(seed)
+      const faults = await startBrokerFaults()
+      const world = await openConsumerWorld(backend, { partitions: 2 })
+      const count = 600
+      const source = await published(world, count)
+      const groupId = uniqueName('group')
+      const sessionTimeout = 3_000
+      const runner = (kafka: import('kafkajs').Kafka, handlerMs: number) =>
+        createKafkaConsumerRunner({
+          kafka,
+          groupId,
+          topics: [world.topic],
+          consumer: world.consumer({
+            handler: async (message, tx) => {
+              await world.applyEffect(tx, message)
+              await sleep(handlerMs)
+            },
+          }),
+          fromBeginning: true,
+          mode,
+          ...(mode === 'batch' ? { batchSize: 50 } : {}),
+          consumerConfig: { maxWaitTimeInMs: 200, sessionTimeout, heartbeatInterval: 500 },
+        })
+      // The member whose link goes dark is slow, so it has records in hand when it does.
+      const cutOff = runner(faults.kafka(uniqueName('cut-off')), 20)
+      const other = runner(testKafka(world.brokers), 2)
+      const partitionsOf = new Map<KafkaConsumerRunner, number[]>()
+      const tookOver: number[] = []
+      let blackholed = false
+      for (const member of [cutOff, other]) {
+        member.on('rebalance', (e) => {
+          const partitions = e.partitions.flatMap((t) => t.partitions)
+          partitionsOf.set(member, partitions)
+          if (member === other && blackholed) tookOver.push(...e.assigned.flatMap((t) => t.partitions))
+        })
+      }
+      let cutOffProcessed = 0
+      cutOff.on('processed', () => {
+        cutOffProcessed++
+      })
+      let otherDuplicates = 0
+      other.on('duplicate', () => {
+        otherDuplicates++
+      })
+      try {
+        await cutOff.start()
+        await waitFor(
+          'the first member to be assigned',
+          () => (partitionsOf.get(cutOff)?.length ?? 0) > 0,
+          60_000,
+        )
+        await other.start()
+        await waitFor(
+          'each member to hold one partition',
+          () => partitionsOf.get(cutOff)?.length === 1 && partitionsOf.get(other)?.length === 1,
+          60_000,
+        )
+        // Right after the slow member finished a record: it is inside its batch.
+        const before = cutOffProcessed
+        await waitFor('the slow member to process', () => cutOffProcessed > before + 5, 60_000)
+        const held = faults.held
+        const blackholeMs = Math.max(faultMs, sessionTimeout + 1_000 + random() * 2_000)
+        blackholed = true
+        faults.setMode('blackhole')
+        const inHand = cutOffProcessed
+        await sleep(blackholeMs)
+        faults.setMode('pass')
+        blackholed = false
+        const healed = Date.now()
+        await allApplied(world, count)
+        const recoveryMs = Date.now() - healed - 1_000
+        const injected = `blackholed ${(blackholeMs / 1000).toFixed(1)} s (session timeout ${sessionTimeout / 1000} s, ${faults.held - held} chunks held), partitions taken over ${JSON.stringify(tookOver)}, ${cutOffProcessed - inHand} records processed by the cut-off member meanwhile, ${otherDuplicates} redeliveries skipped by the other`
+        log(`  ${name}: ${injected}`)
+        // The group moved the cut-off member's partition to the other one while it was dark.
+        const reached = tookOver.length > 0 && faults.held - held > 0
+        return await effectResult(world, name, seed, count, recoveryMs, injected, reached)
+      } finally {
+        faults.setMode('pass')
+        await cutOff.stop().catch(() => {})
+        await other.stop().catch(() => {})
+        await source.stop().catch(() => {})
+        await world.close()
+        await faults.close()
+      }
+    },
+  }
+}
+
 /** Every scenario, in the order the report lists them. */
 export const SCENARIOS: readonly Scenario[] = [
   relayDatabaseKills(pgBackend, 'rows'),
@@ -624,13 +996,22 @@ export const SCENARIOS: readonly Scenario[] = [
   relayDatabaseKills(mysqlBackend, 'shards'),
   relayDatabaseServerCrash('postgres', 'shards'),
   relayDatabaseServerCrash('mysql', 'rows'),
+  relayBrokerCrash(pgBackend, 'shards'),
+  relayBrokerCrash(mysqlBackend, 'rows'),
   relayBrokerLink(postgresJsBackend, 'shards', 'cut'),
   relayBrokerLink(mysqlBackend, 'rows', 'cut'),
   relayBrokerLink(postgresJsBackend, 'shards', 'blackhole'),
   relayBrokerLink(mysqlBackend, 'rows', 'blackhole'),
   relayBrokerLink(mysqlBackend, 'shards', 'slow'),
+  exactlyOnceDatabaseKills(pgBackend),
+  exactlyOnceDatabaseKills(mysqlBackend),
+  exactlyOnceBrokerLink(postgresJsBackend, 'cut'),
+  exactlyOnceBrokerLink(postgresJsBackend, 'blackhole'),
+  exactlyOnceBrokerLink(mysqlBackend, 'blackhole'),
   consumerBrokerLink(postgresJsBackend, 'cut'),
   consumerBrokerLink(mysqlBackend, 'blackhole'),
+  consumerBlackholedPastSession(postgresJsBackend, 'message'),
+  consumerBlackholedPastSession(mysqlBackend, 'batch'),
   consumerRebalanceStorm(postgresJsBackend),
   consumerRebalanceStorm(mysqlBackend),
 ]

@@ -9,7 +9,7 @@
  * Exits 1 if any invariant broke, with the seed that broke it.
  */
 import { parseArgs } from 'node:util'
-import { SCENARIOS, type ScenarioResult } from './scenarios.js'
+import { brokenInvariants, closeScenarioServers, SCENARIOS, type ScenarioResult } from './scenarios.js'
 
 const { values } = parseArgs({
   options: {
@@ -61,7 +61,7 @@ const totals = new Map<string, Totals>(
   ]),
 )
 
-const broken = (r: ScenarioResult) => r.lost + r.alteredCopies + r.effectDuplicates + r.orderViolations > 0
+const broken = (r: ScenarioResult) => brokenInvariants(r).length > 0
 
 console.log(
   `soak: ${minutes} min, ${scenarios.length} scenarios, first seed ${firstSeed} (--seed ${firstSeed} replays)`,
@@ -92,6 +92,7 @@ while (Date.now() < deadline) {
   }
 }
 
+await closeScenarioServers()
 console.log()
 console.log(
   '| Scenario | Runs | Events | Lost | Topic duplicates | Effect duplicates | Order violations | Worst recovery |',

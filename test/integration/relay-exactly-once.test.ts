@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import type { Kafka, Producer, Transaction } from 'kafkajs'
-import type { KafkaTransport } from '../../src/adapters/kafka/index.js'
+import { createKafkaTransport, type KafkaTransport } from '../../src/adapters/kafka/index.js'
 import type { KyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { ErrorCode, isOutboxKitError, Relay, type RelayEvents } from '../../src/index.js'
 import { type BrokerFaults, startBrokerFaults } from '../support/broker-faults.js'
@@ -116,6 +116,50 @@ for (const backend of [postgresJsBackend, mysqlBackend]) {
       const marked = reconciled.reduce((sum, e) => sum + e.marked, 0)
       expect(marked).toBeGreaterThan(0)
       expect(reconciled.some((e) => e.fenced.includes('eos-first'))).toBe(true)
+    }, 120_000)
+
+    test('a mark that fails (its connection lost) while the relay goes on leaves no duplicate: its rows are marked from the progress topic', async () => {
+      const topic = uniqueTopic('relay-mark-failed')
+      await createTopic(world.brokers, topic, { partitions: 3, replicationFactor: 1 })
+      const ids = await world.write(events(topic, 300, 20, 'mark-failed'))
+      // The second mark of published rows fails before it reaches the database, as a statement on
+      // a killed connection does; the relay, its session and its shards go on.
+      let marks = 0
+      const store = new Proxy(world.store, {
+        get(target, name, receiver) {
+          const value = Reflect.get(target, name, receiver)
+          if (typeof value !== 'function') return value
+          if (name === 'markPublished') {
+            return (...args: unknown[]) =>
+              ++marks === 2
+                ? Promise.reject(new Error('Connection terminated unexpectedly'))
+                : value.apply(target, args)
+          }
+          return value.bind(target)
+        },
+      })
+      const reconciled: RelayEvents['reconciled'][] = []
+      const relay = new Relay({
+        ...relayOptions(world, world.transport({ exactlyOnce: { progressTopic } }), 'eos-mark-failed'),
+        store,
+      })
+      relay.on('reconciled', (e) => reconciled.push(e))
+      relay.on('error', () => {})
+      await relay.start()
+      await waitFor('everything published', async () => (await world.counts()).pending === 0, 60_000)
+      await relay.stop()
+      expect(marks).toBeGreaterThan(2)
+      const consumed = await consumeCommitted(world.brokers, topic)
+      const consumedIds = consumed.map(messageId)
+      expect(new Set(consumedIds)).toEqual(new Set(ids))
+      expect(duplicates(consumedIds)).toBe(0)
+      const written: Record<string, string[]> = {}
+      ids.forEach((id, i) => {
+        written[`key-${i % 20}`] = [...(written[`key-${i % 20}`] ?? []), id]
+      })
+      expect(orderByKey(consumed)).toEqual(written)
+      // The batch whose mark failed was in Kafka: the relay marked it from the progress topic.
+      expect(reconciled.reduce((sum, e) => sum + e.marked, 0)).toBeGreaterThan(0)
     }, 120_000)
 
     test('without exactlyOnce the same crash leaves duplicates in the topic', async () => {
@@ -517,5 +561,43 @@ describe('an exactlyOnce producer left in ABORTING (Postgres)', () => {
     expect(new Set(consumedIds)).toEqual(new Set(ids))
     expect(duplicates(consumedIds)).toBe(0)
     expect(orderByKey(consumed)).toEqual(await writeOrderByKey(world))
+  }, 120_000)
+})
+
+describe('an exactlyOnce progress read on a link that keeps failing', () => {
+  test('a read whose consumer crashed fails at once (retriable), not after readTimeoutMs', async () => {
+    const faults = await startBrokerFaults()
+    const transport = createKafkaTransport({
+      kafka: faults.kafka('progress-reader'),
+      exactlyOnce: { progressTopic: uniqueTopic('progress-cut'), readTimeoutMs: 60_000 },
+      requestTimeoutMs: 1_500,
+    })
+    try {
+      const session = await transport.exactlyOnce!.open('eos-reader')
+      await session.readProgress([0])
+      // Reads while every connection is reset every 100 ms for 12 s: kafkajs's consumer gives up
+      // on its retries (about 10 s) and crashes, and would restart only after its own backoff.
+      let cutting = true
+      const cutter = (async () => {
+        while (cutting) {
+          await new Promise((r) => setTimeout(r, 100))
+          faults.cut()
+        }
+      })()
+      const cutsEnd = Date.now() + 12_000
+      let settledAfterCuts = 0
+      while (Date.now() < cutsEnd) {
+        await session.readProgress([0]).catch(() => {})
+        settledAfterCuts = Date.now() - cutsEnd
+      }
+      cutting = false
+      await cutter
+      // No read outlived the cuts by more than a moment (before, a crashed read sat until
+      // readTimeoutMs, or until kafkajs restarted it).
+      expect(settledAfterCuts).toBeLessThan(3_000)
+    } finally {
+      await transport.close()
+      await faults.close()
+    }
   }, 120_000)
 })

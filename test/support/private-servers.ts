@@ -5,10 +5,18 @@
  * run as the `postgres` and `mysql` users).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import {
+  appendFileSync,
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+} from 'node:fs'
 import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 
 export interface PrivateServer {
   /** postgres:// or mysql:// URL of the server, as root/postgres without a password. */
@@ -252,6 +260,110 @@ export async function startPrivateMariadb(port?: number): Promise<PrivateServer>
     start,
     async close() {
       await crash().catch(() => {})
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** A single Kafka broker of the test's own (scripts/kafka), which a test can SIGKILL and restart. */
+export interface PrivateBroker {
+  /** Its bootstrap address, `127.0.0.1:<port>`. */
+  readonly brokers: string[]
+  readonly port: number
+  /** SIGKILLs the broker: no shutdown, no flush beyond what the OS holds. */
+  crash(): Promise<void>
+  /** Starts it again on its data (log recovery after a crash) and waits until it serves clients. */
+  start(): Promise<void>
+  /** Stops it and removes its data. */
+  close(): Promise<void>
+}
+
+/** Runs scripts/kafka without blocking the event loop (the test's clients keep running meanwhile). */
+function kafkaScriptAsync(args: string[], env: Record<string, string>): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('bash', [join(import.meta.dir, '../../scripts/kafka'), ...args], {
+      env: { ...process.env, KAFKA_BROKERS: '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let output = ''
+    child.stdout.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.once('error', reject)
+    child.once('close', (code) =>
+      code === 0 ? resolve(output) : reject(new Error(`scripts/kafka ${args.join(' ')} failed:\n${output}`)),
+    )
+  })
+}
+
+/** A port whose next one (the broker's controller port) is free too. */
+async function freePortPair(): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await freePort()
+    if (port >= 65_535) continue
+    const next = await new Promise<boolean>((resolve) => {
+      const server = createServer()
+      server.once('error', () => resolve(false))
+      server.listen(port + 1, '127.0.0.1', () => server.close(() => resolve(true)))
+    })
+    if (next) return port
+  }
+  throw new Error('[outboxkit tests] no two consecutive free ports for a private broker')
+}
+
+/** Brokers started by this process, SIGKILLed when it exits. */
+const brokerPids = new Set<string>()
+process.once('exit', () => {
+  for (const pidFile of brokerPids) {
+    try {
+      kill(Number(readFileSync(pidFile, 'utf8').trim()))
+    } catch {
+      // Not running.
+    }
+  }
+})
+
+export async function startPrivateKafka(): Promise<PrivateBroker> {
+  const port = await freePortPair()
+  // Its own TMPDIR: the broker's data, logs and lock live there and nowhere else.
+  const dir = mkdtempSync(join(tmpdir(), 'outboxkit-broker-'))
+  const env = { KAFKA_PORT: String(port), TMPDIR: dir }
+  const pidFile = join(dir, `outboxkit-kafka-${port}`, 'node-1', 'kafka.pid')
+  brokerPids.add(pidFile)
+  await kafkaScriptAsync(['start'], env)
+  // After a crash the restarted controller holds the dead incarnation's registration until its
+  // session times out (9 s by default), refusing the new one meanwhile: shorter, for the next starts.
+  appendFileSync(
+    join(dirname(pidFile), 'server.properties'),
+    'broker.session.timeout.ms=1500\nbroker.heartbeat.interval.ms=500\n',
+  )
+  const pid = () => {
+    try {
+      return Number(readFileSync(pidFile, 'utf8').trim())
+    } catch {
+      return undefined
+    }
+  }
+  const crash = async () => {
+    const running = pid()
+    if (running === undefined) return
+    kill(running)
+    await until('the crashed broker did not exit', () => !alive(running), 10_000)
+    rmSync(pidFile, { force: true })
+  }
+  return {
+    brokers: [`127.0.0.1:${port}`],
+    port,
+    crash,
+    async start() {
+      await kafkaScriptAsync(['restart-node', '1'], env)
+    },
+    async close() {
+      await crash().catch(() => {})
+      brokerPids.delete(pidFile)
       rmSync(dir, { recursive: true, force: true })
     },
   }

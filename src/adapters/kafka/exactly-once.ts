@@ -320,6 +320,10 @@ class KafkaExactlyOnceSession implements ExactlyOnceSession {
             ),
           this.#parent.readTimeoutMs,
         )
+        // A consumer that crashed (kafkajs gave up on a lost connection) would restart only after
+        // its own backoff, and again after each crash: the read fails now, and the relay starts a
+        // fresh one after its backoff, rather than waiting out readTimeoutMs.
+        consumer.on(consumer.events.CRASH, ({ payload }) => reject(payload.error))
         consumer
           .run({
             autoCommit: false,
