@@ -2,7 +2,7 @@
  * The benchmark suite: what outboxkit costs against the same work done without it, on the local
  * PostgreSQL, MariaDB and Kafka. See docs/benchmarks.md.
  *
- *   bun bench/run.ts [--quick | --smoke] [--only m1,m2,m4,m5,m6,m7,m8,m9,m10] [--skip m8,m10] [--repetitions N] [--rss-events N] [--no-save]
+ *   bun bench/run.ts [--quick | --smoke] [--only m1,m2,m4,m5,m6,m7,m8,m9,m10,m11] [--skip m8,m10] [--repetitions N] [--rss-events N] [--no-save]
  *
  * Prints one table (each figure a ratio against its baseline, or milliseconds added over it,
  * with the absolute numbers beside it) and writes everything measured to
@@ -31,6 +31,7 @@ import { runM7 } from './m7-limits.js'
 import { runM8 } from './m8-exactly-once.js'
 import { runM9 } from './m9-log-relay.js'
 import { runM10 } from './m10-cdc.js'
+import { runM11 } from './m11-isolation.js'
 
 interface Measurement {
   readonly id: string
@@ -48,6 +49,7 @@ const MEASUREMENTS: readonly Measurement[] = [
   { id: 'm8', title: 'M8 exactly-once cost', run: runM8 },
   { id: 'm9', title: 'M9 log-tailing relay throughput', run: runM9 },
   { id: 'm10', title: 'M10 change data capture vs Debezium', run: runM10 },
+  { id: 'm11', title: 'M11 other keys next to a poison key, a hot key, a new topic', run: runM11 },
 ]
 
 function arg(name: string): string | undefined {

@@ -217,6 +217,31 @@ describe('topics that do not exist yet', () => {
     expect(received.map((m) => m.value?.toString())).toEqual(['"first"', '"second"'])
   }, 60_000)
 
+  test("a topic not seen before does not hold back a known topic's records: they go out, its own are retried", async () => {
+    const known = uniqueTopic('smoke-known')
+    await createTopic(brokers, known, { partitions: 1 })
+    const fresh = uniqueTopic('smoke-fresh')
+    const transport = createKafkaTransport({ kafka: testKafka(brokers) })
+    try {
+      expect((await transport.publish(claimed(known, ['warm']))).map((o) => o.status)).toEqual(['published'])
+      // The new topic's lookup and its creation by the broker take longer than the publish waits.
+      const outcomes = await transport.publish([...claimed(known, ['a', 'b']), ...claimed(fresh, ['c'])])
+      expect(outcomes.slice(0, 2).map((o) => o.status)).toEqual(['published', 'published'])
+      const [late] = outcomes.slice(2)
+      expect(late).toMatchObject({ status: 'failed', retriable: true })
+      expect(late?.status === 'failed' && late.error).toContain('DISCOVERING')
+      // The lookup went on meanwhile: a later attempt publishes the record.
+      let retried = await transport.publish(claimed(fresh, ['c']))
+      for (let i = 0; i < 50 && retried[0]?.status !== 'published'; i++) {
+        await Bun.sleep(100)
+        retried = await transport.publish(claimed(fresh, ['c']))
+      }
+      expect(retried.map((o) => o.status)).toEqual(['published'])
+    } finally {
+      await transport.close()
+    }
+  }, 60_000)
+
   test('a topic name the broker refuses dead-letters its records at once', async () => {
     const transport = createKafkaTransport({ kafka: testKafka(brokers) })
     try {

@@ -148,6 +148,16 @@ const METADATA_TTL_MS = 60_000
  */
 const LOOKUP_WAIT_MS = 300
 
+/**
+ * How long a publish that also carries records of known topics waits for the first lookup of a
+ * topic not seen before (and its creation by the broker): past it, that topic's records fail
+ * retriably and are published by a later attempt, while the other records go out at once.
+ */
+const NEW_TOPIC_WAIT_MS = 50
+
+/** The first lookup of a topic, still under way after NEW_TOPIC_WAIT_MS. */
+const DISCOVERING = 'DISCOVERING'
+
 /** A lookup still under way after LOOKUP_WAIT_MS. */
 const PENDING = 'PENDING'
 /** A lookup that could not reach the cluster. */
@@ -236,6 +246,8 @@ export class KafkaTransport implements Transport {
   readonly #inDoubt = new Set<string>()
   /** A fresh idempotent producer for the in-doubt partitions; it becomes the main one once it has published. */
   #fresh: Promise<Producer> | undefined
+  /** First lookups of topics not seen before, per topic (see #discover). */
+  readonly #discoveries = new Map<string, Promise<number | TopicFault>>()
   /** Metadata lookups under way, per topic: a publish waits for one at most LOOKUP_WAIT_MS. */
   readonly #lookUps = new Map<string, Promise<number | TopicFault>>()
   #admin: Promise<Admin> | undefined
@@ -697,6 +709,13 @@ export class KafkaTransport implements Transport {
     const confirmed = new Set<string>()
     let unanswered: OutboxKitError | undefined
     const now = Date.now()
+    const known = (topic: string) => {
+      const cached = this.#metadata.get(topic)
+      return cached !== undefined && now - cached.at < METADATA_TTL_MS && !confirm.has(topic)
+    }
+    // Records of topics already known go out without waiting for a topic never seen before
+    // (looked up and possibly created by the broker, which takes hundreds of ms).
+    const othersGo = topics.some(known)
     await Promise.all(
       topics.map(async (topic) => {
         const cached = this.#metadata.get(topic)
@@ -720,6 +739,26 @@ export class KafkaTransport implements Transport {
           )
           return
         }
+        const discovery = this.#discover(topic)
+        const found = othersGo
+          ? await waitAtMost(discovery, NEW_TOPIC_WAIT_MS, discovering(topic))
+          : await discovery
+        if (typeof found === 'number') confirmed.add(topic)
+        counts.set(topic, found)
+      }),
+    )
+    return { counts, confirmed, unanswered }
+  }
+
+  /**
+   * The first lookup of a topic, shared by the publishes that want it: its metadata, after the
+   * broker created it on first use where it does; it goes on in the background when a publish
+   * stops waiting for it, and caches what it finds.
+   */
+  #discover(topic: string): Promise<number | TopicFault> {
+    let discovery = this.#discoveries.get(topic)
+    if (!discovery) {
+      discovery = (async () => {
         const admin = await this.#getAdmin()
         let found = await this.#lookUp(admin, topic)
         if (typeof found !== 'number' && found.type === 'UNKNOWN_TOPIC_OR_PARTITION') {
@@ -734,11 +773,13 @@ export class KafkaTransport implements Transport {
             found = { type: 'UNKNOWN_TOPIC_OR_PARTITION', error: missingTopic(topic), retriable: true }
           }
         }
-        if (typeof found === 'number') confirmed.add(topic)
-        counts.set(topic, found)
-      }),
-    )
-    return { counts, confirmed, unanswered }
+        return found
+      })().finally(() => this.#discoveries.delete(topic))
+      // A publish that stopped waiting leaves nobody to see a failure: it is seen by the next one.
+      discovery.catch(() => {})
+      this.#discoveries.set(topic, discovery)
+    }
+    return discovery
   }
 
   /**
@@ -1132,6 +1173,23 @@ async function brokerCreatesTopics(admin: Admin): Promise<boolean | undefined> {
     (e) => e.configName === 'auto.create.topics.enable',
   )?.configValue
   return value === undefined ? undefined : value === 'true'
+}
+
+function discovering(topic: string): TopicFault {
+  return {
+    type: DISCOVERING,
+    error: `${DISCOVERING}: the metadata of ${topic}, a topic not published to before, is still being looked up (the broker may be creating it); its records are published by a later attempt, the others' go on.`,
+    retriable: true,
+  }
+}
+
+/** `promise`'s value, or `fallback` once `ms` passed first; a rejection before then rejects. */
+function waitAtMost<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(fallback), ms)
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
 function missingTopic(topic: string): string {
