@@ -140,7 +140,12 @@ describe('NATS consumer runner events, health and lag', () => {
         'settled once the table is back',
         () => [...seen.processed, ...seen.dead].some((e) => e.message.id === later),
         30_000,
-      )
+      ).catch((error: unknown) => {
+        const last = seen.error.at(-1)
+        throw new Error(
+          `${String(error)}: ${seen.error.length} errors (last: ${String(last?.error)}), health ${JSON.stringify(runner.health())}`,
+        )
+      })
       expect(runner.health()).toMatchObject({ running: true, consecutiveErrors: 0 })
       await runner.stop()
       expect(runner.health().running).toBe(false)
