@@ -9,7 +9,7 @@ import { sql } from 'kysely'
 import { createKyselyOutboxStore } from '../../src/adapters/kysely/index.js'
 import { MYSQL_NO_PAD, schemaSql } from '../../src/adapters/kysely/schema.js'
 import { Outbox } from '../../src/core/outbox.js'
-import { buildCli, CLI, runCli, startCli } from '../support/cli.js'
+import { buildCli, CLI, runCli, startCli, startRelayCommand } from '../support/cli.js'
 import {
   assertReachable,
   type Backend,
@@ -603,31 +603,13 @@ for (const { backend, url, env: driverEnv } of BACKENDS) {
   })
 
   describe(`outboxkit relay: ${backend.name}`, () => {
-    /** Starts `outboxkit relay --json` and collects its event lines. */
+    /** Starts `outboxkit relay --json` on the schema and collects its event lines. */
     function startRelay(schema: string, args: readonly string[]) {
-      const child = startCli(['relay', '--json', '--schema', schema, '--poll-interval', '50ms', ...args], {
+      return startRelayCommand(['--schema', schema, '--poll-interval', '50ms', ...args], {
         DATABASE_URL: url,
         ...driverEnv,
         KAFKA_BROKERS: kafkaBrokers().join(','),
       })
-      const events: { event: string; [field: string]: unknown }[] = []
-      let buffer = ''
-      let stderr = ''
-      child.stdout.on('data', (d) => {
-        buffer += d
-        const lines = buffer.split('\n')
-        buffer = lines.pop() ?? ''
-        for (const line of lines) if (line) events.push(JSON.parse(line))
-      })
-      child.stderr.on('data', (d) => (stderr += d))
-      const closed = new Promise<number | null>((resolve) => child.on('close', resolve))
-      const until = async (event: string) => {
-        for (let i = 0; i < 600 && !events.some((e) => e.event === event); i++) {
-          await new Promise((resolve) => setTimeout(resolve, 50))
-        }
-        if (!events.some((e) => e.event === event)) throw new Error(`no ${event} event; stderr: ${stderr}`)
-      }
-      return { child, events, closed, until, stderr: () => stderr }
     }
 
     test('publishes the outbox to Kafka in key order until SIGTERM, then stops cleanly and exits 0', async () => {
