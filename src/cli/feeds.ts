@@ -6,7 +6,12 @@
  */
 import { sql } from 'kysely'
 import { toNumber } from '../adapters/kysely/dialect.js'
-import { feedPositionTableSql } from '../adapters/mysql-binlog/mysql-change-feed.js'
+import {
+  bytesBehind,
+  DEFAULT_FEED_NAME,
+  feedPositionTableSql,
+  positionTableName,
+} from '../adapters/mysql-binlog/mysql-change-feed.js'
 import {
   postgresFeedDropSql,
   postgresFeedSetup,
@@ -66,7 +71,7 @@ function markerTable(database: Database): string {
 }
 
 function positionTable(database: Database): string {
-  return `${database.tables.outboxName}_feed_position`
+  return positionTableName({ outboxTable: database.tables.outboxName })
 }
 
 function postgresNames(database: Database, names: FeedNames) {
@@ -108,7 +113,7 @@ function createStatements(database: Database, names: FeedNames): { name: string;
   }
   // The row is written by the feed's first open, at the position `firstOpen` says.
   return {
-    name: names.name ?? 'default',
+    name: names.name ?? DEFAULT_FEED_NAME,
     statements: [
       feedPositionTableSql({ schema: database.schemaName, outboxTable: database.tables.outboxName }),
     ],
@@ -183,7 +188,7 @@ export async function dropFeed(database: Database, names: FeedNames, dryRun: boo
     }
     return { dryRun, kind: 'postgres-logical', name: n.slot, statements }
   }
-  const name = names.name ?? 'default'
+  const name = names.name ?? DEFAULT_FEED_NAME
   const positions = sql.raw(`\`${database.schemaName}\`.\`${positionTable(database)}\``)
   const statement = sql`DELETE FROM ${positions} WHERE feed = ${name}`
   if (!dryRun && (await existingTables(database)).has(positionTable(database))) {
@@ -246,19 +251,14 @@ async function mysqlFeeds(database: Database): Promise<FeedStatus[]> {
   return rows.rows.map((r) => {
     const file = String(r['binlog_file'])
     const offset = toNumber(r['binlog_position'])
-    let lagBytes: number | null = null
-    const index = logs?.findIndex((log) => log.name === file) ?? -1
-    if (logs && index >= 0) {
-      lagBytes = Math.max(0, logs[index]!.size - offset)
-      for (const log of logs.slice(index + 1)) lagBytes += log.size
-    }
+    const behind = logs ? bytesBehind(logs, { file, offset }) : undefined
     return {
       kind: 'mysql-binlog',
       name: String(r['feed']),
       // The binlog file the position names was purged: the feed cannot resume there.
-      state: logs && index < 0 ? 'lost' : 'unknown',
+      state: logs && behind === undefined ? 'lost' : 'unknown',
       confirmedPosition: `${file}:${offset}`,
-      lagBytes,
+      lagBytes: behind ?? null,
       confirmedAgeMs: r['age_us'] === null ? null : toNumber(r['age_us']) / 1000,
     }
   })

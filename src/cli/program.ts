@@ -310,7 +310,7 @@ export function buildProgram(): Command {
   const feed = program
     .command('feed')
     .description('the database objects of a log-tailing relay: create or drop them (docs/relay.md)')
-  const feedCommand = (name: 'create' | 'drop', description: string) =>
+  const feedCommand = (name: 'create' | 'drop', description: string, run: typeof createFeed) =>
     feed
       .command(name)
       .description(description)
@@ -325,29 +325,24 @@ export function buildProgram(): Command {
         'MySQL/MariaDB: the feed name, feedName of createMysqlChangeFeed (default: default)',
       )
       .option('--dry-run', 'print the SQL and run nothing')
+      .action(
+        action(async (options: GlobalOptions & FeedFlags) =>
+          withDatabase(options, async (database) => {
+            const result = await run(database, feedNames(database, options), options.dryRun === true)
+            emit(options, result, () => formatFeedChange(result, name === 'create' ? 'created' : 'dropped'))
+            return ExitCode.ok
+          }),
+        ),
+      )
   feedCommand(
     'create',
     'create the publication, the replication slot and its marker (Postgres) or the position table (MySQL)',
-  ).action(
-    action(async (options: GlobalOptions & FeedFlags) =>
-      withDatabase(options, async (database) => {
-        const result = await createFeed(database, feedNames(database, options), options.dryRun === true)
-        emit(options, result, () => formatFeedChange(result, 'created'))
-        return ExitCode.ok
-      }),
-    ),
+    createFeed,
   )
   feedCommand(
     'drop',
     'drop the slot, its marker and the publication (Postgres) or the stored position (MySQL)',
-  ).action(
-    action(async (options: GlobalOptions & FeedFlags) =>
-      withDatabase(options, async (database) => {
-        const result = await dropFeed(database, feedNames(database, options), options.dryRun === true)
-        emit(options, result, () => formatFeedChange(result, 'dropped'))
-        return ExitCode.ok
-      }),
-    ),
+    dropFeed,
   )
 
   program

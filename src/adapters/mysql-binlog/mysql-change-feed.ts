@@ -839,7 +839,8 @@ function qualified(schema: string, table: string): string {
   return `${quote('mysql', validateIdentifier('schema', schema))}.${quote('mysql', table)}`
 }
 
-function positionTableName(options: {
+/** The position table's name: `positionTable`, or `<outboxTable>_feed_position`. */
+export function positionTableName(options: {
   readonly outboxTable?: string
   readonly positionTable?: string
 }): string {
@@ -878,7 +879,8 @@ function connectionConfig(connection: string | ConnectionOptions): ConnectionOpt
   return typeof connection === 'string' ? { uri: connection } : { ...connection }
 }
 
-function bytesBehind(
+/** Binlog bytes from `from` to the end of the log, or undefined when its file is no longer listed. */
+export function bytesBehind(
   logs: readonly { name: string; size: number }[],
   from: BinlogPosition,
 ): number | undefined {
